@@ -1,0 +1,178 @@
+//! The [`FanoutBackend`] trait: how envelopes travel between instances.
+//!
+//! A backend moves opaque envelope bytes. Encoding, the sending-application filter and delivery to
+//! streams all happen in the hub, so a backend is a thin adapter over a broker's publish/subscribe,
+//! written once per broker (see the `sse-fanout-*` backend crates) or by a user for their own.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::stream::BoxStream;
+
+/// A boxed error from a broker client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The messages a subscription yields: every envelope any instance published after it started.
+pub type BackendStream = BoxStream<'static, Bytes>;
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The broker cannot be reached right now; trying again later may succeed.
+    #[error("{backend} is unavailable: {source}")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
+    /// The broker did not answer in time; trying again later may succeed.
+    #[error("{backend} did not answer within {after:?}")]
+    Timeout {
+        /// The backend's name.
+        backend: &'static str,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The backend is configured wrongly (a bad URL, a missing topic): retrying will not help.
+    #[error("{backend} configuration: {message}")]
+    Config {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is wrong, naming the setting.
+        message: String,
+    },
+    /// The broker refused the operation.
+    #[error("{backend}: {source}")]
+    Other {
+        /// The backend's name.
+        backend: &'static str,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend was closed.
+    #[error("{backend} is closed")]
+    Closed {
+        /// The backend's name.
+        backend: &'static str,
+    },
+}
+
+impl BackendError {
+    /// Whether the same call may succeed later (the broker is down or slow), as opposed to a
+    /// permanent failure (bad configuration, a closed backend).
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unavailable { .. } | BackendError::Timeout { .. }
+        )
+    }
+
+    /// Wraps a client error as [`BackendError::Unavailable`].
+    pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        BackendError::Unavailable {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+/// Whether a backend can publish and receive right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `true` when connected.
+    pub up: bool,
+    /// Why it is down, or other detail worth showing.
+    pub detail: Option<String>,
+}
+
+impl Health {
+    /// Connected.
+    pub fn up() -> Self {
+        Health {
+            up: true,
+            detail: None,
+        }
+    }
+
+    /// Not connected, for `reason`.
+    pub fn down(reason: impl Into<String>) -> Self {
+        Health {
+            up: false,
+            detail: Some(reason.into()),
+        }
+    }
+}
+
+/// Carries envelopes from the instance that publishes to every instance (itself included).
+///
+/// Implement this to add a broker. The trait is object-safe: the hub holds an
+/// `Arc<dyn FanoutBackend>`. Run [`testkit`](crate#testkit) (feature `testkit`) against an
+/// implementation to check that it keeps this contract.
+#[async_trait]
+pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and health (`"redis"`, `"nats"`).
+    fn name(&self) -> &'static str;
+
+    /// Publishes one envelope to every instance. Returning `Ok` means the broker holds it; a
+    /// broker that is down gives an error within a bounded time, never a hang.
+    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError>;
+
+    /// Starts receiving. Returns only once the broker holds the subscription, so that anything
+    /// published after it returns is received. The stream yields each envelope exactly once, in the
+    /// order each publisher published them, and keeps going across broker outages (the backend
+    /// reconnects by itself). It ends only after [`close`](Self::close).
+    async fn subscribe(&self) -> Result<BackendStream, BackendError>;
+
+    /// Whether the broker connection is up.
+    async fn health(&self) -> Health;
+
+    /// Leaves the broker cleanly (drops queues and consumer groups that belong to this instance).
+    async fn close(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
+        (**self).publish(envelope).await
+    }
+    async fn subscribe(&self) -> Result<BackendStream, BackendError> {
+        (**self).subscribe().await
+    }
+    async fn health(&self) -> Health {
+        (**self).health().await
+    }
+    async fn close(&self) -> Result<(), BackendError> {
+        (**self).close().await
+    }
+}
+
+#[async_trait]
+impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
+        (**self).publish(envelope).await
+    }
+    async fn subscribe(&self) -> Result<BackendStream, BackendError> {
+        (**self).subscribe().await
+    }
+    async fn health(&self) -> Health {
+        (**self).health().await
+    }
+    async fn close(&self) -> Result<(), BackendError> {
+        (**self).close().await
+    }
+}

@@ -1,0 +1,300 @@
+//! The wire envelope: the one JSON document every backend carries between instances.
+//!
+//! A service in any language publishes an event by writing this JSON to the broker:
+//!
+//! ```json
+//! {"v":1,"id":"0192f0c4-7d3a-7b1e-9f00-3c1d2e4f5a6b","app":"orders","origin":"orders-1",
+//!  "eventName":"order-update","sessionId":"s-42","payload":{"status":"shipped"},"ts":1732300000000}
+//! ```
+//!
+//! | field | required | meaning |
+//! |---|---|---|
+//! | `v` | yes | envelope version, `1` |
+//! | `id` | yes | unique event id, sent to clients as `id:`; time-ordered (UUIDv7) recommended |
+//! | `app` | yes | the sending application; instances drop envelopes of other apps (by default) |
+//! | `origin` | no | the publishing instance, for logs |
+//! | `eventName` | yes | the SSE `event:` name |
+//! | `sessionId` | no | target session; absent or `null` broadcasts to every stream of the app |
+//! | `payload` | yes | any JSON: a string is sent as its text, anything else as compact JSON |
+//! | `ts` | no | publish time, milliseconds since the Unix epoch |
+//!
+//! Unknown fields are ignored, so later minor additions stay readable by older instances.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::encode::{self, FieldError};
+use crate::event::{EventId, SendSseEvent};
+
+/// The envelope version this crate writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// An event on its way between instances. Built by [`Envelope::from_event`] or
+/// [`Envelope::decode`], both of which validate it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// Envelope version, [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// The event id, written as the SSE `id:` field.
+    pub id: String,
+    /// The sending application's name.
+    pub app: String,
+    /// The publishing instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The SSE `event:` name.
+    pub event_name: String,
+    /// The target session; `None` is a broadcast.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The payload, kept as the JSON text it arrived as.
+    pub payload: Box<RawValue>,
+    /// Publish time in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+/// Why an event or an envelope was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Not JSON, or not an envelope's JSON (a required field missing or of the wrong type).
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// An envelope version this build does not read.
+    #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u32),
+    /// A field that cannot be written to an SSE stream as it is.
+    #[error("invalid {0}")]
+    InvalidField(#[from] FieldError),
+}
+
+impl Envelope {
+    /// Wraps a published event for the wire, assigning its id when it has none.
+    pub fn from_event(
+        event: &SendSseEvent,
+        app: &str,
+        origin: &str,
+    ) -> Result<Envelope, EnvelopeError> {
+        let id = match &event.id {
+            Some(id) => id.clone(),
+            None => EventId::generate().into(),
+        };
+        let envelope = Envelope {
+            v: ENVELOPE_VERSION,
+            id,
+            app: app.to_owned(),
+            origin: Some(origin.to_owned()),
+            event_name: event.event_name.clone(),
+            session_id: event.session_id.clone(),
+            payload: serde_json::value::to_raw_value(&event.payload)?,
+            ts: Some(now_millis()),
+        };
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
+    /// Reads an envelope from the bytes a backend delivered. Never panics on bad input.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
+    /// The JSON bytes a backend carries.
+    pub fn encode(&self) -> Result<Bytes, EnvelopeError> {
+        Ok(Bytes::from(serde_json::to_vec(self)?))
+    }
+
+    /// Checks every rule the SSE encoder and the hub rely on.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if self.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion(self.v));
+        }
+        check_id(&self.id)?;
+        encode::check_event_name(&self.event_name)?;
+        if self.app.is_empty() {
+            return Err(FieldError::Empty { field: "app" }.into());
+        }
+        if let Some(session) = &self.session_id {
+            check_session(session)?;
+        }
+        Ok(())
+    }
+
+    /// The payload as the SSE `data` text: a JSON string's own text, any other value as compact JSON.
+    pub fn data(&self) -> Cow<'_, str> {
+        let raw = self.payload.get();
+        if raw.starts_with('"') {
+            if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw) {
+                return text;
+            }
+        } else if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_some() {
+            // Pretty-printed by a foreign publisher: compact it so it stays on one `data:` line.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) {
+                return Cow::Owned(value.to_string());
+            }
+        }
+        Cow::Borrowed(raw)
+    }
+
+    /// The SSE frame for this envelope, encoded once and shared by every recipient.
+    pub fn to_sse(&self) -> Result<Bytes, EnvelopeError> {
+        self.validate()?;
+        let data = self.data();
+        Ok(encode::Event::new(&data)
+            .id(&self.id)
+            .name(&self.event_name)
+            .encode_checked())
+    }
+}
+
+/// Checks an event id: non-empty, no CR, LF or NUL.
+pub fn check_id(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() {
+        return Err(FieldError::Empty { field: "id" });
+    }
+    encode::check_single_line("id", id)
+}
+
+/// Checks a session id: non-empty, no CR, LF or NUL.
+pub fn check_session(session: &str) -> Result<(), FieldError> {
+    if session.is_empty() {
+        return Err(FieldError::Empty { field: "sessionId" });
+    }
+    encode::check_single_line("sessionId", session)
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn roundtrip(event: SendSseEvent) -> Envelope {
+        let env = Envelope::from_event(&event, "orders", "i-1").unwrap();
+        Envelope::decode(&env.encode().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn roundtrip_keeps_every_field() {
+        let env = roundtrip(
+            SendSseEvent::new("order-update", json!({"a": [1, 2]}))
+                .to_session("s1")
+                .with_id("id-1"),
+        );
+        assert_eq!(env.v, 1);
+        assert_eq!(env.id, "id-1");
+        assert_eq!(env.app, "orders");
+        assert_eq!(env.origin.as_deref(), Some("i-1"));
+        assert_eq!(env.event_name, "order-update");
+        assert_eq!(env.session_id.as_deref(), Some("s1"));
+        assert_eq!(env.payload.get(), r#"{"a":[1,2]}"#);
+        assert!(env.ts.is_some());
+    }
+
+    #[test]
+    fn wire_format_uses_camel_case() {
+        let env = Envelope::from_event(&SendSseEvent::new("e", json!(1)), "a", "o").unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&env.encode().unwrap()).unwrap();
+        let obj = value.as_object().unwrap();
+        for key in ["v", "id", "app", "origin", "eventName", "sessionId", "payload", "ts"] {
+            assert!(obj.contains_key(key), "{key} missing in {value}");
+        }
+    }
+
+    #[test]
+    fn a_generated_id_is_assigned() {
+        let a = roundtrip(SendSseEvent::new("e", json!(null)));
+        let b = roundtrip(SendSseEvent::new("e", json!(null)));
+        assert_ne!(a.id, b.id);
+        assert!(a.id < b.id, "ids are time ordered");
+    }
+
+    #[test]
+    fn string_payload_is_written_as_text_other_values_as_compact_json() {
+        let text = roundtrip(SendSseEvent::new("e", json!("two\nlines")));
+        assert_eq!(
+            &text.to_sse().unwrap()[..],
+            format!("id: {}\nevent: e\ndata: two\ndata: lines\n\n", text.id).as_bytes()
+        );
+        let obj = roundtrip(SendSseEvent::new("e", json!({"k": "v w"})));
+        assert_eq!(obj.data(), r#"{"k":"v w"}"#);
+    }
+
+    #[test]
+    fn foreign_pretty_printed_payload_is_compacted() {
+        let env = Envelope::decode(
+            br#"{"v":1,"id":"x","app":"a","eventName":"e","payload":{
+                "k" : [1, 2]
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(env.data(), r#"{"k":[1,2]}"#);
+        assert!(env.session_id.is_none());
+    }
+
+    #[test]
+    fn publishing_injection_is_refused() {
+        for event in [
+            SendSseEvent::new("a\nb", json!(1)),
+            SendSseEvent::new("e", json!(1)).with_id("1\r2"),
+            SendSseEvent::new("e", json!(1)).with_id("1\02"),
+            SendSseEvent::new("", json!(1)),
+            SendSseEvent::new("e", json!(1)).to_session(""),
+        ] {
+            assert!(
+                matches!(
+                    Envelope::from_event(&event, "a", "o"),
+                    Err(EnvelopeError::InvalidField(_))
+                ),
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"not json",
+            b"{}",
+            b"[]",
+            b"null",
+            br#"{"v":1}"#,
+            br#"{"v":"1","id":"x","app":"a","eventName":"e","payload":1}"#,
+            br#"{"v":1,"id":"x","app":"a","eventName":"e"}"#,
+            br#"{"v":1,"id":"","app":"a","eventName":"e","payload":1}"#,
+            br#"{"v":1,"id":"x","app":"","eventName":"e","payload":1}"#,
+            br#"{"v":1,"id":"x","app":"a","eventName":"e\n","payload":1}"#,
+            br#"{"v":1,"id":"x","app":"a","eventName":"e","sessionId":5,"payload":1}"#,
+            b"\xff\xfe",
+        ];
+        for case in cases {
+            assert!(Envelope::decode(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+        assert!(matches!(
+            Envelope::decode(br#"{"v":2,"id":"x","app":"a","eventName":"e","payload":1}"#),
+            Err(EnvelopeError::UnsupportedVersion(2))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let env = Envelope::decode(
+            br#"{"v":1,"id":"x","app":"a","eventName":"e","payload":"p","future":true}"#,
+        )
+        .unwrap();
+        assert_eq!(env.data(), "p");
+    }
+}

@@ -1,0 +1,574 @@
+//! The [`Hub`]: publish goes out through the backend, what any instance published comes back in,
+//! is filtered by application, encoded once and delivered to this instance's streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::backend::{BackendError, BackendStream, FanoutBackend, Health};
+use crate::encode;
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::event::{EventId, SendSseEvent};
+use crate::memory::InMemoryEmitterRepository;
+use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::stream::EventStream;
+
+/// Which applications' envelopes an instance delivers (jEAP's sending-application filter).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AcceptApps {
+    /// Only envelopes whose `app` is this hub's own app name (the default), so several
+    /// applications can share one channel.
+    #[default]
+    Own,
+    /// Every envelope, whatever app sent it.
+    Any,
+    /// Envelopes from these apps.
+    These(Vec<String>),
+}
+
+/// How a hub behaves. Build one with [`HubConfig::new`] or through [`HubBuilder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// The application name written into every envelope this hub publishes.
+    pub app_name: String,
+    /// This instance's id, unique among the app's instances.
+    pub instance_id: String,
+    /// Which apps' envelopes to deliver.
+    pub accept_apps: AcceptApps,
+    /// Idle time after which a stream gets a heartbeat comment; `None` turns heartbeats off.
+    pub heartbeat: Option<Duration>,
+    /// How long a stream stays open before the server ends it (the client reconnects); `None`
+    /// keeps streams open. Each stream's deadline is shortened by a random 0–10 % so that streams
+    /// opened together do not all reconnect together.
+    pub emitter_timeout: Option<Duration>,
+    /// Frames that may wait for one client before it is closed as too slow.
+    pub queue_size: usize,
+    /// The reconnection delay sent to clients (`retry:`) when a stream opens; `None` sends none.
+    pub retry: Option<Duration>,
+}
+
+impl HubConfig {
+    /// The defaults: app `sse-fanout`, a random instance id, heartbeat 15 s, emitter timeout
+    /// 3 minutes (as in the Spring starter), queue of 256 frames, no `retry:`.
+    pub fn new(app_name: impl Into<String>) -> Self {
+        HubConfig {
+            app_name: app_name.into(),
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            accept_apps: AcceptApps::Own,
+            heartbeat: Some(Duration::from_secs(15)),
+            emitter_timeout: Some(Duration::from_secs(180)),
+            queue_size: 256,
+            retry: None,
+        }
+    }
+
+    fn accepts(&self, app: &str) -> bool {
+        match &self.accept_apps {
+            AcceptApps::Own => app == self.app_name,
+            AcceptApps::Any => true,
+            AcceptApps::These(apps) => apps.iter().any(|a| a == app),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig::new("sse-fanout")
+    }
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event cannot be sent as it is (an event name or id with CR, LF or NUL, say).
+    #[error("invalid event: {0}")]
+    Invalid(#[from] EnvelopeError),
+    /// The backend did not take it.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Builds a [`Hub`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use sse_core::{Hub, LocalBackend};
+///
+/// let hub = Hub::builder(LocalBackend::new())
+///     .app_name("orders")
+///     .heartbeat(Some(Duration::from_secs(20)))
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct HubBuilder {
+    backend: Arc<dyn FanoutBackend>,
+    repository: Option<Arc<dyn EmitterRepository>>,
+    config: HubConfig,
+}
+
+impl HubBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the application name (see [`HubConfig::app_name`]).
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.config.app_name = name.into();
+        self
+    }
+
+    /// Sets the instance id (see [`HubConfig::instance_id`]).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.instance_id = id.into();
+        self
+    }
+
+    /// Sets which apps' envelopes are delivered (see [`AcceptApps`]).
+    pub fn accept_apps(mut self, accept: AcceptApps) -> Self {
+        self.config.accept_apps = accept;
+        self
+    }
+
+    /// Sets the heartbeat interval (see [`HubConfig::heartbeat`]).
+    pub fn heartbeat(mut self, every: Option<Duration>) -> Self {
+        self.config.heartbeat = every;
+        self
+    }
+
+    /// Sets the emitter timeout (see [`HubConfig::emitter_timeout`]).
+    pub fn emitter_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.emitter_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-stream queue size (see [`HubConfig::queue_size`]).
+    pub fn queue_size(mut self, frames: usize) -> Self {
+        self.config.queue_size = frames.max(1);
+        self
+    }
+
+    /// Sets the `retry:` sent on connect (see [`HubConfig::retry`]).
+    pub fn retry(mut self, retry: Option<Duration>) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// Uses another repository instead of the [`InMemoryEmitterRepository`].
+    pub fn repository(mut self, repository: impl EmitterRepository) -> Self {
+        self.repository = Some(Arc::new(repository));
+        self
+    }
+
+    /// Subscribes to the backend and starts delivering. Returns once the subscription is in place,
+    /// so an event published after this returns reaches this instance's streams.
+    pub async fn start(self) -> Result<Hub, BackendError> {
+        let stream = self.backend.subscribe().await?;
+        let shared = Arc::new(Shared {
+            repository: self
+                .repository
+                .unwrap_or_else(|| Arc::new(InMemoryEmitterRepository::new())),
+            opening: opening_frame(self.config.retry),
+            config: self.config,
+            stats: Arc::new(Stats::default()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(consume(shared.clone(), stream, stop.clone()));
+        tracing::info!(
+            backend = self.backend.name(),
+            app = %shared.config.app_name,
+            instance = %shared.config.instance_id,
+            "hub started"
+        );
+        Ok(Hub {
+            inner: Arc::new(HubInner {
+                shared,
+                backend: self.backend,
+                stop: stop.clone(),
+                _stop_on_drop: stop.drop_guard(),
+            }),
+        })
+    }
+}
+
+/// The one handle business code keeps: publish events, open streams, read health and counters.
+/// Cheap to clone; the hub stops receiving when the last clone is dropped or [`shutdown`](Self::shutdown) is called.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_util::StreamExt;
+/// use serde_json::json;
+/// use sse_core::{EventFilter, Hub, LocalBackend, SendSseEvent};
+///
+/// let hub = Hub::builder(LocalBackend::new()).app_name("orders").start().await?;
+/// let mut stream = hub.open_stream(Some("s-42".into()), EventFilter::parse("order-update")?);
+/// stream.next().await; // the opening comment
+///
+/// hub.publish(SendSseEvent::new("order-update", json!({"status": "shipped"})).to_session("s-42")).await?;
+/// let frame = stream.next().await.unwrap();
+/// assert!(frame.ends_with(b"event: order-update\ndata: {\"status\":\"shipped\"}\n\n"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    shared: Arc<Shared>,
+    backend: Arc<dyn FanoutBackend>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+/// What the consuming task and the hub handle share.
+#[derive(Debug)]
+struct Shared {
+    repository: Arc<dyn EmitterRepository>,
+    config: HubConfig,
+    stats: Arc<Stats>,
+    opening: Bytes,
+}
+
+fn opening_frame(retry: Option<Duration>) -> Bytes {
+    match retry {
+        None => Bytes::from_static(b": ok\n\n"),
+        Some(retry) => {
+            let mut frame = b": ok\n".to_vec();
+            frame.extend_from_slice(&encode::retry(retry));
+            Bytes::from(frame)
+        }
+    }
+}
+
+impl Hub {
+    /// Starts building a hub on `backend`.
+    pub fn builder(backend: impl FanoutBackend) -> HubBuilder {
+        Self::builder_arc(Arc::new(backend))
+    }
+
+    /// Starts building a hub on a shared backend.
+    pub fn builder_arc(backend: Arc<dyn FanoutBackend>) -> HubBuilder {
+        HubBuilder {
+            backend,
+            repository: None,
+            config: HubConfig::default(),
+        }
+    }
+
+    /// Publishes an event to its session's streams, or to every stream when it has no session, on
+    /// whichever instances they are. Returns the event's id once the backend has it.
+    pub async fn publish(&self, event: SendSseEvent) -> Result<EventId, PublishError> {
+        let result = self.publish_inner(&event).await;
+        let stats = &self.inner.shared.stats;
+        match &result {
+            Ok(id) => {
+                Stats::bump(&stats.published);
+                tracing::debug!(event_id = %id, event = %event.event_name, "published");
+            }
+            Err(error) => {
+                Stats::bump(&stats.publish_failed);
+                tracing::debug!(%error, event = %event.event_name, "publish failed");
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(&self, event: &SendSseEvent) -> Result<EventId, PublishError> {
+        let config = &self.inner.shared.config;
+        let envelope = Envelope::from_event(event, &config.app_name, &config.instance_id)?;
+        let bytes = envelope.encode()?;
+        self.inner.backend.publish(bytes).await?;
+        Ok(EventId::from(envelope.id))
+    }
+
+    /// A subscription with this hub's queue size, to adjust before [`open`](Self::open).
+    pub fn subscription(&self, session_id: Option<Arc<str>>, events: EventFilter) -> Subscription {
+        Subscription::new(session_id, events, self.inner.shared.config.queue_size)
+    }
+
+    /// Opens a stream for a session (or a session-less one, which gets broadcasts only).
+    pub fn open_stream(&self, session_id: Option<Arc<str>>, events: EventFilter) -> EventStream {
+        self.open(self.subscription(session_id, events))
+    }
+
+    /// Opens a stream for a prepared subscription.
+    pub fn open(&self, subscription: Subscription) -> EventStream {
+        let shared = &self.inner.shared;
+        let emitter = shared.repository.register(subscription);
+        Stats::bump(&shared.stats.streams_opened);
+        let timeout = shared.config.emitter_timeout.map(|t| {
+            // Up to 10 % earlier, so streams opened together spread their reconnects.
+            t.mul_f64(1.0 - fastrand::f64() * 0.1)
+        });
+        EventStream::new(
+            emitter,
+            shared.opening.clone(),
+            shared.config.heartbeat,
+            timeout,
+            shared.stats.clone(),
+        )
+    }
+
+    /// Streams open on this instance.
+    pub fn open_streams(&self) -> usize {
+        self.inner.shared.repository.count()
+    }
+
+    /// The backend's health.
+    pub async fn health(&self) -> Health {
+        self.inner.backend.health().await
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.shared.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.shared.stats.snapshot()
+    }
+
+    /// Ends every open stream (each after its queued frames), as for shutdown. Streams opened
+    /// later are not affected.
+    pub fn close_streams(&self) {
+        self.inner
+            .shared
+            .repository
+            .close_all(CloseReason::Shutdown);
+    }
+
+    /// Ends every stream, stops receiving and closes the backend.
+    pub async fn shutdown(&self) -> Result<(), BackendError> {
+        self.close_streams();
+        self.inner.stop.cancel();
+        self.inner.backend.close().await
+    }
+}
+
+async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            message = stream.next() => message,
+        };
+        match message {
+            Some(bytes) => shared.receive(&bytes),
+            None => {
+                tracing::error!("the backend's subscription ended; this instance receives no more events");
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn receive(&self, bytes: &[u8]) {
+        Stats::bump(&self.stats.received);
+        let envelope = match Envelope::decode(bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                Stats::bump(&self.stats.malformed);
+                tracing::warn!(%error, len = bytes.len(), "skipping a malformed envelope");
+                return;
+            }
+        };
+        if !self.config.accepts(&envelope.app) {
+            Stats::bump(&self.stats.dropped_other_app);
+            tracing::trace!(event_id = %envelope.id, app = %envelope.app, "envelope of another app");
+            return;
+        }
+        let frame = match envelope.to_sse() {
+            Ok(frame) => frame,
+            Err(error) => {
+                Stats::bump(&self.stats.malformed);
+                tracing::warn!(%error, "skipping an envelope that cannot be encoded");
+                return;
+            }
+        };
+        let target = envelope
+            .session_id
+            .as_deref()
+            .map_or(Target::Broadcast, Target::Session);
+        let report = self
+            .repository
+            .deliver(target, &envelope.event_name, &frame);
+        Stats::add(&self.stats.delivered, report.queued);
+        tracing::trace!(event_id = %envelope.id, queued = report.queued, "delivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::local::LocalBackend;
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    async fn next(stream: &mut EventStream) -> String {
+        let frame = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(frame.to_vec()).unwrap()
+    }
+
+    /// For paused-clock tests, where a timeout would fire before the stream's own timers.
+    async fn next_paused(stream: &mut EventStream) -> String {
+        String::from_utf8(stream.next().await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_the_sessions_stream_only() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let mut s1 = hub.open_stream(Some("s1".into()), EventFilter::parse("e").unwrap());
+        let mut s2 = hub.open_stream(Some("s2".into()), EventFilter::parse("e").unwrap());
+        assert_eq!(next(&mut s1).await, ": ok\n\n");
+        assert_eq!(next(&mut s2).await, ": ok\n\n");
+        let id = hub
+            .publish(SendSseEvent::new("e", json!("hi")).to_session("s1"))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut s1).await, format!("id: {id}\nevent: e\ndata: hi\n\n"));
+        hub.publish(SendSseEvent::new("e", json!("all")))
+            .await
+            .unwrap();
+        assert!(next(&mut s1).await.ends_with("data: all\n\n"));
+        assert!(next(&mut s2).await.ends_with("data: all\n\n"));
+        let stats = hub.stats();
+        assert_eq!((stats.published, stats.received, stats.delivered), (2, 2, 3));
+    }
+
+    #[tokio::test]
+    async fn other_apps_are_dropped_unless_accepted() {
+        let backend = LocalBackend::new();
+        let orders = Hub::builder(backend.clone()).app_name("orders").start().await.unwrap();
+        let billing = Hub::builder(backend.clone()).app_name("billing").start().await.unwrap();
+        let any = Hub::builder(backend)
+            .app_name("audit")
+            .accept_apps(AcceptApps::Any)
+            .start()
+            .await
+            .unwrap();
+        let mut o = orders.open_stream(None, EventFilter::Any);
+        let mut b = billing.open_stream(None, EventFilter::Any);
+        let mut a = any.open_stream(None, EventFilter::Any);
+        for s in [&mut o, &mut b, &mut a] {
+            next(s).await;
+        }
+        billing.publish(SendSseEvent::new("e", json!("from billing"))).await.unwrap();
+        orders.publish(SendSseEvent::new("e", json!("from orders"))).await.unwrap();
+        assert!(next(&mut o).await.contains("from orders"));
+        assert!(next(&mut b).await.contains("from billing"));
+        assert!(next(&mut a).await.contains("from billing"));
+        assert!(next(&mut a).await.contains("from orders"));
+        assert_eq!(orders.stats().dropped_other_app, 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_events_are_refused_before_the_backend() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let err = hub.publish(SendSseEvent::new("a\nb", json!(1))).await.unwrap_err();
+        assert!(matches!(err, PublishError::Invalid(_)), "{err}");
+        assert_eq!(hub.stats().publish_failed, 1);
+        assert_eq!(hub.stats().received, 0);
+    }
+
+    #[tokio::test]
+    async fn malformed_envelopes_are_counted_and_skipped() {
+        let backend = LocalBackend::new();
+        let hub = Hub::builder(backend.clone()).start().await.unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any);
+        next(&mut s).await;
+        backend.publish(Bytes::from_static(b"garbage")).await.unwrap();
+        hub.publish(SendSseEvent::new("e", json!("after"))).await.unwrap();
+        assert!(next(&mut s).await.contains("after"));
+        assert_eq!(hub.stats().malformed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_when_idle_and_reset_by_events() {
+        let hub = Hub::builder(LocalBackend::new())
+            .heartbeat(Some(Duration::from_secs(15)))
+            .emitter_timeout(None)
+            .start()
+            .await
+            .unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any);
+        next_paused(&mut s).await;
+        let start = Instant::now();
+        assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        hub.publish(SendSseEvent::new("e", json!(1))).await.unwrap();
+        next_paused(&mut s).await;
+        let event_at = Instant::now();
+        assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
+        assert_eq!(event_at.elapsed(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emitter_timeout_ends_the_stream_with_jitter() {
+        let hub = Hub::builder(LocalBackend::new())
+            .heartbeat(None)
+            .emitter_timeout(Some(Duration::from_secs(100)))
+            .start()
+            .await
+            .unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any);
+        next(&mut s).await;
+        let start = Instant::now();
+        assert_eq!(s.next().await, None);
+        let lived = start.elapsed();
+        assert!(lived >= Duration::from_secs(90) && lived <= Duration::from_secs(100), "{lived:?}");
+        assert_eq!(s.close_reason(), Some(CloseReason::Timeout));
+        drop(s);
+        assert_eq!(hub.stats().closed_timeout, 1);
+        assert_eq!(hub.open_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn retry_is_sent_on_open_and_shutdown_ends_streams() {
+        let hub = Hub::builder(LocalBackend::new())
+            .retry(Some(Duration::from_millis(1500)))
+            .start()
+            .await
+            .unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any);
+        assert_eq!(next(&mut s).await, ": ok\nretry: 1500\n\n");
+        hub.shutdown().await.unwrap();
+        assert_eq!(s.next().await, None);
+        drop(s);
+        assert_eq!(hub.stats().closed_shutdown, 1);
+        assert!(!hub.health().await.up);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_stream_counts_client_gone() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let s = hub.open_stream(Some("s".into()), EventFilter::Any);
+        assert_eq!(hub.open_streams(), 1);
+        drop(s);
+        assert_eq!(hub.open_streams(), 0);
+        assert_eq!(hub.stats().closed_client_gone, 1);
+    }
+}

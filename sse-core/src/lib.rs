@@ -1,0 +1,38 @@
+//! The core of sse-fanout: everything that does not depend on an HTTP server or a broker.
+//!
+//! - [`SendSseEvent`]: what business code publishes ("send event X to session S", or to everyone).
+//! - [`envelope`]: the versioned JSON document that carries an event between instances.
+//! - [`encode`]: the spec-exact SSE encoder; one event is encoded once into shared [`bytes::Bytes`].
+//! - [`EmitterRepository`] and [`InMemoryEmitterRepository`]: the open streams of one instance.
+//! - [`FanoutBackend`] and [`LocalBackend`]: how envelopes travel between instances.
+//! - [`Hub`]: ties them together; the one handle business code keeps.
+//!
+//! # Testkit
+//!
+//! With the `testkit` feature, [`testkit`] holds the conformance suite every backend runs: call
+//! `sse_core::testkit::run_all` from a test with a factory for your backend.
+
+pub mod backend;
+pub mod encode;
+pub mod envelope;
+pub mod event;
+mod hub;
+mod local;
+mod memory;
+pub mod repository;
+mod stats;
+mod stream;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
+pub use envelope::{Envelope, EnvelopeError};
+pub use event::{EventId, SendSseEvent};
+pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, PublishError};
+pub use local::LocalBackend;
+pub use memory::InMemoryEmitterRepository;
+pub use repository::{
+    CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Subscription, Target,
+};
+pub use stats::StatsSnapshot;
+pub use stream::EventStream;

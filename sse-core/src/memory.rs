@@ -1,0 +1,319 @@
+//! The default [`EmitterRepository`]: streams in a sharded in-memory map.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::repository::{
+    CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Offer, Sink,
+    Subscription, Target,
+};
+
+/// Streams of one instance, kept in memory: a sharded map from session to its streams (so
+/// delivering to one session locks one shard, briefly, for reading) and a sharded map of the
+/// session-less streams that receive broadcasts only.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use sse_core::{EmitterRepository, EventFilter, InMemoryEmitterRepository, Subscription, Target};
+///
+/// let repo = InMemoryEmitterRepository::new();
+/// let emitter = repo.register(Subscription::new(Some(Arc::from("s1")), EventFilter::parse("news").unwrap(), 8));
+/// let report = repo.deliver(Target::Session("s1"), "news", &Bytes::from_static(b"data: hi\n\n"));
+/// assert_eq!(report.queued, 1);
+/// drop(emitter);
+/// assert_eq!(repo.count(), 0);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryEmitterRepository {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: DashMap<Arc<str>, Vec<Entry>>,
+    anonymous: DashMap<u64, Entry>,
+    next_id: AtomicU64,
+    count: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    events: EventFilter,
+    sink: Sink,
+}
+
+impl InMemoryEmitterRepository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Inner {
+    fn remove(&self, session: Option<&str>, id: u64) -> Option<Entry> {
+        let removed = match session {
+            None => self.anonymous.remove(&id).map(|(_, entry)| entry),
+            Some(session) => {
+                let mut removed = None;
+                self.sessions.remove_if_mut(session, |_, entries| {
+                    if let Some(pos) = entries.iter().position(|e| e.id == id) {
+                        removed = Some(entries.swap_remove(pos));
+                    }
+                    entries.is_empty()
+                });
+                removed
+            }
+        };
+        if removed.is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    fn close_slow(&self, session: Option<&str>, id: u64) -> bool {
+        match self.remove(session, id) {
+            Some(entry) => {
+                entry.sink.close(CloseReason::SlowClient);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Offers a frame to one entry, noting the outcome.
+fn offer(entry: &Entry, event_name: &str, frame: &Bytes, report: &mut DeliveryReport) -> bool {
+    if !entry.events.matches(event_name) {
+        return true;
+    }
+    match entry.sink.offer(frame) {
+        Offer::Queued => {
+            report.queued += 1;
+            true
+        }
+        Offer::Full => false,
+        // The stream is going away; its registration removes it.
+        Offer::Closed => true,
+    }
+}
+
+impl EmitterRepository for InMemoryEmitterRepository {
+    fn register(&self, subscription: Subscription) -> Emitter {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sink, parts) = Emitter::channel(&subscription);
+        let entry = Entry {
+            id,
+            events: subscription.events,
+            sink,
+        };
+        let session = subscription.session_id;
+        match &session {
+            None => {
+                self.inner.anonymous.insert(id, entry);
+            }
+            Some(session) => self
+                .inner
+                .sessions
+                .entry(session.clone())
+                .or_default()
+                .push(entry),
+        }
+        self.inner.count.fetch_add(1, Ordering::AcqRel);
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        parts.into_emitter(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.remove(session.as_deref(), id);
+            }
+        })
+    }
+
+    fn deliver(&self, target: Target<'_>, event_name: &str, frame: &Bytes) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let mut slow: Vec<(Option<Arc<str>>, u64)> = Vec::new();
+        match target {
+            Target::Session(session) => {
+                if let Some(entries) = self.inner.sessions.get(session) {
+                    for entry in entries.iter() {
+                        if !offer(entry, event_name, frame, &mut report) {
+                            slow.push((Some(entries.key().clone()), entry.id));
+                        }
+                    }
+                }
+            }
+            Target::Broadcast => {
+                for entries in self.inner.sessions.iter() {
+                    for entry in entries.iter() {
+                        if !offer(entry, event_name, frame, &mut report) {
+                            slow.push((Some(entries.key().clone()), entry.id));
+                        }
+                    }
+                }
+                for entry in self.inner.anonymous.iter() {
+                    if !offer(&entry, event_name, frame, &mut report) {
+                        slow.push((None, entry.id));
+                    }
+                }
+            }
+        }
+        // The read guards are released: now the slow streams can be taken out.
+        for (session, id) in slow {
+            if self.inner.close_slow(session.as_deref(), id) {
+                report.closed_slow += 1;
+            }
+        }
+        report
+    }
+
+    fn count(&self) -> usize {
+        self.inner.count.load(Ordering::Acquire)
+    }
+
+    fn close_all(&self, reason: CloseReason) {
+        let mut closed = 0;
+        self.inner.sessions.retain(|_, entries| {
+            for entry in entries.drain(..) {
+                entry.sink.close(reason);
+                closed += 1;
+            }
+            false
+        });
+        self.inner.anonymous.retain(|_, entry| {
+            entry.sink.close(reason);
+            closed += 1;
+            false
+        });
+        self.inner.count.fetch_sub(closed, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sub(session: Option<&str>, events: &str, queue: usize) -> Subscription {
+        Subscription::new(
+            session.map(Arc::from),
+            EventFilter::parse(events).unwrap(),
+            queue,
+        )
+    }
+
+    fn frame(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn session_targeting_and_filters() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut s1_a = repo.register(sub(Some("s1"), "a", 8));
+        let mut s1_ab = repo.register(sub(Some("s1"), "a,b", 8));
+        let s2_a = repo.register(sub(Some("s2"), "a", 8));
+        assert_eq!(repo.count(), 3);
+
+        let r = repo.deliver(Target::Session("s1"), "a", &frame("1"));
+        assert_eq!(r.queued, 2);
+        let r = repo.deliver(Target::Session("s1"), "b", &frame("2"));
+        assert_eq!(r.queued, 1);
+        let r = repo.deliver(Target::Session("nobody"), "a", &frame("3"));
+        assert_eq!(r, DeliveryReport::default());
+
+        assert_eq!(s1_a.recv().await.unwrap(), frame("1"));
+        assert_eq!(s1_ab.recv().await.unwrap(), frame("1"));
+        assert_eq!(s1_ab.recv().await.unwrap(), frame("2"));
+        assert!(s2_a.queued() == 0);
+        assert!(s1_a.queued() == 0);
+    }
+
+    #[tokio::test]
+    async fn broadcast_reaches_sessions_and_anonymous_streams() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut a = repo.register(sub(Some("s1"), "news", 8));
+        let mut b = repo.register(sub(None, "news", 8));
+        let c = repo.register(sub(None, "other", 8));
+        let r = repo.deliver(Target::Broadcast, "news", &frame("n"));
+        assert_eq!(r.queued, 2);
+        assert_eq!(a.recv().await.unwrap(), frame("n"));
+        assert_eq!(b.recv().await.unwrap(), frame("n"));
+        assert!(c.queued() == 0);
+    }
+
+    #[tokio::test]
+    async fn drop_unregisters() {
+        let repo = InMemoryEmitterRepository::new();
+        let a = repo.register(sub(Some("s1"), "a", 8));
+        let b = repo.register(sub(Some("s1"), "a", 8));
+        let c = repo.register(sub(None, "a", 8));
+        assert_eq!(repo.count(), 3);
+        drop(a);
+        assert_eq!(repo.count(), 2);
+        assert_eq!(repo.deliver(Target::Session("s1"), "a", &frame("x")).queued, 1);
+        drop(b);
+        drop(c);
+        assert_eq!(repo.count(), 0);
+        assert!(repo.inner.sessions.is_empty());
+        assert!(repo.inner.anonymous.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_only_that_stream() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut slow = repo.register(sub(Some("s1"), "a", 2));
+        let mut fast = repo.register(sub(Some("s1"), "a", 64));
+        for _ in 0..2 {
+            assert_eq!(repo.deliver(Target::Session("s1"), "a", &frame("x")).queued, 2);
+            fast.recv().await.unwrap();
+        }
+        let r = repo.deliver(Target::Session("s1"), "a", &frame("y"));
+        assert_eq!(r, DeliveryReport { queued: 1, closed_slow: 1 });
+        assert_eq!(repo.count(), 1);
+        assert_eq!(fast.recv().await.unwrap(), frame("y"));
+        // The slow stream gets what was queued, then ends, knowing why.
+        assert_eq!(slow.recv().await.unwrap(), frame("x"));
+        assert_eq!(slow.recv().await.unwrap(), frame("x"));
+        assert_eq!(slow.recv().await, None);
+        assert_eq!(slow.close_reason(), Some(CloseReason::SlowClient));
+        drop(slow);
+        assert_eq!(repo.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_every_stream() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut a = repo.register(sub(Some("s1"), "a", 8));
+        let mut b = repo.register(sub(None, "a", 8));
+        repo.close_all(CloseReason::Shutdown);
+        assert_eq!(repo.count(), 0);
+        assert_eq!(a.recv().await, None);
+        assert_eq!(b.recv().await, None);
+        assert_eq!(a.close_reason(), Some(CloseReason::Shutdown));
+        drop((a, b));
+        assert_eq!(repo.count(), 0);
+    }
+
+    #[test]
+    fn concurrent_register_deliver_drop() {
+        let repo = InMemoryEmitterRepository::new();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let repo = repo.clone();
+                scope.spawn(move || {
+                    for i in 0..2000 {
+                        let session = format!("s{}", (t * 7 + i) % 13);
+                        let e = repo.register(sub(Some(&session), "a", 4));
+                        repo.deliver(Target::Session(&session), "a", &frame("x"));
+                        repo.deliver(Target::Broadcast, "a", &frame("y"));
+                        drop(e);
+                    }
+                });
+            }
+        });
+        assert_eq!(repo.count(), 0);
+        assert!(repo.inner.sessions.is_empty());
+    }
+}

@@ -1,0 +1,439 @@
+//! Where an instance keeps its open streams: the [`EmitterRepository`] trait and the parts every
+//! implementation shares ([`Subscription`], [`EventFilter`], [`Sink`], [`Emitter`]).
+//!
+//! Delivery never waits for a client: every stream has a bounded queue; when a frame does not fit,
+//! the stream is closed with [`CloseReason::SlowClient`] (the client reconnects) instead of stalling
+//! the others or growing memory.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::encode::{FieldError, check_event_name};
+
+/// Which events a stream asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    /// Every event name (`eventName=*`).
+    Any,
+    /// Only these event names.
+    Names(Box<[Box<str>]>),
+}
+
+/// Why a list of event names was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FilterError {
+    /// No event name at all.
+    #[error("at least one event name is required")]
+    Missing,
+    /// More names than allowed.
+    #[error("too many event names: {count} (at most {max})")]
+    TooMany {
+        /// Names given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A name longer than allowed.
+    #[error("event name too long: {len} bytes (at most {max})")]
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A name that is not a valid SSE event name.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+impl EventFilter {
+    /// At most this many names per stream.
+    pub const MAX_NAMES: usize = 64;
+    /// At most this many bytes per name.
+    pub const MAX_NAME_LEN: usize = 256;
+
+    /// Parses a comma-separated list (`a,b`); `*` means every name. Duplicates collapse.
+    ///
+    /// ```
+    /// use sse_core::EventFilter;
+    /// let f = EventFilter::parse("orders, invoices").unwrap();
+    /// assert!(f.matches("orders") && f.matches("invoices") && !f.matches("other"));
+    /// assert_eq!(EventFilter::parse("*").unwrap(), EventFilter::Any);
+    /// assert!(EventFilter::parse(" , ").is_err());
+    /// ```
+    pub fn parse(list: &str) -> Result<EventFilter, FilterError> {
+        Self::from_names(list.split(','))
+    }
+
+    /// Builds a filter from names; `*` among them means every name.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, FilterError> {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for name in names {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            if name == "*" {
+                return Ok(EventFilter::Any);
+            }
+            if name.len() > Self::MAX_NAME_LEN {
+                return Err(FilterError::TooLong {
+                    len: name.len(),
+                    max: Self::MAX_NAME_LEN,
+                });
+            }
+            check_event_name(name)?;
+            if !out.iter().any(|n| &**n == name) {
+                out.push(name.into());
+            }
+            if out.len() > Self::MAX_NAMES {
+                return Err(FilterError::TooMany {
+                    count: out.len(),
+                    max: Self::MAX_NAMES,
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err(FilterError::Missing);
+        }
+        Ok(EventFilter::Names(out.into_boxed_slice()))
+    }
+
+    /// Whether an event of this name goes to the stream.
+    pub fn matches(&self, event_name: &str) -> bool {
+        match self {
+            EventFilter::Any => true,
+            EventFilter::Names(names) => names.iter().any(|n| &**n == event_name),
+        }
+    }
+}
+
+/// Who an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The streams of one session.
+    Session(&'a str),
+    /// Every stream.
+    Broadcast,
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client went away.
+    ClientGone,
+    /// The emitter timeout passed; the client reconnects.
+    Timeout,
+    /// The stream's queue was full: the client did not keep up.
+    SlowClient,
+    /// The instance is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short lowercase name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => CloseReason::ClientGone,
+            2 => CloseReason::Timeout,
+            3 => CloseReason::SlowClient,
+            4 => CloseReason::Shutdown,
+            _ => return None,
+        })
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            CloseReason::ClientGone => 1,
+            CloseReason::Timeout => 2,
+            CloseReason::SlowClient => 3,
+            CloseReason::Shutdown => 4,
+        }
+    }
+}
+
+/// What a stream registers with: its session, its event names and its queue.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The stream's session; `None` receives broadcasts only.
+    pub session_id: Option<Arc<str>>,
+    /// The event names it receives.
+    pub events: EventFilter,
+    /// Frames that may wait for the client before it counts as slow (at least 1).
+    pub queue_size: usize,
+    /// Cancelled when the stream is closed as slow: lets the HTTP layer drop a connection whose
+    /// socket no longer drains, so its body is not left waiting to be polled.
+    pub abort_on_overflow: Option<CancellationToken>,
+}
+
+impl Subscription {
+    /// A subscription with a queue of `queue_size` frames.
+    pub fn new(session_id: Option<Arc<str>>, events: EventFilter, queue_size: usize) -> Self {
+        Subscription {
+            session_id,
+            events,
+            queue_size,
+            abort_on_overflow: None,
+        }
+    }
+}
+
+/// The state a stream's two ends share: whether, and why, it was closed.
+#[derive(Debug, Default)]
+struct StreamState {
+    reason: AtomicU8,
+    abort_on_overflow: Option<CancellationToken>,
+}
+
+impl StreamState {
+    fn close(&self, reason: CloseReason) -> bool {
+        let first = self
+            .reason
+            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first
+            && reason == CloseReason::SlowClient
+            && let Some(token) = &self.abort_on_overflow
+        {
+            token.cancel();
+        }
+        first
+    }
+
+    fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+}
+
+/// What a repository keeps of a stream: the sending end of its bounded queue.
+#[derive(Debug)]
+pub struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    state: Arc<StreamState>,
+}
+
+/// The outcome of [`Sink::offer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The frame is queued for the client.
+    Queued,
+    /// The queue is full: the client is too slow. Remove the sink and [`close`](Sink::close) it.
+    Full,
+    /// The stream has ended already; remove the sink.
+    Closed,
+}
+
+impl Sink {
+    /// Queues a frame without waiting.
+    pub fn offer(&self, frame: &Bytes) -> Offer {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Records why the stream is closed (the first reason wins). The stream ends once the repository
+    /// drops this sink and the client has read what was queued before.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        self.state.close(reason)
+    }
+}
+
+/// The receiving end of a stream's queue, as a repository hands it out.
+#[derive(Debug)]
+pub struct Emitter {
+    rx: mpsc::Receiver<Bytes>,
+    state: Arc<StreamState>,
+    _registration: Registration,
+}
+
+impl Emitter {
+    /// A bounded queue for `subscription`: the [`Sink`] the repository keeps and a function that
+    /// turns the receiving end into an [`Emitter`] whose drop runs `unregister`.
+    pub fn channel(subscription: &Subscription) -> (Sink, EmitterParts) {
+        let (tx, rx) = mpsc::channel(subscription.queue_size.max(1));
+        let state = Arc::new(StreamState {
+            reason: AtomicU8::new(0),
+            abort_on_overflow: subscription.abort_on_overflow.clone(),
+        });
+        (
+            Sink {
+                tx,
+                state: state.clone(),
+            },
+            EmitterParts { rx, state },
+        )
+    }
+
+    /// Waits for the next frame; `None` once the repository has dropped the sink and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+
+    /// Polls for the next frame (see [`recv`](Self::recv)).
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        self.rx.poll_recv(cx)
+    }
+
+    /// Frames waiting for the client.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Why the stream was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.state.reason()
+    }
+
+    /// Records a close reason from the consuming side (timeout, client gone); the first one wins.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        self.state.close(reason)
+    }
+}
+
+/// The receiving half from [`Emitter::channel`], before it is registered.
+#[derive(Debug)]
+pub struct EmitterParts {
+    rx: mpsc::Receiver<Bytes>,
+    state: Arc<StreamState>,
+}
+
+impl EmitterParts {
+    /// The emitter; `unregister` runs when it is dropped.
+    pub fn into_emitter(self, unregister: impl FnOnce() + Send + Sync + 'static) -> Emitter {
+        Emitter {
+            rx: self.rx,
+            state: self.state,
+            _registration: Registration(Some(Box::new(unregister))),
+        }
+    }
+}
+
+struct Registration(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(unregister) = self.0.take() {
+            unregister();
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Registration")
+    }
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Streams the frame was queued for.
+    pub queued: usize,
+    /// Streams closed because their queue was full.
+    pub closed_slow: usize,
+}
+
+/// The open streams of one instance.
+///
+/// Implementations must be thread-safe without a global lock on the delivery path, and must never
+/// wait for a client inside [`deliver`](Self::deliver).
+pub trait EmitterRepository: Send + Sync + fmt::Debug + 'static {
+    /// Registers a stream; dropping the returned [`Emitter`] unregisters it.
+    fn register(&self, subscription: Subscription) -> Emitter;
+
+    /// Queues `frame` for every stream of `target` whose filter matches `event_name`. Streams whose
+    /// queue is full are removed and closed as [`CloseReason::SlowClient`].
+    fn deliver(&self, target: Target<'_>, event_name: &str, frame: &Bytes) -> DeliveryReport;
+
+    /// Open streams.
+    fn count(&self) -> usize;
+
+    /// Closes every stream with `reason`; each ends after the client has read what was queued.
+    fn close_all(&self, reason: CloseReason);
+}
+
+impl<T: EmitterRepository + ?Sized> EmitterRepository for Arc<T> {
+    fn register(&self, subscription: Subscription) -> Emitter {
+        (**self).register(subscription)
+    }
+    fn deliver(&self, target: Target<'_>, event_name: &str, frame: &Bytes) -> DeliveryReport {
+        (**self).deliver(target, event_name, frame)
+    }
+    fn count(&self) -> usize {
+        (**self).count()
+    }
+    fn close_all(&self, reason: CloseReason) {
+        (**self).close_all(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn filter_parsing() {
+        assert_eq!(
+            EventFilter::parse("a,b,a").unwrap(),
+            EventFilter::Names(vec!["a".into(), "b".into()].into_boxed_slice())
+        );
+        assert_eq!(EventFilter::parse("a,*").unwrap(), EventFilter::Any);
+        assert_eq!(EventFilter::parse(""), Err(FilterError::Missing));
+        assert!(matches!(
+            EventFilter::parse("a\rb"),
+            Err(FilterError::Invalid(_))
+        ));
+        let many = (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        assert!(matches!(
+            EventFilter::parse(&many),
+            Err(FilterError::TooMany { .. })
+        ));
+        assert!(matches!(
+            EventFilter::parse(&"x".repeat(257)),
+            Err(FilterError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn first_close_reason_wins_and_slow_close_aborts() {
+        let token = CancellationToken::new();
+        let mut sub = Subscription::new(None, EventFilter::Any, 1);
+        sub.abort_on_overflow = Some(token.clone());
+        let (sink, parts) = Emitter::channel(&sub);
+        let emitter = parts.into_emitter(|| {});
+        assert!(sink.close(CloseReason::SlowClient));
+        assert!(!emitter.close(CloseReason::Timeout));
+        assert_eq!(emitter.close_reason(), Some(CloseReason::SlowClient));
+        assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn offer_reports_full_and_closed() {
+        let (sink, parts) = Emitter::channel(&Subscription::new(None, EventFilter::Any, 1));
+        let emitter = parts.into_emitter(|| {});
+        let frame = Bytes::from_static(b"data: x\n\n");
+        assert_eq!(sink.offer(&frame), Offer::Queued);
+        assert_eq!(sink.offer(&frame), Offer::Full);
+        drop(emitter);
+        assert_eq!(sink.offer(&frame), Offer::Closed);
+    }
+}

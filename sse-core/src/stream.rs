@@ -1,0 +1,128 @@
+//! [`EventStream`]: one client's stream of SSE frames, with heartbeats and the emitter timeout.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::repository::{CloseReason, Emitter};
+use crate::stats::Stats;
+
+/// The frames one client receives: an opening comment sent at once (so that proxies and clients see
+/// the stream open), then its events, a heartbeat comment whenever it has been idle for the
+/// heartbeat interval, until the emitter timeout, a slow-client close, shutdown, or the client
+/// going away (dropping the stream unregisters it).
+///
+/// Framework-neutral: hand it to any HTTP server as a body of `Bytes` chunks.
+#[derive(Debug)]
+pub struct EventStream {
+    opening: Option<Bytes>,
+    emitter: Emitter,
+    heartbeat: Option<Heartbeat>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    stats: Arc<Stats>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Heartbeat {
+    every: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+/// The heartbeat frame, built once.
+const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
+
+impl EventStream {
+    pub(crate) fn new(
+        emitter: Emitter,
+        opening: Bytes,
+        heartbeat: Option<Duration>,
+        timeout: Option<Duration>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let now = Instant::now();
+        EventStream {
+            opening: Some(opening),
+            emitter,
+            heartbeat: heartbeat.map(|every| Heartbeat {
+                every,
+                sleep: Box::pin(tokio::time::sleep_until(now + every)),
+            }),
+            deadline: timeout.map(|t| Box::pin(tokio::time::sleep_until(now + t))),
+            stats,
+            ended: false,
+        }
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.emitter.close_reason()
+    }
+
+    fn end(&mut self, reason: CloseReason) -> Poll<Option<Bytes>> {
+        self.emitter.close(reason);
+        self.ended = true;
+        Poll::Ready(None)
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(opening) = this.opening.take() {
+            return Poll::Ready(Some(opening));
+        }
+        match this.emitter.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => {
+                if let Some(hb) = &mut this.heartbeat {
+                    hb.sleep.as_mut().reset(Instant::now() + hb.every);
+                }
+                return Poll::Ready(Some(frame));
+            }
+            // The repository let go of the stream: slow client or shutdown, already recorded.
+            Poll::Ready(None) => {
+                let reason = this
+                    .emitter
+                    .close_reason()
+                    .unwrap_or(CloseReason::Shutdown);
+                return this.end(reason);
+            }
+            Poll::Pending => {}
+        }
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return this.end(CloseReason::Timeout);
+        }
+        if let Some(hb) = &mut this.heartbeat
+            && hb.sleep.as_mut().poll(cx).is_ready()
+        {
+            let next = hb.sleep.deadline() + hb.every;
+            hb.sleep.as_mut().reset(next.max(Instant::now()));
+            // Register the new deadline's waker.
+            let _ = hb.sleep.as_mut().poll(cx);
+            return Poll::Ready(Some(HEARTBEAT));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        // A stream dropped before it ended was dropped by the HTTP layer: the client went away.
+        self.emitter.close(CloseReason::ClientGone);
+        if let Some(reason) = self.emitter.close_reason() {
+            self.stats.closed(reason);
+        }
+    }
+}
