@@ -1,1 +1,220 @@
-fn main(){}
+//! The sse-fanout hub: a ready-to-run SSE server that fans events out over a broker.
+//!
+//! `cargo run --release` serves on 127.0.0.1:8080 with the embedded local backend; `--help` lists
+//! every flag and its `SSE_FANOUT_*` environment variable.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sse_fanout::hyper::{RouterConfig, SseRouter};
+use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend};
+use tokio::net::TcpListener;
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// Pushes Server-Sent Events to browsers from any number of instances.
+#[derive(Debug, Parser)]
+#[command(name = "sse-fanout", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "SSE_FANOUT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Which broker carries events between instances.
+    #[arg(long, env = "SSE_FANOUT_BACKEND", value_enum, default_value_t = BackendKind::Local)]
+    backend: BackendKind,
+
+    /// The broker's address (redis://…, nats://…, amqp://…, host:port for Kafka).
+    #[arg(long, env = "SSE_FANOUT_BACKEND_URL")]
+    backend_url: Option<String>,
+
+    /// The channel, subject, exchange or topic the instances share.
+    #[arg(long, env = "SSE_FANOUT_CHANNEL", default_value = "send.sse.event")]
+    channel: String,
+
+    /// This application's name, written into every envelope; envelopes of other apps are dropped.
+    #[arg(long, env = "SSE_FANOUT_APP_NAME", default_value = "sse-fanout")]
+    app_name: String,
+
+    /// Also deliver envelopes of these apps (repeatable; `*` for every app).
+    #[arg(long = "accept-app", env = "SSE_FANOUT_ACCEPT_APPS", value_delimiter = ',')]
+    accept_apps: Vec<String>,
+
+    /// This instance's id (default: random).
+    #[arg(long, env = "SSE_FANOUT_INSTANCE_ID")]
+    instance_id: Option<String>,
+
+    /// Seconds of idle time before a heartbeat comment (0: none). `15` or `15s`.
+    #[arg(long, env = "SSE_FANOUT_HEARTBEAT", default_value = "15", value_parser = parse_duration)]
+    heartbeat: Duration,
+
+    /// Seconds a stream stays open before the client is made to reconnect (0: forever).
+    #[arg(long, env = "SSE_FANOUT_EMITTER_TIMEOUT", default_value = "180", value_parser = parse_duration)]
+    emitter_timeout: Duration,
+
+    /// Frames that may wait for one client before it is closed as too slow.
+    #[arg(long, env = "SSE_FANOUT_QUEUE_SIZE", default_value_t = 256)]
+    queue_size: usize,
+
+    /// Reconnection delay sent to clients as `retry:` when a stream opens (0: none).
+    #[arg(long, env = "SSE_FANOUT_RETRY", default_value = "0", value_parser = parse_duration)]
+    retry: Duration,
+
+    /// Bearer token that POST /sse/publish requires (default: none required).
+    #[arg(long, env = "SSE_FANOUT_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
+
+    /// HS256 secret: sessions come from a bearer JWT's `sub` instead of the client's own word.
+    #[arg(long, env = "SSE_FANOUT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// Path of the event-stream endpoint.
+    #[arg(long, env = "SSE_FANOUT_PATH", default_value = "/sse/event-stream")]
+    path: String,
+
+    /// Path of the publish endpoint.
+    #[arg(long, env = "SSE_FANOUT_PUBLISH_PATH", default_value = "/sse/publish")]
+    publish_path: String,
+
+    /// Largest publish body in bytes.
+    #[arg(long, env = "SSE_FANOUT_MAX_PUBLISH_BODY", default_value_t = 1024 * 1024)]
+    max_publish_body: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// In-process: one instance, no broker.
+    Local,
+    /// Redis pub/sub (build with `--features redis`).
+    Redis,
+    /// NATS core pub/sub (build with `--features nats`).
+    Nats,
+    /// RabbitMQ fanout exchange (build with `--features rabbit`).
+    Rabbit,
+    /// Kafka topic (build with `--features kafka`).
+    Kafka,
+}
+
+/// Whole seconds (`15`) or a humantime duration (`15s`, `2m`, `500ms`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (use whole seconds, e.g. 15, or 15s)"))
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sse-fanout: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let backend = connect_backend(&args).await?;
+    let mut config = HubConfig::new(args.app_name.clone());
+    if let Some(id) = &args.instance_id {
+        config.instance_id = id.clone();
+    }
+    config.accept_apps = if args.accept_apps.iter().any(|a| a == "*") {
+        AcceptApps::Any
+    } else if args.accept_apps.is_empty() {
+        AcceptApps::Own
+    } else {
+        let mut apps = args.accept_apps.clone();
+        apps.push(args.app_name.clone());
+        AcceptApps::These(apps)
+    };
+    config.heartbeat = nonzero(args.heartbeat);
+    config.emitter_timeout = nonzero(args.emitter_timeout);
+    config.queue_size = args.queue_size.max(1);
+    config.retry = nonzero(args.retry);
+    let hub = Hub::builder_arc(backend)
+        .config(config)
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("could not subscribe: {e}"))?;
+
+    let mut router_config = RouterConfig::default();
+    router_config.stream_path = args.path.clone();
+    router_config.publish_path = args.publish_path.clone();
+    router_config.publish_token = args.publish_token.clone();
+    router_config.max_publish_body = args.max_publish_body;
+    let page = DEMO_PAGE
+        .replace("{{STREAM_PATH}}", &args.path)
+        .replace("{{PUBLISH_PATH}}", &args.publish_path);
+    let mut router = SseRouter::new(hub.clone())
+        .config(router_config)
+        .static_page("/", "text/html; charset=utf-8", page);
+    router = match &args.jwt_secret {
+        Some(secret) => router.resolver(sse_fanout::JwtSessions::hs256(secret)),
+        None => router.resolver(sse_fanout::DevSessions),
+    };
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        backend = hub.backend_name(),
+        "sse-fanout listening; demo page at /"
+    );
+    sse_fanout::hyper::serve(listener, router, shutdown_signal()).await?;
+    hub.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn connect_backend(args: &Args) -> anyhow::Result<Arc<dyn FanoutBackend>> {
+    let url = args.backend_url.as_deref();
+    match args.backend {
+        BackendKind::Local => Ok(Arc::new(LocalBackend::new())),
+        other => {
+            let _ = url;
+            anyhow::bail!(
+                "this build has no {other:?} backend; rebuild with `--features {}`",
+                format!("{other:?}").to_lowercase()
+            )
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

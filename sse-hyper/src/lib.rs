@@ -1,1 +1,22 @@
+//! sse-fanout's HTTP layer on raw hyper 1.x: the event-stream endpoint, the publish and health
+//! endpoints, session resolvers, and [`serve`] with a graceful shutdown.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /sse/event-stream?eventName=a,b` | `200 text/event-stream`, open until the client leaves |
+//! | `POST /sse/publish` `{"eventName","sessionId"?,"payload","id"?}` | `202 {"id": ...}` |
+//! | `GET /healthz` | `200 {"status":"ok",...}` or `503 {"status":"down",...}` |
+//!
+//! Every endpoint returns `http::Response<SseBody>`, so they mount in axum too.
 
+mod body;
+mod error;
+mod router;
+mod serve;
+pub mod session;
+
+pub use body::SseBody;
+pub use error::ApiError;
+pub use router::{ConnectionAbort, RouterConfig, SseRouter};
+pub use serve::{ServeOptions, serve, serve_with};
+pub use session::{AnonymousSessions, DevSessions, JwtSessions, SessionResolver};

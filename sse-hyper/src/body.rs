@@ -1,0 +1,77 @@
+//! [`SseBody`]: the one response body type of every endpoint.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use http_body::{Body, Frame, SizeHint};
+use sse_core::EventStream;
+
+/// A response body: either a whole buffer (JSON answers, pages) or an open event stream.
+///
+/// Implements [`http_body::Body`], so it works with hyper directly and with axum (which accepts
+/// any `http::Response<B>` whose body yields `Bytes`).
+#[derive(Debug)]
+pub struct SseBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Box<EventStream>),
+}
+
+impl SseBody {
+    /// A body of one buffer.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        SseBody {
+            kind: Kind::Full(Some(bytes.into())),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        SseBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// A body that streams SSE frames until the stream ends.
+    pub fn stream(stream: EventStream) -> Self {
+        SseBody {
+            kind: Kind::Stream(Box::new(stream)),
+        }
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(stream) => Pin::new(stream.as_mut())
+                .poll_next(cx)
+                .map(|frame| frame.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.kind, Kind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! [`SseRouter`]: the event-stream, publish and health endpoints over one [`Hub`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use sse_core::{EventFilter, Hub, PublishError, SendSseEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::SseBody;
+use crate::error::{ApiError, json_response};
+use crate::session::{AnonymousSessions, SessionResolver, bearer_token};
+
+/// Where the endpoints live and how they guard themselves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// The event-stream endpoint, default `/sse/event-stream`.
+    pub stream_path: String,
+    /// The publish endpoint, default `/sse/publish`.
+    pub publish_path: String,
+    /// The health endpoint, default `/healthz`.
+    pub health_path: String,
+    /// When set, publishing needs `Authorization: Bearer <token>`.
+    pub publish_token: Option<String>,
+    /// The largest publish body accepted, default 1 MiB; larger ones get `413`.
+    pub max_publish_body: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            stream_path: "/sse/event-stream".to_owned(),
+            publish_path: "/sse/publish".to_owned(),
+            health_path: "/healthz".to_owned(),
+            publish_token: None,
+            max_publish_body: 1024 * 1024,
+        }
+    }
+}
+
+/// Handed to each request by [`serve`](crate::serve) for HTTP/1 connections: cancelling it drops the
+/// connection. A stream closed as too slow cancels it, since its body would otherwise wait for a
+/// socket that no longer drains.
+#[derive(Debug, Clone)]
+pub struct ConnectionAbort(pub CancellationToken);
+
+/// The HTTP face of a [`Hub`]: routes requests to the event-stream, publish and health endpoints
+/// (and to static pages added with [`static_page`](Self::static_page)). Cheap to clone.
+///
+/// Works with raw hyper through [`serve`](crate::serve), and inside axum or any other framework
+/// through [`handle`](Self::handle) or the single endpoints, which all return `http::Response`.
+#[derive(Clone)]
+pub struct SseRouter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    hub: Hub,
+    resolver: Arc<dyn SessionResolver>,
+    config: RouterConfig,
+    pages: Vec<StaticPage>,
+}
+
+#[derive(Clone)]
+struct StaticPage {
+    path: String,
+    content_type: HeaderValue,
+    body: Bytes,
+}
+
+impl fmt::Debug for SseRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseRouter")
+            .field("resolver", &self.inner.resolver)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseRouter {
+    /// Endpoints over `hub` with the default [`RouterConfig`] and anonymous sessions.
+    pub fn new(hub: Hub) -> Self {
+        SseRouter {
+            inner: Arc::new(Inner {
+                hub,
+                resolver: Arc::new(AnonymousSessions),
+                config: RouterConfig::default(),
+                pages: Vec::new(),
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Sets how sessions are found (see [`SessionResolver`]).
+    pub fn resolver(mut self, resolver: impl SessionResolver) -> Self {
+        self.inner_mut().resolver = Arc::new(resolver);
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: RouterConfig) -> Self {
+        self.inner_mut().config = config;
+        self
+    }
+
+    /// Serves a fixed body at `path` (for `GET` and `HEAD`), such as a demo page.
+    pub fn static_page(
+        mut self,
+        path: impl Into<String>,
+        content_type: &'static str,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        self.inner_mut().pages.push(StaticPage {
+            path: path.into(),
+            content_type: HeaderValue::from_static(content_type),
+            body: body.into(),
+        });
+        self
+    }
+
+    /// The hub behind the endpoints.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Routes one request; unknown paths get a `404` JSON error.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<SseBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path();
+        let config = &self.inner.config;
+        let method = request.method().clone();
+        let result = if path == config.stream_path {
+            match method {
+                Method::GET => {
+                    let (parts, _) = request.into_parts();
+                    self.event_stream(&parts).await
+                }
+                _ => Err(method_not_allowed("GET")),
+            }
+        } else if path == config.publish_path {
+            match method {
+                Method::POST => self.publish(request).await,
+                _ => Err(method_not_allowed("POST")),
+            }
+        } else if path == config.health_path {
+            match method {
+                Method::GET => Ok(self.health().await),
+                _ => Err(method_not_allowed("GET")),
+            }
+        } else if let Some(page) = self.inner.pages.iter().find(|p| p.path == path) {
+            match method {
+                Method::GET | Method::HEAD => {
+                    let mut response = Response::new(SseBody::full(page.body.clone()));
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, page.content_type.clone());
+                    Ok(response)
+                }
+                _ => Err(method_not_allowed("GET, HEAD")),
+            }
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint at {path}"),
+            ))
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    /// `GET` event stream: `?eventName=a,b` (or `*`), session from the resolver. Answers `200
+    /// text/event-stream` at once and keeps streaming until the client leaves, the emitter timeout,
+    /// or shutdown.
+    pub async fn event_stream(&self, request: &Parts) -> Result<Response<SseBody>, ApiError> {
+        let events = event_filter(request)?;
+        let session = self.inner.resolver.resolve(request).await?;
+        let hub = &self.inner.hub;
+        let mut subscription = hub.subscription(session.map(Arc::from), events);
+        if request.version < Version::HTTP_2 {
+            subscription.abort_on_overflow = request
+                .extensions
+                .get::<ConnectionAbort>()
+                .map(|abort| abort.0.clone());
+        }
+        let stream = hub.open(subscription);
+        let mut response = Response::new(SseBody::stream(stream));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+
+    /// `POST` publish: the JSON body `{"eventName", "sessionId"?, "payload", "id"?}`; answers `202
+    /// {"id": ...}` once the backend holds the event.
+    pub async fn publish<B>(&self, request: Request<B>) -> Result<Response<SseBody>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let config = &self.inner.config;
+        if let Some(expected) = &config.publish_token {
+            match bearer_token(request.headers()) {
+                Some(Ok(token)) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {}
+                Some(Err(error)) => return Err(error),
+                _ => return Err(ApiError::unauthorized("a valid publish token is required")),
+            }
+        }
+        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+            let is_json = content_type
+                .to_str()
+                .map(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+                .unwrap_or(false);
+            if !is_json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the body must be application/json",
+                ));
+            }
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} bytes", config.max_publish_body),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > config.max_publish_body as u64) {
+            return Err(too_large());
+        }
+        let body = match Limited::new(request.into_body(), config.max_publish_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
+            Err(error) => {
+                return Err(ApiError::bad_request(format!("could not read the body: {error}")));
+            }
+        };
+        let event = parse_publish_body(&body)?;
+        match self.inner.hub.publish(event).await {
+            Ok(id) => {
+                #[derive(Serialize)]
+                struct Accepted {
+                    id: String,
+                }
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &Accepted { id: id.into() },
+                ))
+            }
+            Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
+            Err(error) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                error.to_string(),
+            )),
+        }
+    }
+
+    /// `GET` health: `200 {"status":"ok",...}` or `503 {"status":"down",...}`.
+    pub async fn health(&self) -> Response<SseBody> {
+        #[derive(Serialize)]
+        struct HealthBody<'a> {
+            status: &'static str,
+            backend: &'static str,
+            instance: &'a str,
+            app: &'a str,
+            streams: usize,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            detail: Option<String>,
+        }
+        let hub = &self.inner.hub;
+        let health = hub.health().await;
+        let body = HealthBody {
+            status: if health.up { "ok" } else { "down" },
+            backend: hub.backend_name(),
+            instance: &hub.config().instance_id,
+            app: &hub.config().app_name,
+            streams: hub.open_streams(),
+            detail: health.detail,
+        };
+        let status = if health.up {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &body)
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("use {allow}"),
+    )
+}
+
+/// The event names of `?eventName=a,b` (repeated parameters add up).
+fn event_filter(request: &Parts) -> Result<EventFilter, ApiError> {
+    let query = request.uri.query().unwrap_or("");
+    let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "eventName")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    EventFilter::from_names(values.iter().flat_map(|v| v.split(',')))
+        .map_err(|e| ApiError::bad_request(format!("eventName: {e}")))
+}
+
+/// The publish body. Unknown fields are refused: a misspelt `sessionId` must not turn a targeted
+/// event into a broadcast.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishBody {
+    event_name: Option<String>,
+    session_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Value>,
+    id: Option<String>,
+}
+
+/// `Some` whenever the field is present, even as `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+pub(crate) fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
+    let body: PublishBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let event_name = body
+        .event_name
+        .ok_or_else(|| ApiError::bad_request("eventName is required"))?;
+    let payload = body
+        .payload
+        .ok_or_else(|| ApiError::bad_request("payload is required (it may be null)"))?;
+    Ok(SendSseEvent {
+        event_name,
+        session_id: body.session_id,
+        payload,
+        id: body.id,
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn publish_body_parsing() {
+        let e = parse_publish_body(br#"{"eventName":"e","sessionId":"s","payload":{"a":1},"id":"x"}"#)
+            .unwrap();
+        assert_eq!(e.event_name, "e");
+        assert_eq!(e.session_id.as_deref(), Some("s"));
+        assert_eq!(e.id.as_deref(), Some("x"));
+        assert_eq!(
+            parse_publish_body(br#"{"eventName":"e","payload":null}"#).unwrap().payload,
+            Value::Null
+        );
+        for bad in [
+            &br#"{"payload":1}"#[..],
+            br#"{"eventName":"e"}"#,
+            br#"{"eventName":"e","payload":1,"sessionID":"typo"}"#,
+            br#"{"eventName":5,"payload":1}"#,
+            b"[]",
+            b"",
+            b"{",
+        ] {
+            assert!(parse_publish_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

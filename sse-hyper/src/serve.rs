@@ -1,0 +1,129 @@
+//! [`serve`]: HTTP/1.1 and HTTP/2 (h2c) on a listener, with a graceful shutdown that ends the open
+//! event streams first (an SSE body never ends by itself, so otherwise the drain would wait forever).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::{ConnectionAbort, SseRouter};
+
+/// How [`serve_with`] runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// How long shutdown waits for connections to finish after the streams were ended.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, ends every open
+/// event stream, and waits (at most [`ServeOptions::drain_timeout`]) for connections to finish.
+/// The hub itself stays up: call [`Hub::shutdown`](sse_core::Hub::shutdown) afterwards.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use sse_core::{Hub, LocalBackend};
+/// use sse_hyper::{serve, SseRouter};
+///
+/// let hub = Hub::builder(LocalBackend::new()).start().await.expect("local backend");
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// serve(listener, SseRouter::new(hub.clone()), async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// hub.shutdown().await.ok();
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    listener: TcpListener,
+    router: SseRouter,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    serve_with(listener, router, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: SseRouter,
+    shutdown: impl Future<Output = ()> + Send,
+    options: ServeOptions,
+) -> io::Result<()> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let abort = CancellationToken::new();
+        let router = router.clone();
+        let request_abort = abort.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            let router = router.clone();
+            request
+                .extensions_mut()
+                .insert(ConnectionAbort(request_abort.clone()));
+            async move { Ok::<_, Infallible>(router.handle(request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(socket), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                () = abort.cancelled() => {
+                    tracing::debug!(%peer, "dropped the connection of a slow client");
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: ending open streams and draining connections");
+    let hub = router.hub().clone();
+    let drained = graceful.shutdown();
+    let mut drained = std::pin::pin!(drained);
+    let deadline = tokio::time::sleep(options.drain_timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        // Streams opened on a connection that was mid-request when the drain began are ended too.
+        hub.close_streams();
+        tokio::select! {
+            () = &mut drained => break,
+            () = &mut deadline => {
+                tracing::warn!("drain timeout: closing the remaining connections");
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    Ok(())
+}
