@@ -40,7 +40,11 @@ struct Args {
     app_name: String,
 
     /// Also deliver envelopes of these apps (repeatable; `*` for every app).
-    #[arg(long = "accept-app", env = "SSE_FANOUT_ACCEPT_APPS", value_delimiter = ',')]
+    #[arg(
+        long = "accept-app",
+        env = "SSE_FANOUT_ACCEPT_APPS",
+        value_delimiter = ','
+    )]
     accept_apps: Vec<String>,
 
     /// This instance's id (default: random).
@@ -116,8 +120,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(args).await {

@@ -208,7 +208,16 @@ mod tests {
         let env = Envelope::from_event(&SendSseEvent::new("e", json!(1)), "a", "o").unwrap();
         let value: serde_json::Value = serde_json::from_slice(&env.encode().unwrap()).unwrap();
         let obj = value.as_object().unwrap();
-        for key in ["v", "id", "app", "origin", "eventName", "sessionId", "payload", "ts"] {
+        for key in [
+            "v",
+            "id",
+            "app",
+            "origin",
+            "eventName",
+            "sessionId",
+            "payload",
+            "ts",
+        ] {
             assert!(obj.contains_key(key), "{key} missing in {value}");
         }
     }
@@ -249,7 +258,7 @@ mod tests {
         for event in [
             SendSseEvent::new("a\nb", json!(1)),
             SendSseEvent::new("e", json!(1)).with_id("1\r2"),
-            SendSseEvent::new("e", json!(1)).with_id("1\02"),
+            SendSseEvent::new("e", json!(1)).with_id("1\u{0}2"),
             SendSseEvent::new("", json!(1)),
             SendSseEvent::new("e", json!(1)).to_session(""),
         ] {
@@ -281,7 +290,11 @@ mod tests {
             b"\xff\xfe",
         ];
         for case in cases {
-            assert!(Envelope::decode(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+            assert!(
+                Envelope::decode(case).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
         }
         assert!(matches!(
             Envelope::decode(br#"{"v":2,"id":"x","app":"a","eventName":"e","payload":1}"#),

@@ -373,7 +373,9 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
         match message {
             Some(bytes) => shared.receive(&bytes),
             None => {
-                tracing::error!("the backend's subscription ended; this instance receives no more events");
+                tracing::error!(
+                    "the backend's subscription ended; this instance receives no more events"
+                );
                 return;
             }
         }
@@ -448,21 +450,35 @@ mod tests {
             .publish(SendSseEvent::new("e", json!("hi")).to_session("s1"))
             .await
             .unwrap();
-        assert_eq!(next(&mut s1).await, format!("id: {id}\nevent: e\ndata: hi\n\n"));
+        assert_eq!(
+            next(&mut s1).await,
+            format!("id: {id}\nevent: e\ndata: hi\n\n")
+        );
         hub.publish(SendSseEvent::new("e", json!("all")))
             .await
             .unwrap();
         assert!(next(&mut s1).await.ends_with("data: all\n\n"));
         assert!(next(&mut s2).await.ends_with("data: all\n\n"));
         let stats = hub.stats();
-        assert_eq!((stats.published, stats.received, stats.delivered), (2, 2, 3));
+        assert_eq!(
+            (stats.published, stats.received, stats.delivered),
+            (2, 2, 3)
+        );
     }
 
     #[tokio::test]
     async fn other_apps_are_dropped_unless_accepted() {
         let backend = LocalBackend::new();
-        let orders = Hub::builder(backend.clone()).app_name("orders").start().await.unwrap();
-        let billing = Hub::builder(backend.clone()).app_name("billing").start().await.unwrap();
+        let orders = Hub::builder(backend.clone())
+            .app_name("orders")
+            .start()
+            .await
+            .unwrap();
+        let billing = Hub::builder(backend.clone())
+            .app_name("billing")
+            .start()
+            .await
+            .unwrap();
         let any = Hub::builder(backend)
             .app_name("audit")
             .accept_apps(AcceptApps::Any)
@@ -475,8 +491,14 @@ mod tests {
         for s in [&mut o, &mut b, &mut a] {
             next(s).await;
         }
-        billing.publish(SendSseEvent::new("e", json!("from billing"))).await.unwrap();
-        orders.publish(SendSseEvent::new("e", json!("from orders"))).await.unwrap();
+        billing
+            .publish(SendSseEvent::new("e", json!("from billing")))
+            .await
+            .unwrap();
+        orders
+            .publish(SendSseEvent::new("e", json!("from orders")))
+            .await
+            .unwrap();
         assert!(next(&mut o).await.contains("from orders"));
         assert!(next(&mut b).await.contains("from billing"));
         assert!(next(&mut a).await.contains("from billing"));
@@ -487,7 +509,10 @@ mod tests {
     #[tokio::test]
     async fn invalid_events_are_refused_before_the_backend() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
-        let err = hub.publish(SendSseEvent::new("a\nb", json!(1))).await.unwrap_err();
+        let err = hub
+            .publish(SendSseEvent::new("a\nb", json!(1)))
+            .await
+            .unwrap_err();
         assert!(matches!(err, PublishError::Invalid(_)), "{err}");
         assert_eq!(hub.stats().publish_failed, 1);
         assert_eq!(hub.stats().received, 0);
@@ -499,8 +524,13 @@ mod tests {
         let hub = Hub::builder(backend.clone()).start().await.unwrap();
         let mut s = hub.open_stream(None, EventFilter::Any);
         next(&mut s).await;
-        backend.publish(Bytes::from_static(b"garbage")).await.unwrap();
-        hub.publish(SendSseEvent::new("e", json!("after"))).await.unwrap();
+        backend
+            .publish(Bytes::from_static(b"garbage"))
+            .await
+            .unwrap();
+        hub.publish(SendSseEvent::new("e", json!("after")))
+            .await
+            .unwrap();
         assert!(next(&mut s).await.contains("after"));
         assert_eq!(hub.stats().malformed, 1);
     }
@@ -539,7 +569,10 @@ mod tests {
         let start = Instant::now();
         assert_eq!(s.next().await, None);
         let lived = start.elapsed();
-        assert!(lived >= Duration::from_secs(90) && lived <= Duration::from_secs(100), "{lived:?}");
+        assert!(
+            lived >= Duration::from_secs(90) && lived <= Duration::from_secs(100),
+            "{lived:?}"
+        );
         assert_eq!(s.close_reason(), Some(CloseReason::Timeout));
         drop(s);
         assert_eq!(hub.stats().closed_timeout, 1);

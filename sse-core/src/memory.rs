@@ -252,7 +252,10 @@ mod tests {
         assert_eq!(repo.count(), 3);
         drop(a);
         assert_eq!(repo.count(), 2);
-        assert_eq!(repo.deliver(Target::Session("s1"), "a", &frame("x")).queued, 1);
+        assert_eq!(
+            repo.deliver(Target::Session("s1"), "a", &frame("x")).queued,
+            1
+        );
         drop(b);
         drop(c);
         assert_eq!(repo.count(), 0);
@@ -266,11 +269,20 @@ mod tests {
         let mut slow = repo.register(sub(Some("s1"), "a", 2));
         let mut fast = repo.register(sub(Some("s1"), "a", 64));
         for _ in 0..2 {
-            assert_eq!(repo.deliver(Target::Session("s1"), "a", &frame("x")).queued, 2);
+            assert_eq!(
+                repo.deliver(Target::Session("s1"), "a", &frame("x")).queued,
+                2
+            );
             fast.recv().await.unwrap();
         }
         let r = repo.deliver(Target::Session("s1"), "a", &frame("y"));
-        assert_eq!(r, DeliveryReport { queued: 1, closed_slow: 1 });
+        assert_eq!(
+            r,
+            DeliveryReport {
+                queued: 1,
+                closed_slow: 1
+            }
+        );
         assert_eq!(repo.count(), 1);
         assert_eq!(fast.recv().await.unwrap(), frame("y"));
         // The slow stream gets what was queued, then ends, knowing why.

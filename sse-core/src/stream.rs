@@ -91,10 +91,7 @@ impl Stream for EventStream {
             }
             // The repository let go of the stream: slow client or shutdown, already recorded.
             Poll::Ready(None) => {
-                let reason = this
-                    .emitter
-                    .close_reason()
-                    .unwrap_or(CloseReason::Shutdown);
+                let reason = this.emitter.close_reason().unwrap_or(CloseReason::Shutdown);
                 return this.end(reason);
             }
             Poll::Pending => {}

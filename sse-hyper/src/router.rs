@@ -226,7 +226,11 @@ impl SseRouter {
         if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
             let is_json = content_type
                 .to_str()
-                .map(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+                .map(|ct| {
+                    ct.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                })
                 .unwrap_or(false);
             if !is_json {
                 return Err(ApiError::new(
@@ -257,7 +261,9 @@ impl SseRouter {
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
             Err(error) => {
-                return Err(ApiError::bad_request(format!("could not read the body: {error}")));
+                return Err(ApiError::bad_request(format!(
+                    "could not read the body: {error}"
+                )));
             }
         };
         let event = parse_publish_body(&body)?;
@@ -379,13 +385,16 @@ mod tests {
 
     #[test]
     fn publish_body_parsing() {
-        let e = parse_publish_body(br#"{"eventName":"e","sessionId":"s","payload":{"a":1},"id":"x"}"#)
-            .unwrap();
+        let e =
+            parse_publish_body(br#"{"eventName":"e","sessionId":"s","payload":{"a":1},"id":"x"}"#)
+                .unwrap();
         assert_eq!(e.event_name, "e");
         assert_eq!(e.session_id.as_deref(), Some("s"));
         assert_eq!(e.id.as_deref(), Some("x"));
         assert_eq!(
-            parse_publish_body(br#"{"eventName":"e","payload":null}"#).unwrap().payload,
+            parse_publish_body(br#"{"eventName":"e","payload":null}"#)
+                .unwrap()
+                .payload,
             Value::Null
         );
         for bad in [
@@ -397,7 +406,11 @@ mod tests {
             b"",
             b"{",
         ] {
-            assert!(parse_publish_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_publish_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

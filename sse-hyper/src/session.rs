@@ -195,10 +195,18 @@ mod tests {
     async fn dev_sessions_from_query_header_or_cookie() {
         let r = DevSessions;
         let got = |p: Parts| async move { r.resolve(&p).await.unwrap() };
-        assert_eq!(got(parts("/x?sessionId=a%20b", &[])).await.as_deref(), Some("a b"));
-        assert_eq!(got(parts("/x", &[("x-session-id", "h")])).await.as_deref(), Some("h"));
         assert_eq!(
-            got(parts("/x", &[("cookie", "other=1; sse_session=c; z=2")])).await.as_deref(),
+            got(parts("/x?sessionId=a%20b", &[])).await.as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            got(parts("/x", &[("x-session-id", "h")])).await.as_deref(),
+            Some("h")
+        );
+        assert_eq!(
+            got(parts("/x", &[("cookie", "other=1; sse_session=c; z=2")]))
+                .await
+                .as_deref(),
             Some("c")
         );
         assert_eq!(got(parts("/x?sessionId=", &[])).await, None);
@@ -225,11 +233,17 @@ mod tests {
         let good = token("user-1", b"secret", 600);
         let header = format!("Bearer {good}");
         assert_eq!(
-            r.resolve(&parts("/x", &[("authorization", &header)])).await.unwrap().as_deref(),
+            r.resolve(&parts("/x", &[("authorization", &header)]))
+                .await
+                .unwrap()
+                .as_deref(),
             Some("user-1")
         );
         assert_eq!(
-            r.resolve(&parts(&format!("/x?access_token={good}"), &[])).await.unwrap().as_deref(),
+            r.resolve(&parts(&format!("/x?access_token={good}"), &[]))
+                .await
+                .unwrap()
+                .as_deref(),
             Some("user-1")
         );
         assert_eq!(r.resolve(&parts("/x", &[])).await.unwrap(), None);
@@ -242,7 +256,11 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.status, http::StatusCode::UNAUTHORIZED);
         }
-        assert!(r.resolve(&parts("/x", &[("authorization", "Basic abc")])).await.is_err());
+        assert!(
+            r.resolve(&parts("/x", &[("authorization", "Basic abc")]))
+                .await
+                .is_err()
+        );
         let strict = JwtSessions::hs256("secret").require_token(true);
         assert!(strict.resolve(&parts("/x", &[])).await.is_err());
     }

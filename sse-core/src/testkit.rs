@@ -1,0 +1,270 @@
+//! The conformance suite every [`FanoutBackend`] runs (feature `testkit`).
+//!
+//! Each check is a plain `async fn` that panics with a message saying what broke. Give it a
+//! [`Factory`]: something that connects a new instance of your backend to one shared channel
+//! (a closure returning a future works). Every check makes the instances it needs.
+//!
+//! ```no_run
+//! # async fn doc() {
+//! use std::sync::Arc;
+//! use sse_core::{FanoutBackend, LocalBackend, testkit};
+//!
+//! let shared = LocalBackend::new();
+//! testkit::run_all(&move || {
+//!     let b = shared.clone();
+//!     async move { Arc::new(b) as Arc<dyn FanoutBackend> }
+//! })
+//! .await;
+//! # }
+//! ```
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use serde_json::json;
+
+use crate::backend::{BackendStream, FanoutBackend};
+use crate::envelope::Envelope;
+use crate::event::SendSseEvent;
+use crate::hub::Hub;
+use crate::repository::EventFilter;
+
+/// How long a check waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Connects a new instance of a backend to the channel under test.
+pub trait Factory: Send + Sync {
+    /// A new instance: its own connection, the shared channel.
+    fn instance(&self) -> BoxFuture<'static, Arc<dyn FanoutBackend>>;
+}
+
+impl<F, Fut> Factory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn FanoutBackend>> + Send + 'static,
+{
+    fn instance(&self) -> BoxFuture<'static, Arc<dyn FanoutBackend>> {
+        self().boxed()
+    }
+}
+
+/// Runs every check that needs no broker outage.
+pub async fn run_all(factory: &dyn Factory) {
+    health_is_up(factory).await;
+    every_instance_receives_every_event(factory).await;
+    an_event_published_as_subscribe_returns_is_received(factory).await;
+    no_duplicates_and_per_publisher_order(factory).await;
+    large_payloads_arrive_intact(factory).await;
+    a_malformed_message_is_skipped_and_counted(factory).await;
+}
+
+/// An envelope carrying `payload`, as the hub would publish it.
+pub fn envelope(event_name: &str, payload: serde_json::Value) -> Bytes {
+    Envelope::from_event(
+        &SendSseEvent::new(event_name, payload),
+        "testkit",
+        "testkit",
+    )
+    .and_then(|e| e.encode())
+    .unwrap()
+}
+
+/// The next message of `stream`, if one arrives within `within`.
+pub async fn next_within(stream: &mut BackendStream, within: Duration) -> Option<Bytes> {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn expect_next(stream: &mut BackendStream, what: &str) -> Envelope {
+    match tokio::time::timeout(WAIT, stream.next()).await {
+        Err(_) => panic!("{what}: nothing received within {WAIT:?}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Ok(Some(bytes)) => Envelope::decode(&bytes)
+            .unwrap_or_else(|e| panic!("{what}: received bytes that are not our envelope: {e}")),
+    }
+}
+
+/// `health` reports up on a freshly connected instance.
+pub async fn health_is_up(factory: &dyn Factory) {
+    let backend = factory.instance().await;
+    let health = backend.health().await;
+    assert!(
+        health.up,
+        "health of a connected {} backend: {health:?}",
+        backend.name()
+    );
+}
+
+/// Three instances on one channel: what any of them publishes, all three receive.
+pub async fn every_instance_receives_every_event(factory: &dyn Factory) {
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let backend = factory.instance().await;
+        let stream = backend.subscribe().await.unwrap();
+        instances.push((backend, stream));
+    }
+    for from in 0..instances.len() {
+        let payload = json!({"from": from});
+        instances[from]
+            .0
+            .publish(envelope("fanout", payload.clone()))
+            .await
+            .unwrap();
+        for (to, (_, stream)) in instances.iter_mut().enumerate() {
+            let got = expect_next(stream, &format!("instance {to}, event from {from}")).await;
+            assert_eq!(got.payload.get(), payload.to_string());
+        }
+    }
+}
+
+/// Subscribe returns only once the broker holds the subscription: an event published the moment
+/// it returns is received (tried on several fresh subscriptions).
+pub async fn an_event_published_as_subscribe_returns_is_received(factory: &dyn Factory) {
+    let publisher = factory.instance().await;
+    for round in 0..5 {
+        let subscriber = factory.instance().await;
+        let mut stream = subscriber.subscribe().await.unwrap();
+        publisher
+            .publish(envelope("ready", json!(round)))
+            .await
+            .unwrap();
+        let got = expect_next(&mut stream, &format!("round {round}")).await;
+        assert_eq!(got.payload.get(), round.to_string());
+    }
+}
+
+/// Two publishers, 200 events each: a subscriber gets each exactly once, each publisher's in order.
+pub async fn no_duplicates_and_per_publisher_order(factory: &dyn Factory) {
+    const EACH: u64 = 200;
+    let subscriber = factory.instance().await;
+    let mut stream = subscriber.subscribe().await.unwrap();
+    let a = factory.instance().await;
+    let b = factory.instance().await;
+    let send = |backend: Arc<dyn FanoutBackend>, name: &'static str| async move {
+        for seq in 0..EACH {
+            backend
+                .publish(envelope("order", json!({"p": name, "seq": seq})))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::join!(send(a, "a"), send(b, "b"));
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    for n in 0..2 * EACH {
+        let got = expect_next(&mut stream, &format!("message {n} of {}", 2 * EACH)).await;
+        let value: serde_json::Value = serde_json::from_str(got.payload.get()).unwrap();
+        let publisher = value["p"].as_str().unwrap().to_owned();
+        let seq = value["seq"].as_u64().unwrap();
+        let expected = next_seq.entry(publisher.clone()).or_insert(0);
+        assert_eq!(
+            seq, *expected,
+            "publisher {publisher}: out of order or duplicated"
+        );
+        *expected += 1;
+    }
+    if let Some(extra) = next_within(&mut stream, Duration::from_millis(300)).await {
+        panic!("a message beyond the {} published: {extra:?}", 2 * EACH);
+    }
+}
+
+/// A 1 MiB payload arrives byte for byte.
+pub async fn large_payloads_arrive_intact(factory: &dyn Factory) {
+    let backend = factory.instance().await;
+    let mut stream = backend.subscribe().await.unwrap();
+    let text: String = (0..1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let bytes = envelope("large", json!(text));
+    backend.publish(bytes.clone()).await.unwrap();
+    let got = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("the large payload did not arrive")
+        .expect("the subscription ended");
+    assert_eq!(got.len(), bytes.len(), "size of the large envelope");
+    assert!(got == bytes, "the large envelope arrived altered");
+}
+
+/// Garbage on the channel is skipped and counted by the hub, and the events after it still arrive.
+pub async fn a_malformed_message_is_skipped_and_counted(factory: &dyn Factory) {
+    let hub = Hub::builder_arc(factory.instance().await)
+        .app_name("testkit")
+        .start()
+        .await
+        .unwrap();
+    let mut events = hub.open_stream(None, EventFilter::Any);
+    events.next().await; // the opening comment
+    let other = factory.instance().await;
+    other
+        .publish(Bytes::from_static(b"\x00not an envelope"))
+        .await
+        .unwrap();
+    other.publish(Bytes::from_static(b"{}")).await.unwrap();
+    other.publish(envelope("after", json!("ok"))).await.unwrap();
+    let frame = tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("the event after the garbage did not arrive")
+        .unwrap();
+    assert!(
+        frame.ends_with(b"event: after\ndata: ok\n\n"),
+        "unexpected frame {frame:?}"
+    );
+    assert_eq!(hub.stats().malformed, 2, "malformed messages counted");
+    hub.shutdown().await.ok();
+}
+
+/// Delivery resumes after the broker connection is cut and comes back.
+///
+/// `outage` cuts the connection (stops the broker, kills the client connections) and returns once
+/// the broker is back. While it is down, publishing may fail, but must not hang; afterwards the
+/// *same* subscription receives again within [`WAIT`], and so does publishing.
+pub async fn delivery_resumes_after_an_outage<F, Fut>(factory: &dyn Factory, outage: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let subscriber = factory.instance().await;
+    let publisher = factory.instance().await;
+    let mut stream = subscriber.subscribe().await.unwrap();
+    publisher
+        .publish(envelope("before", json!(0)))
+        .await
+        .unwrap();
+    expect_next(&mut stream, "before the outage").await;
+
+    outage().await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let published = tokio::time::timeout(
+            Duration::from_secs(5),
+            publisher.publish(envelope("after", json!(attempt))),
+        )
+        .await;
+        match published {
+            Err(_) => panic!("publish hung for 5 s after the outage"),
+            Ok(Err(error)) => tracing::debug!(%error, "publish after the outage failed; retrying"),
+            Ok(Ok(())) => {
+                if let Some(bytes) = next_within(&mut stream, Duration::from_millis(500)).await {
+                    let got = Envelope::decode(&bytes).unwrap();
+                    assert_eq!(got.event_name, "after");
+                    return;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery within {WAIT:?} after the broker came back ({attempt} attempts)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Shared parts of the integration tests: a real server on an ephemeral port, a real SSE client
+//! (reqwest + eventsource-stream), and the broker harness.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use sse_fanout::hyper::{RouterConfig, SseRouter};
+use sse_fanout::{DevSessions, FanoutBackend, Hub, HubBuilder};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running server: real hyper on a loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// A server over a hub built by `configure` on `backend`, sessions in development mode.
+    pub async fn start(
+        backend: Arc<dyn FanoutBackend>,
+        configure: impl FnOnce(HubBuilder) -> HubBuilder,
+    ) -> TestServer {
+        Self::start_with(backend, configure, |r| r.resolver(DevSessions)).await
+    }
+
+    /// Like [`start`](Self::start), with the router adjusted by `router`.
+    pub async fn start_with(
+        backend: Arc<dyn FanoutBackend>,
+        configure: impl FnOnce(HubBuilder) -> HubBuilder,
+        router: impl FnOnce(SseRouter) -> SseRouter,
+    ) -> TestServer {
+        let hub = configure(Hub::builder_arc(backend)).start().await.unwrap();
+        let router = router(SseRouter::new(hub.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sse_fanout::hyper::serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            hub,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Opens an event stream: `query` without the `?`.
+    pub async fn stream(&self, query: &str) -> SseClient {
+        SseClient::connect(&self.url(&format!("/sse/event-stream?{query}")), &[]).await
+    }
+
+    /// Publishes through the HTTP endpoint; returns the status and the JSON answer.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        let response = client()
+            .post(self.url("/sse/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `/healthz` as JSON.
+    pub async fn health(&self) -> (u16, Value) {
+        let response = client().get(self.url("/healthz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Waits until this instance has `n` open streams.
+    pub async fn wait_for_streams(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.hub.open_streams() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} open streams, have {}",
+                self.hub.open_streams()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops serving (graceful) and shuts the hub down; returns how long the drain took.
+    pub async fn stop(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+        self.hub.shutdown().await.unwrap();
+        started.elapsed()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// A real SSE client: an HTTP response parsed by a spec-following event-stream parser.
+pub struct SseClient {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    events: std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>,
+}
+
+impl SseClient {
+    pub async fn connect(url: &str, headers: &[(&str, &str)]) -> SseClient {
+        Self::connect_with(&client(), url, headers).await
+    }
+
+    pub async fn connect_with(
+        client: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> SseClient {
+        let mut request = client.get(url).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .take_while(|e| std::future::ready(e.is_ok()))
+            .filter_map(|e| std::future::ready(e.ok()))
+            .boxed();
+        SseClient {
+            status,
+            headers,
+            events,
+        }
+    }
+
+    /// The next event, or a panic after [`WAIT`].
+    pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(WAIT, self.events.next())
+            .await
+            .expect("no event within the wait")
+            .expect("the stream ended")
+    }
+
+    /// The next event, if one comes within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Event> {
+        tokio::time::timeout(within, self.events.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for the stream to end; panics if it does not within [`WAIT`]. Returns events seen.
+    pub async fn until_end(&mut self) -> Vec<Event> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while let Some(e) = self.events.next().await {
+                seen.push(e);
+            }
+        })
+        .await
+        .expect("the stream did not end");
+        seen
+    }
+}
+
+/// A unique name for this test's channel, subject, exchange, topic or session.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn router_config(f: impl FnOnce(&mut RouterConfig)) -> RouterConfig {
+    let mut config = RouterConfig::default();
+    f(&mut config);
+    config
+}

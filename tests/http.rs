@@ -1,0 +1,447 @@
+//! The single-instance product end to end: the real server on a loopback port, read by a real SSE
+//! client, on the embedded local backend.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{SseClient, TestServer, WAIT, client, router_config};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use sse_fanout::{JwtSessions, LocalBackend, SendSseEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn local() -> Arc<dyn sse_fanout::FanoutBackend> {
+    Arc::new(LocalBackend::new())
+}
+
+async fn server() -> TestServer {
+    TestServer::start(local(), |b| b).await
+}
+
+#[tokio::test]
+async fn stream_opens_with_sse_headers_and_named_events_arrive() {
+    let server = server().await;
+    let mut s = server.stream("eventName=order-update&sessionId=s1").await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["cache-control"], "no-cache");
+    assert_eq!(s.headers["x-accel-buffering"], "no");
+    server.wait_for_streams(1).await;
+
+    let (status, body) = server
+        .publish(json!({"eventName": "order-update", "sessionId": "s1", "payload": {"status": "shipped"}}))
+        .await;
+    assert_eq!(status, 202);
+    let event = s.next().await;
+    assert_eq!(event.event, "order-update");
+    assert_eq!(event.data, r#"{"status":"shipped"}"#);
+    assert_eq!(event.id, body["id"].as_str().unwrap());
+
+    // A text payload with every kind of line break arrives as its lines joined by LF.
+    server
+        .publish(json!({"eventName": "order-update", "sessionId": "s1", "payload": "a\r\nb\rc\nd"}))
+        .await;
+    assert_eq!(s.next().await.data, "a\nb\nc\nd");
+}
+
+#[tokio::test]
+async fn a_session_never_sees_another_sessions_events_but_both_get_broadcasts() {
+    let server = server().await;
+    let mut s1 = server.stream("eventName=e&sessionId=s1").await;
+    let mut s1_again = server.stream("eventName=e&sessionId=s1").await;
+    let mut s2 = server.stream("eventName=e&sessionId=s2").await;
+    let mut anonymous = server.stream("eventName=e").await;
+    server.wait_for_streams(4).await;
+
+    server
+        .publish(json!({"eventName": "e", "sessionId": "s1", "payload": "for s1"}))
+        .await;
+    server
+        .publish(json!({"eventName": "e", "payload": "for all"}))
+        .await;
+
+    assert_eq!(s1.next().await.data, "for s1");
+    assert_eq!(s1_again.next().await.data, "for s1");
+    assert_eq!(s1.next().await.data, "for all");
+    assert_eq!(s1_again.next().await.data, "for all");
+    // The first thing s2 and the anonymous stream see is the broadcast: never s1's event.
+    assert_eq!(s2.next().await.data, "for all");
+    assert_eq!(anonymous.next().await.data, "for all");
+}
+
+#[tokio::test]
+async fn one_stream_may_ask_for_several_event_names() {
+    let server = server().await;
+    let mut ab = server.stream("eventName=a,b&sessionId=s").await;
+    let mut all = server.stream("eventName=*&sessionId=s").await;
+    server.wait_for_streams(2).await;
+    for name in ["a", "c", "b"] {
+        server
+            .publish(json!({"eventName": name, "sessionId": "s", "payload": name}))
+            .await;
+    }
+    assert_eq!(ab.next().await.event, "a");
+    assert_eq!(ab.next().await.event, "b");
+    let names: Vec<String> = [all.next().await, all.next().await, all.next().await]
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(names, ["a", "c", "b"]);
+}
+
+#[tokio::test]
+async fn event_stream_requires_valid_event_names() {
+    let server = server().await;
+    for query in ["", "eventName=", "eventName=a%0Ab"] {
+        let response = client()
+            .get(server.url(&format!("/sse/event-stream?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request");
+    }
+    assert_eq!(server.hub.open_streams(), 0);
+}
+
+#[tokio::test]
+async fn heartbeat_comments_arrive_on_an_idle_stream() {
+    let server =
+        TestServer::start(local(), |b| b.heartbeat(Some(Duration::from_millis(200)))).await;
+    let mut response = client()
+        .get(server.url("/sse/event-stream?eventName=e"))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !seen.contains(": heartbeat\n\n: heartbeat\n\n") {
+            let chunk = response.chunk().await.unwrap().unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .unwrap();
+    assert!(seen.starts_with(": ok\n\n"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_emitter_timeout_ends_the_stream() {
+    let server = TestServer::start(local(), |b| {
+        b.emitter_timeout(Some(Duration::from_millis(500)))
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut s = server.stream("eventName=e").await;
+    s.until_end().await;
+    let lived = started.elapsed();
+    assert!(lived >= Duration::from_millis(440), "{lived:?}");
+    server.wait_for_streams(0).await;
+    assert_eq!(server.hub.stats().closed_timeout, 1);
+}
+
+#[tokio::test]
+async fn streams_are_unregistered_when_clients_go_away() {
+    let server = server().await;
+    let clients: Vec<SseClient> = futures_util::future::join_all((0..5).map(|i| {
+        let query = format!("eventName=e&sessionId=s{}", i % 2);
+        let server = &server;
+        async move { server.stream(&query).await }
+    }))
+    .await;
+    server.wait_for_streams(5).await;
+    assert_eq!(server.health().await.1["streams"], 5);
+    drop(clients);
+    server.wait_for_streams(0).await;
+    assert_eq!(server.health().await.1["streams"], 0);
+    assert_eq!(server.hub.stats().closed_client_gone, 5);
+}
+
+#[tokio::test]
+async fn publish_errors_are_json_and_publish_nothing() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b,
+        |r| r.config(router_config(|c| c.max_publish_body = 1024)),
+    )
+    .await;
+    let mut s = server.stream("eventName=*").await;
+    server.wait_for_streams(1).await;
+    let raw = |body: &'static str| {
+        let client = client();
+        let url = server.url("/sse/publish");
+        async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    for (body, status) in [
+        ("{not json", 400),
+        (r#"{"payload": 1}"#, 400),
+        (r#"{"eventName": "a\nb", "payload": 1}"#, 400),
+        (r#"{"eventName": "e", "id": "1\r2", "payload": 1}"#, 400),
+        (
+            r#"{"eventName": "e", "payload": 1, "sessionID": "typo"}"#,
+            400,
+        ),
+        (r#"{"eventName": "e"}"#, 400),
+    ] {
+        let (got, json) = raw(body).await;
+        assert_eq!(got, status, "{body}: {json}");
+        assert!(json["message"].is_string(), "{json}");
+    }
+    let big = format!(r#"{{"eventName":"e","payload":"{}"}}"#, "x".repeat(2000));
+    let r = client()
+        .post(server.url("/sse/publish"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = client()
+        .post(server.url("/sse/publish"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = client()
+        .get(server.url("/sse/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client().get(server.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    assert_eq!(server.hub.stats().published, 0);
+    assert!(s.next_within(Duration::from_millis(300)).await.is_none());
+    // The stream is still healthy: a good publish arrives.
+    server
+        .publish(json!({"eventName": "e", "payload": "ok"}))
+        .await;
+    assert_eq!(s.next().await.data, "ok");
+}
+
+#[tokio::test]
+async fn the_publish_token_guards_publishing() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b,
+        |r| r.config(router_config(|c| c.publish_token = Some("t0ken".into()))),
+    )
+    .await;
+    let body = json!({"eventName": "e", "payload": 1});
+    assert_eq!(server.publish(body.clone()).await.0, 401);
+    for auth in ["Bearer wrong", "Basic dDBrZW4=", "Bearer t0ken"] {
+        let r = client()
+            .post(server.url("/sse/publish"))
+            .header("authorization", auth)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let expected = if auth == "Bearer t0ken" { 202 } else { 401 };
+        assert_eq!(r.status(), expected, "{auth}");
+    }
+    assert_eq!(server.hub.stats().published, 1);
+}
+
+fn jwt(sub: &str, secret: &[u8]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_jwt_resolver_takes_the_session_from_sub() {
+    let server =
+        TestServer::start_with(local(), |b| b, |r| r.resolver(JwtSessions::hs256("s3cret"))).await;
+    let token = jwt("user-7", b"s3cret");
+    let mut by_query = server
+        .stream(&format!("eventName=e&access_token={token}"))
+        .await;
+    let mut by_header = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    // sessionId in the query means nothing in JWT mode.
+    let mut spoofing = server.stream("eventName=e&sessionId=user-7").await;
+    server.wait_for_streams(3).await;
+    server
+        .hub
+        .publish(SendSseEvent::new("e", json!("secret")).to_session("user-7"))
+        .await
+        .unwrap();
+    assert_eq!(by_query.next().await.data, "secret");
+    assert_eq!(by_header.next().await.data, "secret");
+    assert!(
+        spoofing
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    let forged = jwt("user-7", b"wrong");
+    let r = client()
+        .get(server.url(&format!(
+            "/sse/event-stream?eventName=e&access_token={forged}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_works() {
+    let server = server().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut a = SseClient::connect_with(
+        &h2,
+        &server.url("/sse/event-stream?eventName=e&sessionId=a"),
+        &[],
+    )
+    .await;
+    let mut b = SseClient::connect_with(
+        &h2,
+        &server.url("/sse/event-stream?eventName=e&sessionId=b"),
+        &[],
+    )
+    .await;
+    server.wait_for_streams(2).await;
+    let r = h2
+        .post(server.url("/sse/publish"))
+        .json(&json!({"eventName": "e", "sessionId": "b", "payload": "over h2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 202);
+    assert_eq!(b.next().await.data, "over h2");
+    assert!(a.next_within(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_open_streams_promptly() {
+    let server = server().await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        streams.push(server.stream(&format!("eventName=e&sessionId=s{i}")).await);
+    }
+    server.wait_for_streams(3).await;
+    let hub = server.hub.clone();
+    let took = server.stop().await;
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    for s in &mut streams {
+        s.until_end().await;
+    }
+    assert_eq!(hub.stats().closed_shutdown, 3);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
+    let server = TestServer::start(local(), |b| b.queue_size(32)).await;
+    let mut reader = server.stream("eventName=e&sessionId=s").await;
+    // A client that sends its request and then never reads a byte.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /sse/event-stream?eventName=e&sessionId=s HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_for_streams(2).await;
+
+    let payload = "x".repeat(64 * 1024);
+    let count = 400; // 25 MiB: more than the stalled socket's buffers and queue can hold.
+    let publisher = {
+        let hub = server.hub.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for i in 0..count {
+                hub.publish(
+                    SendSseEvent::new("e", json!(payload))
+                        .to_session("s")
+                        .with_id(i.to_string()),
+                )
+                .await
+                .unwrap();
+                // Paced like a real producer, so that the reading client keeps up.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for i in 0..count {
+        let event = reader.next().await;
+        assert_eq!(event.id, i.to_string());
+        assert_eq!(event.data.len(), payload.len());
+    }
+    publisher.await.unwrap();
+    server.wait_for_streams(1).await;
+    assert_eq!(server.hub.stats().closed_slow_client, 1);
+    // The stalled connection was dropped by the server: reading finds its end.
+    let mut sink = vec![0u8; 1 << 20];
+    tokio::time::timeout(WAIT, async {
+        while stalled.read(&mut sink).await.unwrap_or(0) > 0 {}
+    })
+    .await
+    .expect("the stalled connection was not closed");
+}
+
+#[tokio::test]
+async fn health_reports_backend_instance_and_streams() {
+    let backend = LocalBackend::new();
+    let server = TestServer::start(Arc::new(backend.clone()), |b| b.instance_id("i-1")).await;
+    let _s = server.stream("eventName=e").await;
+    server.wait_for_streams(1).await;
+    let (status, body) = server.health().await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "ok", "backend": "local", "instance": "i-1", "app": "sse-fanout", "streams": 1})
+    );
+    sse_fanout::FanoutBackend::close(&backend).await.unwrap();
+    let (status, body) = server.health().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "down");
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_by_the_router() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b,
+        |r| r.static_page("/", "text/html; charset=utf-8", "<h1>demo</h1>"),
+    )
+    .await;
+    let r = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "<h1>demo</h1>");
+}
