@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | [`core`] (also re-exported at the root) | `sse-core` | always |
 //! | [`hyper`] | `sse-hyper` | always |
+//! | `redis` | `sse-fanout-redis` | `redis` |
+//! | `nats` | `sse-fanout-nats` | `nats` |
 
 #[doc(inline)]
 pub use sse_core::*;
@@ -17,3 +19,11 @@ pub use sse_core as core;
 pub use sse_hyper as hyper;
 
 pub use sse_hyper::{DevSessions, JwtSessions, SessionResolver, SseRouter, serve};
+
+/// Redis pub/sub backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use sse_fanout_redis as redis;
+
+/// NATS core pub/sub backend (feature `nats`).
+#[cfg(feature = "nats")]
+pub use sse_fanout_nats as nats;

@@ -189,16 +189,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn connect_backend(args: &Args) -> anyhow::Result<Arc<dyn FanoutBackend>> {
     let url = args.backend_url.as_deref();
-    match args.backend {
-        BackendKind::Local => Ok(Arc::new(LocalBackend::new())),
+    let channel = args.channel.as_str();
+    let backend: Arc<dyn FanoutBackend> = match args.backend {
+        BackendKind::Local => Arc::new(LocalBackend::new()),
+        #[cfg(feature = "redis")]
+        BackendKind::Redis => {
+            let url = url.unwrap_or("redis://127.0.0.1:6379");
+            Arc::new(sse_fanout::redis::RedisBackend::connect(url, channel).await?)
+        }
+        #[cfg(feature = "nats")]
+        BackendKind::Nats => {
+            let url = url.unwrap_or("nats://127.0.0.1:4222");
+            Arc::new(sse_fanout::nats::NatsBackend::connect(url, channel).await?)
+        }
+        #[allow(unreachable_patterns)]
         other => {
-            let _ = url;
+            let _ = (url, channel);
+            let feature = format!("{other:?}").to_lowercase();
             anyhow::bail!(
-                "this build has no {other:?} backend; rebuild with `--features {}`",
-                format!("{other:?}").to_lowercase()
+                "this build has no {feature} backend; rebuild with `--features {feature}`"
             )
         }
-    }
+    };
+    Ok(backend)
 }
 
 async fn shutdown_signal() {

@@ -47,6 +47,16 @@ pub enum BackendError {
         /// What is wrong, naming the setting.
         message: String,
     },
+    /// The envelope is larger than the broker accepts.
+    #[error("{backend} accepts messages of at most {max} bytes; this one has {size}")]
+    TooLarge {
+        /// The backend's name.
+        backend: &'static str,
+        /// The envelope's size in bytes.
+        size: usize,
+        /// The broker's limit in bytes.
+        max: usize,
+    },
     /// The broker refused the operation.
     #[error("{backend}: {source}")]
     Other {

@@ -10,7 +10,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use sse_core::{EventFilter, Hub, PublishError, SendSseEvent};
+use sse_core::{BackendError, EventFilter, Hub, PublishError, SendSseEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::SseBody;
@@ -279,6 +279,13 @@ impl SseRouter {
                 ))
             }
             Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
+            Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    error.to_string(),
+                ))
+            }
             Err(error) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "backend_unavailable",

@@ -1,6 +1,10 @@
 //! Shared parts of the integration tests: a real server on an ephemeral port, a real SSE client
 //! (reqwest + eventsource-stream), and the broker harness.
+
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+pub mod brokers;
+pub mod fanout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,187 @@
+//! Multi-instance scenarios every broker backend passes: several hubs (each a real server on its
+//! own port, with its own broker connection) on one channel.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+use sse_fanout::{FanoutBackend, SendSseEvent};
+
+use super::brokers::{self, Broker};
+use super::{TestServer, client};
+
+/// Connects a new backend instance to the test's channel.
+pub type Connect = Arc<dyn Fn() -> BoxFuture<'static, Arc<dyn FanoutBackend>> + Send + Sync>;
+
+/// Writes raw bytes to the test's channel with the broker's plain client, as another program would.
+pub type RawPublish = Arc<dyn Fn(Bytes) -> BoxFuture<'static, ()> + Send + Sync>;
+
+async fn hub(connect: &Connect, app: &str) -> TestServer {
+    let app = app.to_owned();
+    TestServer::start(connect().await, move |b| b.app_name(app)).await
+}
+
+/// Three hubs: session targeting across instances and broadcast to the clients of every instance.
+pub async fn targeting_and_broadcast_across_instances(connect: Connect) {
+    let a = hub(&connect, "orders").await;
+    let b = hub(&connect, "orders").await;
+    let c = hub(&connect, "orders").await;
+    let mut s1_on_a = a.stream("eventName=e&sessionId=s1").await;
+    let mut s1_on_c = c.stream("eventName=e&sessionId=s1").await;
+    let mut s2_on_b = b.stream("eventName=e&sessionId=s2").await;
+    let mut anonymous_on_b = b.stream("eventName=e").await;
+    for (server, n) in [(&a, 1), (&b, 2), (&c, 1)] {
+        server.wait_for_streams(n).await;
+    }
+
+    // Published over HTTP on B, which holds no stream of s1.
+    let (status, body) = b
+        .publish(json!({"eventName": "e", "sessionId": "s1", "payload": "to s1"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    for s in [&mut s1_on_a, &mut s1_on_c] {
+        let event = s.next().await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            ("to s1", id.as_str())
+        );
+    }
+    // Published through the Rust API on C: a broadcast reaches every instance's clients.
+    c.hub
+        .publish(SendSseEvent::new("e", json!("to all")))
+        .await
+        .unwrap();
+    for s in [
+        &mut s1_on_a,
+        &mut s1_on_c,
+        &mut s2_on_b,
+        &mut anonymous_on_b,
+    ] {
+        assert_eq!(s.next().await.data, "to all");
+    }
+    // s2 and the anonymous client saw the broadcast first: never s1's event.
+    assert_eq!(a.hub.stats().received, 2);
+}
+
+/// Two apps on one channel each see only their own events; a raw envelope another program wrote
+/// to the channel is delivered to the app it names.
+pub async fn apps_see_only_their_own_events(connect: Connect, raw: RawPublish) {
+    let orders = hub(&connect, "orders").await;
+    let billing = hub(&connect, "billing").await;
+    let mut o = orders.stream("eventName=*").await;
+    let mut b = billing.stream("eventName=*").await;
+    orders.wait_for_streams(1).await;
+    billing.wait_for_streams(1).await;
+
+    billing
+        .hub
+        .publish(SendSseEvent::new("invoice", json!("billing only")))
+        .await
+        .unwrap();
+    raw(Bytes::from_static(
+        br#"{"v":1,"id":"raw-1","app":"other","eventName":"x","payload":"other app"}"#,
+    ))
+    .await;
+    raw(Bytes::from_static(
+        br#"{"v":1,"id":"raw-2","app":"orders","eventName":"order","payload":{"from":"python"}}"#,
+    ))
+    .await;
+
+    let first = o.next().await;
+    assert_eq!(
+        (first.id.as_str(), first.event.as_str(), first.data.as_str()),
+        ("raw-2", "order", r#"{"from":"python"}"#)
+    );
+    assert_eq!(b.next().await.data, "billing only");
+    assert!(b.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(o.next_within(Duration::from_millis(300)).await.is_none());
+    assert_eq!(orders.hub.stats().dropped_other_app, 2);
+    assert_eq!(billing.hub.stats().dropped_other_app, 2);
+}
+
+/// The broker stops under two running hubs: publishing fails with a typed error (HTTP 503) and
+/// nothing panics; it comes back and delivery resumes within 5 s without restarting the hubs.
+pub async fn delivery_resumes_after_a_broker_restart(broker: Broker, connect: Connect) {
+    if !brokers::controllable(broker) {
+        brokers::missing(&format!(
+            "a {broker:?} this test can stop and start (on 127.0.0.1 at its standard port, with ../shared/services/ensure)"
+        ));
+        return;
+    }
+    let _exclusive = brokers::exclusive().await;
+    let a = hub(&connect, "orders").await;
+    let b = hub(&connect, "orders").await;
+    let mut stream = a.stream("eventName=e&sessionId=s1").await;
+    a.wait_for_streams(1).await;
+    let publish =
+        |payload: &str| b.publish(json!({"eventName": "e", "sessionId": "s1", "payload": payload}));
+    assert_eq!(publish("before").await.0, 202);
+    assert_eq!(stream.next().await.data, "before");
+
+    brokers::outage(broker, async {
+        let started = Instant::now();
+        let (status, body) = publish("while down").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "backend_unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "publish took {:?}",
+            started.elapsed()
+        );
+        let health = client().get(b.url("/healthz")).send().await.unwrap();
+        // Health may take a moment to notice; it must not hang.
+        let _ = health.status();
+    })
+    .await;
+
+    let back = Instant::now();
+    loop {
+        let (status, _) = publish("after").await;
+        if status == 202
+            && let Some(event) = stream.next_within(Duration::from_millis(250)).await
+        {
+            assert_eq!(event.data, "after");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "no delivery within 5 s after {broker:?} came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{broker:?}: delivery resumed {:?} after the broker was back",
+        back.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.health().await.0 != 200 || b.health().await.0 != 200 {
+        assert!(Instant::now() < deadline, "health did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the conformance suite's outage check with a real broker restart.
+pub async fn conformance_outage(broker: Broker, connect: Connect) {
+    if !brokers::controllable(broker) {
+        brokers::missing(&format!("a {broker:?} this test can stop and start"));
+        return;
+    }
+    let _exclusive = brokers::exclusive().await;
+    let factory = move || connect();
+    sse_core::testkit::delivery_resumes_after_an_outage(&factory, || async {
+        brokers::outage(broker, tokio::time::sleep(Duration::from_millis(500))).await;
+    })
+    .await;
+}
+
+/// A future that resolves to the value, boxed: for building [`Connect`] closures.
+pub fn boxed<T, F>(f: F) -> BoxFuture<'static, T>
+where
+    F: Future<Output = T> + Send + 'static,
+{
+    Box::pin(f)
+}

@@ -1,0 +1,96 @@
+//! The NATS backend against a real NATS server: the conformance suite, several hubs on one subject, the
+//! sending-application filter, and a broker restart under running hubs.
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::brokers::{self, Broker};
+use common::fanout::{self, Connect, RawPublish, boxed};
+use common::unique;
+use sse_fanout::FanoutBackend;
+use sse_fanout::nats::NatsBackend;
+
+fn connect(url: &str, channel: &str) -> Connect {
+    let (url, channel) = (url.to_owned(), channel.to_owned());
+    Arc::new(move || {
+        let (url, channel) = (url.clone(), channel.clone());
+        boxed(async move {
+            Arc::new(NatsBackend::connect(&url, &channel).await.unwrap()) as Arc<dyn FanoutBackend>
+        })
+    })
+}
+
+/// `nats pub subject bytes` with the plain async-nats client.
+fn raw(url: &str, subject: &str) -> RawPublish {
+    let (url, subject) = (url.to_owned(), subject.to_owned());
+    Arc::new(move |bytes: Bytes| {
+        let (url, subject) = (url.clone(), subject.clone());
+        boxed(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            client.publish(subject, bytes).await.unwrap();
+            client.flush().await.unwrap();
+        })
+    })
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    let connect = connect(&url, &unique("conformance"));
+    sse_core::testkit::run_all(&move || connect()).await;
+}
+
+#[tokio::test]
+async fn conformance_outage() {
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    fanout::conformance_outage(Broker::Nats, connect(&url, &unique("outage"))).await;
+}
+
+#[tokio::test]
+async fn targeting_and_broadcast_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    fanout::targeting_and_broadcast_across_instances(connect(&url, &unique("cluster"))).await;
+}
+
+#[tokio::test]
+async fn apps_see_only_their_own_events() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    let channel = unique("apps");
+    fanout::apps_see_only_their_own_events(connect(&url, &channel), raw(&url, &channel)).await;
+}
+
+#[tokio::test]
+async fn delivery_resumes_after_a_broker_restart() {
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    fanout::delivery_resumes_after_a_broker_restart(
+        Broker::Nats,
+        connect(&url, &unique("restart")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    // Nothing listens on port 1.
+    let err = NatsBackend::connect("nats://127.0.0.1:1", "c")
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+}

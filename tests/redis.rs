@@ -1,0 +1,106 @@
+//! The Redis backend against a real Redis: the conformance suite, several hubs on one channel, the
+//! sending-application filter, and a broker restart under running hubs.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::brokers::{self, Broker};
+use common::fanout::{self, Connect, RawPublish, boxed};
+use common::unique;
+use sse_fanout::FanoutBackend;
+use sse_fanout::redis::RedisBackend;
+
+fn connect(url: &str, channel: &str) -> Connect {
+    let (url, channel) = (url.to_owned(), channel.to_owned());
+    Arc::new(move || {
+        let (url, channel) = (url.clone(), channel.clone());
+        boxed(async move {
+            Arc::new(RedisBackend::connect(&url, &channel).await.unwrap()) as Arc<dyn FanoutBackend>
+        })
+    })
+}
+
+/// `PUBLISH channel bytes` with the plain redis client, as `redis-cli PUBLISH` would.
+fn raw(url: &str, channel: &str) -> RawPublish {
+    let (url, channel) = (url.to_owned(), channel.to_owned());
+    Arc::new(move |bytes: Bytes| {
+        let (url, channel) = (url.clone(), channel.clone());
+        boxed(async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(bytes.as_ref())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        })
+    })
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    let connect = connect(&url, &unique("conformance"));
+    sse_core::testkit::run_all(&move || connect()).await;
+}
+
+#[tokio::test]
+async fn conformance_outage() {
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    fanout::conformance_outage(Broker::Redis, connect(&url, &unique("outage"))).await;
+}
+
+#[tokio::test]
+async fn targeting_and_broadcast_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    fanout::targeting_and_broadcast_across_instances(connect(&url, &unique("cluster"))).await;
+}
+
+#[tokio::test]
+async fn apps_see_only_their_own_events() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    let channel = unique("apps");
+    fanout::apps_see_only_their_own_events(connect(&url, &channel), raw(&url, &channel)).await;
+}
+
+#[tokio::test]
+async fn delivery_resumes_after_a_broker_restart() {
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    fanout::delivery_resumes_after_a_broker_restart(
+        Broker::Redis,
+        connect(&url, &unique("restart")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    let err = RedisBackend::connect("http://nope", "c").await.unwrap_err();
+    assert!(
+        matches!(err, sse_fanout::BackendError::Config { .. }),
+        "{err}"
+    );
+    // Nothing listens on port 1.
+    let err = RedisBackend::connect("redis://127.0.0.1:1", "c")
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+}
