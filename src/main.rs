@@ -126,7 +126,7 @@ async fn main() -> ExitCode {
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("sse-fanout: error: {error:#}");
+            eprintln!("sse-fanout: error: {error}");
             ExitCode::FAILURE
         }
     }
