@@ -8,6 +8,7 @@
 //! | [`hyper`] | `sse-hyper` | always |
 //! | `redis` | `sse-fanout-redis` | `redis` |
 //! | `nats` | `sse-fanout-nats` | `nats` |
+//! | `rabbit` | `sse-fanout-rabbit` | `rabbit` |
 
 #[doc(inline)]
 pub use sse_core::*;
@@ -27,3 +28,7 @@ pub use sse_fanout_redis as redis;
 /// NATS core pub/sub backend (feature `nats`).
 #[cfg(feature = "nats")]
 pub use sse_fanout_nats as nats;
+
+/// RabbitMQ fanout-exchange backend (feature `rabbit`).
+#[cfg(feature = "rabbit")]
+pub use sse_fanout_rabbit as rabbit;

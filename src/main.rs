@@ -133,11 +133,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let backend = connect_backend(&args).await?;
     let mut config = HubConfig::new(args.app_name.clone());
     if let Some(id) = &args.instance_id {
         config.instance_id = id.clone();
     }
+    let backend = connect_backend(&args, &config.instance_id).await?;
     config.accept_apps = if args.accept_apps.iter().any(|a| a == "*") {
         AcceptApps::Any
     } else if args.accept_apps.is_empty() {
@@ -187,7 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_backend(args: &Args) -> anyhow::Result<Arc<dyn FanoutBackend>> {
+async fn connect_backend(args: &Args, instance_id: &str) -> anyhow::Result<Arc<dyn FanoutBackend>> {
     let url = args.backend_url.as_deref();
     let channel = args.channel.as_str();
     let backend: Arc<dyn FanoutBackend> = match args.backend {
@@ -202,9 +202,17 @@ async fn connect_backend(args: &Args) -> anyhow::Result<Arc<dyn FanoutBackend>> 
             let url = url.unwrap_or("nats://127.0.0.1:4222");
             Arc::new(sse_fanout::nats::NatsBackend::connect(url, channel).await?)
         }
+        #[cfg(feature = "rabbit")]
+        BackendKind::Rabbit => {
+            use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
+            let url = url.unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
+            // The instance's own queue, named so it can be declared again after a reconnect.
+            let queue = format!("{}.{instance_id}", args.app_name);
+            Arc::new(RabbitBackend::connect(url, RabbitConfig::new(channel, queue)).await?)
+        }
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (url, channel);
+            let _ = (url, channel, instance_id);
             let feature = format!("{other:?}").to_lowercase();
             anyhow::bail!(
                 "this build has no {feature} backend; rebuild with `--features {feature}`"

@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::brokers::{self, Broker};
@@ -87,6 +88,7 @@ async fn delivery_resumes_after_a_broker_restart() {
     fanout::delivery_resumes_after_a_broker_restart(
         Broker::Redis,
         connect(&url, &unique("restart")),
+        Duration::from_secs(5),
     )
     .await;
 }

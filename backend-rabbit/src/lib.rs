@@ -1,0 +1,436 @@
+//! RabbitMQ backend for sse-fanout: the Spring Boot SSE starter's design.
+//!
+//! At start the backend declares a durable fanout exchange (default `send.sse.event`). Each
+//! subscription declares its instance's own queue, exclusive and auto-delete, bound to the
+//! exchange (the starter's `oneQueuePerInstance=true`): every instance receives every event, and
+//! when an instance dies its queue goes away by itself. Declaring is idempotent, so any number of
+//! instances may start at once.
+//!
+//! - Publishing uses publisher confirms: `Ok` means the broker took the message. Delivery mode is
+//!   transient by default (a live stream has no use for old events), persistent on request.
+//! - Consuming uses a prefetch limit and acknowledges each message once it is handed to the hub.
+//! - When the connection drops (broker restart, `rabbitmqctl stop_app`), publishing fails fast with
+//!   a typed error and reconnects on the next call; each subscription reconnects with backoff,
+//!   declares its queue again (the queue is named by this instance, never server-named, so the
+//!   name survives) and resumes consuming. `health` reports the state.
+//! - `amqp://` and `amqps://` URLs, the vhost in the path (`/%2f` for `/`), and the heartbeat as
+//!   a query parameter (`?heartbeat=10`) work as lapin reads them.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use sse_core::Hub;
+//! use sse_fanout_rabbit::{RabbitBackend, RabbitConfig};
+//!
+//! let config = RabbitConfig::new("send.sse.event", "orders.instance-1");
+//! let backend = RabbitBackend::connect("amqp://guest:guest@127.0.0.1:5672/%2f", config).await?;
+//! let hub = Hub::builder(backend).app_name("orders").start().await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "rabbit";
+
+/// How the backend uses RabbitMQ.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RabbitConfig {
+    /// The fanout exchange every instance shares.
+    pub exchange: String,
+    /// This instance's queue name (unique per instance, e.g. `{app}.{instance}`); a second
+    /// subscription of the same backend gets `.2`, `.3`… appended.
+    pub queue: String,
+    /// Persistent (`true`) or transient delivery mode.
+    pub persistent: bool,
+    /// Unacknowledged messages the broker sends ahead.
+    pub prefetch: u16,
+    /// How long connecting, declaring and each confirm may take.
+    pub timeout: Duration,
+    /// The longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl RabbitConfig {
+    /// Defaults: transient messages, prefetch 256, timeout 5 s, backoff up to 5 s.
+    pub fn new(exchange: impl Into<String>, queue: impl Into<String>) -> Self {
+        RabbitConfig {
+            exchange: exchange.into(),
+            queue: queue.into(),
+            persistent: false,
+            prefetch: 256,
+            timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Fans envelopes out over a RabbitMQ fanout exchange. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    uri: AMQPUri,
+    config: RabbitConfig,
+    /// The publishing connection and its confirm-mode channel; `None` after it failed.
+    publisher: Mutex<Option<(Connection, Channel)>>,
+    subscriptions: AtomicU64,
+    subscriptions_down: AtomicU64,
+    reconnects: AtomicU64,
+    closed: CancellationToken,
+}
+
+impl fmt::Debug for RabbitBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitBackend")
+            .field("exchange", &self.inner.config.exchange)
+            .field("queue", &self.inner.config.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: lapin::Error) -> BackendError {
+    BackendError::unavailable(NAME, error)
+}
+
+impl RabbitBackend {
+    /// Connects to `url`, declares the exchange, and opens the publishing channel.
+    pub async fn connect(url: &str, config: RabbitConfig) -> Result<Self, BackendError> {
+        if config.queue.is_empty() {
+            return Err(BackendError::Config {
+                backend: NAME,
+                message: "the queue name must not be empty".into(),
+            });
+        }
+        let uri: AMQPUri = url.parse().map_err(|e| BackendError::Config {
+            backend: NAME,
+            message: format!("invalid AMQP URL: {e}"),
+        })?;
+        let inner = Arc::new(Inner {
+            uri,
+            config,
+            publisher: Mutex::new(None),
+            subscriptions: AtomicU64::new(0),
+            subscriptions_down: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            closed: CancellationToken::new(),
+        });
+        let session = inner.publishing_session().await?;
+        *inner.publisher.lock().await = Some(session);
+        Ok(RabbitBackend { inner })
+    }
+
+    /// How often a subscription had to reconnect.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    async fn timed<T>(
+        &self,
+        what: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(self.config.timeout, what)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                backend: NAME,
+                after: self.config.timeout,
+            })?
+    }
+
+    async fn connection(&self, role: &str) -> Result<Connection, BackendError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("sse-fanout {role} {}", self.config.queue).into());
+        let uri = self.uri.clone();
+        self.timed(async move {
+            Connection::connect_uri(uri, properties)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn declare_exchange(&self, channel: &Channel) -> Result<(), BackendError> {
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.config.exchange.clone().into(),
+                ExchangeKind::Fanout,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publishing_session(&self) -> Result<(Connection, Channel), BackendError> {
+        let connection = self.connection("publisher").await?;
+        self.timed(async {
+            let channel = connection.create_channel().await.map_err(unavailable)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            self.declare_exchange(&channel).await?;
+            Ok(channel)
+        })
+        .await
+        .map(|channel| (connection, channel))
+    }
+
+    /// A consuming connection: the instance's queue declared, bound, and consumed.
+    async fn consuming_session(
+        &self,
+        queue: &str,
+    ) -> Result<(Connection, lapin::Consumer), BackendError> {
+        let connection = self.connection("subscriber").await?;
+        let consumer = self
+            .timed(async {
+                let channel = connection.create_channel().await.map_err(unavailable)?;
+                channel
+                    .basic_qos(self.config.prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+                self.declare_exchange(&channel).await?;
+                let options = QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(queue.into(), options, FieldTable::default())
+                    .await
+                    .map_err(unavailable)?;
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        self.config.exchange.clone().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                channel
+                    .basic_consume(
+                        queue.into(),
+                        format!("sse-fanout.{queue}").into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok((connection, consumer))
+    }
+
+    /// The publishing channel, reconnected first when its connection is gone.
+    async fn publisher(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<(Connection, Channel)>>, BackendError> {
+        let mut publisher = self.publisher.lock().await;
+        if publisher
+            .as_ref()
+            .is_none_or(|(connection, _)| !connection.status().connected())
+        {
+            *publisher = None;
+            *publisher = Some(self.publishing_session().await?);
+        }
+        Ok(publisher)
+    }
+
+    async fn publish(&self, envelope: &[u8]) -> Result<(), BackendError> {
+        let mut publisher = self.publisher().await?;
+        let Some((_, channel)) = publisher.as_ref() else {
+            return Err(BackendError::unavailable(NAME, "no publishing channel"));
+        };
+        let properties = BasicProperties::default().with_delivery_mode(if self.config.persistent {
+            2
+        } else {
+            1
+        });
+        let result = self
+            .timed(async {
+                let confirm = channel
+                    .basic_publish(
+                        self.config.exchange.clone().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        envelope,
+                        properties,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                match confirm.await.map_err(unavailable)? {
+                    Confirmation::Nack(_) => Err(BackendError::Other {
+                        backend: NAME,
+                        source: "the broker refused the message (nack)".into(),
+                    }),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        if result.as_ref().is_err_and(BackendError::is_temporary) {
+            // Reconnect on the next publish.
+            *publisher = None;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl FanoutBackend for RabbitBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(BackendError::Closed { backend: NAME });
+        }
+        self.inner.publish(&envelope).await
+    }
+
+    async fn subscribe(&self) -> Result<BackendStream, BackendError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(BackendError::Closed { backend: NAME });
+        }
+        let n = self.inner.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
+        let queue = if n == 1 {
+            self.inner.config.queue.clone()
+        } else {
+            format!("{}.{n}", self.inner.config.queue)
+        };
+        let first = self.inner.consuming_session(&queue).await?;
+        let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
+        tokio::spawn(run_subscription(self.inner.clone(), queue, first, tx));
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|bytes| (bytes, rx))
+        })
+        .boxed())
+    }
+
+    async fn health(&self) -> Health {
+        if self.inner.closed.is_cancelled() {
+            return Health::down("closed");
+        }
+        let down = self.inner.subscriptions_down.load(Ordering::Relaxed);
+        if down > 0 {
+            return Health::down(format!("{down} subscription(s) reconnecting"));
+        }
+        // An active check: reconnects the publishing connection if it is gone.
+        match self.inner.publisher().await {
+            Ok(_) => Health::up(),
+            Err(error) => Health::down(error.to_string()),
+        }
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        // Subscriptions close their connections, which deletes their exclusive queues.
+        self.inner.closed.cancel();
+        if let Some((connection, _)) = self.inner.publisher.lock().await.take() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+        Ok(())
+    }
+}
+
+/// Forwards one subscription's deliveries, acknowledging each once it is handed over; reconnects
+/// and declares the queue again when the connection dies, until the backend is closed or the
+/// receiving side is dropped.
+async fn run_subscription(
+    inner: Arc<Inner>,
+    queue: String,
+    first: (Connection, lapin::Consumer),
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut session = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    let mut down = false;
+    let set_down = |down: &mut bool, now: bool| {
+        if *down != now {
+            *down = now;
+            if now {
+                inner.subscriptions_down.fetch_add(1, Ordering::Relaxed);
+            } else {
+                inner.subscriptions_down.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    };
+    'reconnect: loop {
+        let (connection, mut consumer) = match session.take() {
+            Some(session) => session,
+            None => {
+                tokio::select! {
+                    () = inner.closed.cancelled() => break 'reconnect,
+                    () = tx.closed() => break 'reconnect,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                match inner.consuming_session(&queue).await {
+                    Ok(session) => {
+                        set_down(&mut down, false);
+                        inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%queue, "rabbitmq subscription restored");
+                        backoff = Duration::from_millis(100);
+                        session
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %queue, "rabbitmq reconnect attempt failed");
+                        backoff = (backoff * 2).min(inner.config.max_backoff);
+                        continue;
+                    }
+                }
+            }
+        };
+        let lost = loop {
+            let delivery = tokio::select! {
+                () = inner.closed.cancelled() => {
+                    let _ = connection.close(200, "bye".into()).await;
+                    break 'reconnect;
+                }
+                delivery = consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    if tx.send(Bytes::from(delivery.data.clone())).await.is_err() {
+                        let _ = connection.close(200, "bye".into()).await;
+                        break 'reconnect;
+                    }
+                    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                        break error.to_string();
+                    }
+                }
+                Some(Err(error)) => break error.to_string(),
+                None => break "consumer cancelled".to_owned(),
+            }
+        };
+        set_down(&mut down, true);
+        tracing::warn!(%queue, reason = %lost, "rabbitmq subscription lost; reconnecting");
+    }
+    set_down(&mut down, false);
+}

@@ -1,0 +1,195 @@
+//! The RabbitMQ backend against a real RabbitMQ: the conformance suite, several hubs on one
+//! exchange, the sending-application filter, one queue per instance that goes away with it, and a
+//! `stop_app`/`start_app` under running hubs.
+#![cfg(feature = "rabbit")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::brokers::{self, Broker};
+use common::fanout::{self, Connect, RawPublish, boxed};
+use common::unique;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sse_fanout::FanoutBackend;
+use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
+
+fn connect(url: &str, exchange: &str) -> Connect {
+    let (url, exchange) = (url.to_owned(), exchange.to_owned());
+    Arc::new(move || {
+        let (url, exchange) = (url.clone(), exchange.clone());
+        boxed(async move {
+            let config = RabbitConfig::new(exchange, unique("sse-test-queue"));
+            Arc::new(RabbitBackend::connect(&url, config).await.unwrap()) as Arc<dyn FanoutBackend>
+        })
+    })
+}
+
+/// A plain AMQP client publishing to the exchange, as a service in another language would.
+fn raw(url: &str, exchange: &str) -> RawPublish {
+    let (url, exchange) = (url.to_owned(), exchange.to_owned());
+    Arc::new(move |bytes: Bytes| {
+        let (url, exchange) = (url.clone(), exchange.clone());
+        boxed(async move {
+            let conn = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .unwrap();
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &bytes,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            conn.close(200, "bye".into()).await.unwrap();
+        })
+    })
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    let connect = connect(&url, &unique("conformance"));
+    sse_core::testkit::run_all(&move || connect()).await;
+}
+
+#[tokio::test]
+async fn conformance_outage() {
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    fanout::conformance_outage(Broker::Rabbit, connect(&url, &unique("outage"))).await;
+}
+
+#[tokio::test]
+async fn targeting_and_broadcast_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    fanout::targeting_and_broadcast_across_instances(connect(&url, &unique("cluster"))).await;
+}
+
+#[tokio::test]
+async fn apps_see_only_their_own_events() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    let exchange = unique("apps");
+    fanout::apps_see_only_their_own_events(connect(&url, &exchange), raw(&url, &exchange)).await;
+}
+
+#[tokio::test]
+async fn delivery_resumes_after_stop_app_and_start_app() {
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    fanout::delivery_resumes_after_a_broker_restart(
+        Broker::Rabbit,
+        connect(&url, &unique("restart")),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// `rabbitmqctl list_queues name consumers`, as (name, consumers) pairs.
+fn list_queues() -> Option<Vec<(String, u32)>> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "consumers",
+        ])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some((parts.next()?.to_owned(), parts.next()?.parse().ok()?))
+            })
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Rabbit).await else {
+        return;
+    };
+    if list_queues().is_none() {
+        brokers::missing("rabbitmqctl, to look at the broker's queues");
+        return;
+    }
+    let exchange = unique("queues");
+    let (qa, qb) = (unique("orders.a"), unique("orders.b"));
+    let hub = |queue: String| {
+        let (url, exchange) = (url.clone(), exchange.clone());
+        async move {
+            let backend = RabbitBackend::connect(&url, RabbitConfig::new(exchange, queue))
+                .await
+                .unwrap();
+            sse_fanout::Hub::builder(backend).start().await.unwrap()
+        }
+    };
+    let a = hub(qa.clone()).await;
+    let b = hub(qb.clone()).await;
+    let queues = list_queues().unwrap();
+    for q in [&qa, &qb] {
+        assert!(
+            queues.contains(&(q.clone(), 1)),
+            "{q} with one consumer in {queues:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queues = list_queues().unwrap();
+        let names: Vec<&String> = queues.iter().map(|(n, _)| n).collect();
+        if !names.contains(&&qa) {
+            assert!(names.contains(&&qb), "the other instance's queue stays");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{qa} still there after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    let config = || RabbitConfig::new("x", "q");
+    let err = RabbitBackend::connect("http://nope", config())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sse_fanout::BackendError::Config { .. }),
+        "{err}"
+    );
+    let err = RabbitBackend::connect("amqp://127.0.0.1:1/%2f", config())
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+}
