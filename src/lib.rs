@@ -9,6 +9,7 @@
 //! | `redis` | `sse-fanout-redis` | `redis` |
 //! | `nats` | `sse-fanout-nats` | `nats` |
 //! | `rabbit` | `sse-fanout-rabbit` | `rabbit` |
+//! | `kafka` | `sse-fanout-kafka` | `kafka` |
 
 #[doc(inline)]
 pub use sse_core::*;
@@ -32,3 +33,7 @@ pub use sse_fanout_nats as nats;
 /// RabbitMQ fanout-exchange backend (feature `rabbit`).
 #[cfg(feature = "rabbit")]
 pub use sse_fanout_rabbit as rabbit;
+
+/// Kafka backend (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use sse_fanout_kafka as kafka;

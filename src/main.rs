@@ -83,6 +83,22 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_PUBLISH_PATH", default_value = "/sse/publish")]
     publish_path: String,
 
+    /// Kafka: create the topic when it does not exist.
+    #[arg(long, env = "SSE_FANOUT_CREATE_TOPIC")]
+    create_topic: bool,
+
+    /// Kafka: partitions of a created topic.
+    #[arg(long, env = "SSE_FANOUT_TOPIC_PARTITIONS", default_value_t = 3)]
+    topic_partitions: i32,
+
+    /// Kafka: replication factor of a created topic.
+    #[arg(long, env = "SSE_FANOUT_TOPIC_REPLICATION", default_value_t = 1)]
+    topic_replication: i32,
+
+    /// Kafka: a librdkafka setting, `key=value` (repeatable), e.g. `security.protocol=SASL_SSL`.
+    #[arg(long = "kafka-config", env = "SSE_FANOUT_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+
     /// Largest publish body in bytes.
     #[arg(long, env = "SSE_FANOUT_MAX_PUBLISH_BODY", default_value_t = 1024 * 1024)]
     max_publish_body: usize,
@@ -109,6 +125,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (use whole seconds, e.g. 15, or 15s)"))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("expected key=value, got `{text}`")),
+    }
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -209,6 +232,19 @@ async fn connect_backend(args: &Args, instance_id: &str) -> anyhow::Result<Arc<d
             // The instance's own queue, named so it can be declared again after a reconnect.
             let queue = format!("{}.{instance_id}", args.app_name);
             Arc::new(RabbitBackend::connect(url, RabbitConfig::new(channel, queue)).await?)
+        }
+        #[cfg(feature = "kafka")]
+        BackendKind::Kafka => {
+            use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
+            let brokers = url.unwrap_or("127.0.0.1:9092");
+            let mut config = KafkaConfig::new(brokers, channel, args.app_name.clone());
+            if args.create_topic {
+                config = config.create_topic(args.topic_partitions, args.topic_replication);
+            }
+            for (key, value) in &args.kafka_config {
+                config = config.set(key, value);
+            }
+            Arc::new(KafkaBackend::connect(config).await?)
         }
         #[allow(unreachable_patterns)]
         other => {

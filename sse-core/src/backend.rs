@@ -48,13 +48,13 @@ pub enum BackendError {
         message: String,
     },
     /// The envelope is larger than the broker accepts.
-    #[error("{backend} accepts messages of at most {max} bytes; this one has {size}")]
+    #[error("{backend} refused a message of {size} bytes as too large (limit: {max} bytes, 0 if not known)")]
     TooLarge {
         /// The backend's name.
         backend: &'static str,
         /// The envelope's size in bytes.
         size: usize,
-        /// The broker's limit in bytes.
+        /// The broker's limit in bytes; 0 when the broker did not say.
         max: usize,
     },
     /// The broker refused the operation.

@@ -1,0 +1,186 @@
+//! The Kafka backend against a real Kafka API (Tansu on the project's machines): the conformance
+//! suite, several hubs on one topic, two apps on one topic, the missing-topic error, readiness,
+//! and a broker restart under running hubs.
+#![cfg(feature = "kafka")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::brokers::{self, Broker};
+use common::fanout::{self, Connect, RawPublish, boxed};
+use common::{TestServer, unique};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
+use sse_fanout::{BackendError, FanoutBackend};
+
+fn config(brokers: &str, topic: &str) -> KafkaConfig {
+    let mut c = KafkaConfig::new(brokers, topic, "sse-test").create_topic(3, 1);
+    if let Ok(extra) = std::env::var("SSE_TEST_KAFKA_CONFIG") {
+        for kv in extra.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                c = c.set(k, v);
+            }
+        }
+    }
+    c
+}
+
+fn connect(brokers: &str, topic: &str) -> Connect {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    Arc::new(move || {
+        let config = config(&brokers, &topic);
+        boxed(async move {
+            Arc::new(KafkaBackend::connect(config).await.unwrap()) as Arc<dyn FanoutBackend>
+        })
+    })
+}
+
+/// A plain producer writing the envelope to the topic, as another service would.
+fn raw(brokers: &str, topic: &str) -> RawPublish {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    Arc::new(move |bytes: Bytes| {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        boxed(async move {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .unwrap();
+            producer
+                .send(
+                    FutureRecord::<(), [u8]>::to(&topic).payload(&bytes),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+        })
+    })
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let _shared = brokers::shared().await;
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let connect = connect(&brokers, &unique("conformance"));
+    sse_core::testkit::run_all(&move || connect()).await;
+}
+
+#[tokio::test]
+async fn targeting_and_broadcast_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    fanout::targeting_and_broadcast_across_instances(connect(&brokers, &unique("cluster"))).await;
+}
+
+#[tokio::test]
+async fn orders_and_billing_on_one_topic_see_only_their_own_events() {
+    let _shared = brokers::shared().await;
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let topic = unique("apps");
+    fanout::apps_see_only_their_own_events(connect(&brokers, &topic), raw(&brokers, &topic)).await;
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_a_clear_error_unless_creation_is_enabled() {
+    let _shared = brokers::shared().await;
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let topic = unique("missing");
+    let err = KafkaBackend::connect(KafkaConfig::new(&brokers, &topic, "sse-test"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Config { .. }), "{err}");
+    assert!(err.to_string().contains(&topic), "{err}");
+    KafkaBackend::connect(config(&brokers, &topic))
+        .await
+        .unwrap();
+    KafkaBackend::connect(KafkaConfig::new(&brokers, &topic, "sse-test"))
+        .await
+        .unwrap();
+}
+
+/// An event published over HTTP the moment a freshly started hub is ready reaches its streams.
+#[tokio::test]
+async fn an_event_published_the_moment_a_hub_is_ready_is_delivered() {
+    let _shared = brokers::shared().await;
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let topic = unique("ready");
+    let publisher = TestServer::start(connect(&brokers, &topic)().await, |b| b).await;
+    for round in 0..3 {
+        let fresh = TestServer::start(connect(&brokers, &topic)().await, |b| b).await;
+        let mut stream = fresh.stream("eventName=e").await;
+        fresh.wait_for_streams(1).await;
+        let (status, _) = publisher
+            .publish(json!({"eventName": "e", "payload": round}))
+            .await;
+        assert_eq!(status, 202);
+        assert_eq!(stream.next().await.data, round.to_string());
+    }
+}
+
+/// Ignored for now: against Tansu 0.6 (memory storage), librdkafka 2.12.1 (bundled by rdkafka
+/// 0.39) crashes with SIGSEGV after the broker restarts (`strcmp` on a NULL topic name in
+/// `rd_kafka_metadata_update_op`, from `rd_kafka_metadata_cache_find`), taking the test process
+/// with it. Run it with `--ignored` against a real Kafka.
+#[tokio::test]
+#[ignore = "librdkafka 2.12.1 segfaults when Tansu restarts; see the doc comment"]
+async fn delivery_resumes_after_a_broker_restart() {
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let topic = unique("restart");
+    // Tansu keeps topics in memory: whoever connects after the restart creates the topic again.
+    let recreate = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        move || {
+            let config = config(&brokers, &topic);
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while let Err(error) = KafkaBackend::connect(config.clone()).await {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "topic not recreated: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    let connect = connect(&brokers, &topic);
+    let with_recreate: Connect = Arc::new(move || connect());
+    fanout::delivery_resumes_after_a_broker_restart_then(
+        Broker::Kafka,
+        with_recreate,
+        Duration::from_secs(15),
+        recreate,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_typed_error_within_the_timeout() {
+    let started = std::time::Instant::now();
+    let mut config = KafkaConfig::new("127.0.0.1:1", "t", "sse-test");
+    config.timeout = Duration::from_secs(2);
+    let err = KafkaBackend::connect(config).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
