@@ -1,4 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building and testing need beyond the Rust toolchain. Idempotent.
+# Installs what building and testing need beyond the Rust toolchain. Idempotent; quiet when all
+# is there already.
 set -euo pipefail
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# librdkafka (the Kafka backend) is built from its bundled sources: it needs a C toolchain, make,
+# pkg-config, and the OpenSSL and zlib headers.
+needed=()
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || needed+=("$pkg")
+done
+if [ ${#needed[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "scripts/setup.sh: installing ${needed[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
+fi
