@@ -349,10 +349,7 @@ impl FanoutBackend for KafkaBackend {
         let consumer = self.inner.positioned_consumer().await?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(run_consumer(self.inner.clone(), consumer, tx));
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|bytes| (bytes, rx))
-        })
-        .boxed())
+        Ok(sse_core::backend::channel_stream(rx))
     }
 
     async fn health(&self) -> Health {

@@ -329,10 +329,7 @@ impl FanoutBackend for RabbitBackend {
         let first = self.inner.consuming_session(&queue).await?;
         let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
         tokio::spawn(run_subscription(self.inner.clone(), queue, first, tx));
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|bytes| (bytes, rx))
-        })
-        .boxed())
+        Ok(sse_core::backend::channel_stream(rx))
     }
 
     async fn health(&self) -> Health {

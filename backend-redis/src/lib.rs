@@ -197,10 +197,7 @@ impl FanoutBackend for RedisBackend {
         let first = self.inner.subscribed().await?;
         let (tx, rx) = mpsc::channel(self.inner.config.buffer.max(1));
         tokio::spawn(run_subscription(self.inner.clone(), first, tx));
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|bytes| (bytes, rx))
-        })
-        .boxed())
+        Ok(sse_core::backend::channel_stream(rx))
     }
 
     async fn health(&self) -> Health {

@@ -18,6 +18,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The messages a subscription yields: every envelope any instance published after it started.
 pub type BackendStream = BoxStream<'static, Bytes>;
 
+/// The stream of a subscription whose task forwards messages into a bounded channel: the usual
+/// shape of a backend's [`FanoutBackend::subscribe`]. The stream ends when the task drops its sender.
+pub fn channel_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> BackendStream {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|bytes| (bytes, rx))
+    })
+    .boxed()
+}
+
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,7 +58,9 @@ pub enum BackendError {
         message: String,
     },
     /// The envelope is larger than the broker accepts.
-    #[error("{backend} refused a message of {size} bytes as too large (limit: {max} bytes, 0 if not known)")]
+    #[error(
+        "{backend} refused a message of {size} bytes as too large (limit: {max} bytes, 0 if not known)"
+    )]
     TooLarge {
         /// The backend's name.
         backend: &'static str,
