@@ -445,3 +445,13 @@ async fn the_demo_page_is_served_by_the_router() {
     assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(r.text().await.unwrap(), "<h1>demo</h1>");
 }
+
+#[tokio::test]
+async fn the_local_backend_passes_the_conformance_suite() {
+    let shared = LocalBackend::new();
+    sse_core::testkit::run_all(&move || {
+        let backend = shared.clone();
+        async move { Arc::new(backend) as Arc<dyn sse_fanout::FanoutBackend> }
+    })
+    .await;
+}
