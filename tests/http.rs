@@ -368,7 +368,7 @@ async fn graceful_shutdown_ends_open_streams_promptly() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
-    let server = TestServer::start(local(), |b| b.queue_size(32)).await;
+    let server = TestServer::start(local(), |b| b.queue_size(128)).await;
     let mut reader = server.stream("eventName=e&sessionId=s").await;
     // A client that sends its request and then never reads a byte.
     let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -379,7 +379,7 @@ async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
     server.wait_for_streams(2).await;
 
     let payload = "x".repeat(64 * 1024);
-    let count = 400; // 25 MiB: more than the stalled socket's buffers and queue can hold.
+    let count = 600; // 37.5 MiB: more than the stalled socket's buffers and queue can hold.
     let publisher = {
         let hub = server.hub.clone();
         let payload = payload.clone();
