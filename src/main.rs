@@ -95,8 +95,8 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_TOPIC_REPLICATION", default_value_t = 1)]
     topic_replication: i32,
 
-    /// Kafka: a librdkafka setting, `key=value` (repeatable), e.g. `security.protocol=SASL_SSL`.
-    #[arg(long = "kafka-config", env = "SSE_FANOUT_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
+    /// Kafka: a librdkafka setting, `key=value` (repeatable; `;` separates several in the env var).
+    #[arg(long = "kafka-config", env = "SSE_FANOUT_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_key_value)]
     kafka_config: Vec<(String, String)>,
 
     /// Largest publish body in bytes.
