@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use sse_fanout::hyper::{RouterConfig, SseRouter};
-use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend};
+use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig};
 use tokio::net::TcpListener;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -64,8 +64,36 @@ struct Args {
     queue_size: usize,
 
     /// Reconnection delay sent to clients as `retry:` when a stream opens (0: none).
-    #[arg(long, env = "SSE_FANOUT_RETRY", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, env = "SSE_FANOUT_RETRY", default_value = "3", value_parser = parse_duration)]
     retry: Duration,
+
+    /// Events kept for `Last-Event-ID` replay (0: no replay).
+    #[arg(long, env = "SSE_FANOUT_REPLAY_EVENTS", default_value_t = 10_000)]
+    replay_events: usize,
+
+    /// Seconds an event stays replayable. `300` or `5m`.
+    #[arg(long, env = "SSE_FANOUT_REPLAY_AGE", default_value = "300", value_parser = parse_duration)]
+    replay_age: Duration,
+
+    /// Bytes of encoded events kept for replay at most.
+    #[arg(long, env = "SSE_FANOUT_REPLAY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    replay_bytes: usize,
+
+    /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
+    #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
+    max_streams: usize,
+
+    /// Open streams one session may hold on this instance (0: no limit); over it, 429.
+    #[arg(long, env = "SSE_FANOUT_MAX_STREAMS_PER_SESSION", default_value_t = 0)]
+    max_streams_per_session: usize,
+
+    /// Event names one stream may ask for.
+    #[arg(long, env = "SSE_FANOUT_MAX_EVENT_NAMES", default_value_t = 64)]
+    max_event_names: usize,
+
+    /// Bytes of one event name at most.
+    #[arg(long, env = "SSE_FANOUT_MAX_EVENT_NAME_LEN", default_value_t = 256)]
+    max_event_name_len: usize,
 
     /// Bearer token that POST /sse/publish requires (default: none required).
     #[arg(long, env = "SSE_FANOUT_PUBLISH_TOKEN", hide_env_values = true)]
@@ -174,6 +202,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.emitter_timeout = nonzero(args.emitter_timeout);
     config.queue_size = args.queue_size.max(1);
     config.retry = nonzero(args.retry);
+    config.replay = (args.replay_events > 0).then(|| {
+        let mut replay = ReplayConfig::default();
+        replay.max_events = args.replay_events;
+        replay.max_age = args.replay_age;
+        replay.max_bytes = args.replay_bytes;
+        replay
+    });
+    config.max_streams = (args.max_streams > 0).then_some(args.max_streams);
+    config.max_streams_per_session =
+        (args.max_streams_per_session > 0).then_some(args.max_streams_per_session);
     let hub = Hub::builder_arc(backend)
         .config(config)
         .start()
@@ -185,6 +223,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     router_config.publish_path = args.publish_path.clone();
     router_config.publish_token = args.publish_token.clone();
     router_config.max_publish_body = args.max_publish_body;
+    router_config.max_event_names = args.max_event_names;
+    router_config.max_event_name_len = args.max_event_name_len;
     let page = DEMO_PAGE
         .replace("{{STREAM_PATH}}", &args.path)
         .replace("{{PUBLISH_PATH}}", &args.publish_path);

@@ -126,7 +126,7 @@ async fn heartbeat_comments_arrive_on_an_idle_stream() {
     })
     .await
     .unwrap();
-    assert!(seen.starts_with(": ok\n\n"), "{seen:?}");
+    assert!(seen.starts_with(": ok\nretry: 3000\n\n"), "{seen:?}");
 }
 
 #[tokio::test]
@@ -454,4 +454,128 @@ async fn the_local_backend_passes_the_conformance_suite() {
         async move { Arc::new(backend) as Arc<dyn sse_fanout::FanoutBackend> }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_what_it_missed_then_live_events() {
+    let server = server().await;
+    let mut first = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let publish = |payload: &'static str| {
+        server.publish(json!({"eventName": "e", "sessionId": "s1", "payload": payload}))
+    };
+    publish("1").await;
+    let seen = first.next().await;
+    drop(first);
+    server.wait_for_streams(0).await;
+    publish("2").await;
+    publish("3").await;
+    server
+        .publish(json!({"eventName": "other", "sessionId": "s1", "payload": "x"}))
+        .await;
+    server
+        .publish(json!({"eventName": "e", "sessionId": "s2", "payload": "x"}))
+        .await;
+
+    // The header a browser sends by itself on reconnect.
+    let mut resumed = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e&sessionId=s1"),
+        &[("last-event-id", &seen.id)],
+    )
+    .await;
+    assert_eq!(resumed.next().await.data, "2");
+    assert_eq!(resumed.next().await.data, "3");
+    server.wait_for_streams(1).await;
+    publish("4").await;
+    assert_eq!(resumed.next().await.data, "4");
+    // The query parameter, for a first connection after a page load.
+    let mut by_query = server
+        .stream(&format!("eventName=e&sessionId=s1&lastEventId={}", seen.id))
+        .await;
+    for expected in ["2", "3", "4"] {
+        assert_eq!(by_query.next().await.data, expected);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_last_event_id_is_signalled_once_at_the_start() {
+    let server = server().await;
+    let mut s = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e"),
+        &[("last-event-id", "no-such-id")],
+    )
+    .await;
+    let reset = s.next().await;
+    assert_eq!(reset.event, sse_fanout::RESET_EVENT);
+    assert_eq!(reset.data, r#"{"lastEventId":"no-such-id"}"#);
+    server.wait_for_streams(1).await;
+    server
+        .publish(json!({"eventName": "e", "payload": "live"}))
+        .await;
+    assert_eq!(s.next().await.data, "live");
+}
+
+#[tokio::test]
+async fn stream_limits_answer_503_429_and_400() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b.stream_limits(Some(3), Some(2)),
+        |r| {
+            r.resolver(sse_fanout::DevSessions)
+                .config(router_config(|c| c.max_event_names = 2))
+        },
+    )
+    .await;
+    let _a = server.stream("eventName=e&sessionId=s").await;
+    let _b = server.stream("eventName=e&sessionId=s").await;
+    let third = client()
+        .get(server.url("/sse/event-stream?eventName=e&sessionId=s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "5");
+    let _c = server.stream("eventName=e&sessionId=t").await;
+    let fourth = client()
+        .get(server.url("/sse/event-stream?eventName=e&sessionId=u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fourth.status(), 503);
+    assert_eq!(fourth.headers()["retry-after"], "5");
+    let body: serde_json::Value = fourth.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_streams");
+    let names = client()
+        .get(server.url("/sse/event-stream?eventName=a,b,c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(names.status(), 400);
+    let stats = server.hub.stats();
+    assert_eq!(
+        (stats.rejected_instance_limit, stats.rejected_session_limit),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_come_back_soon() {
+    let server = server().await;
+    let mut response = client()
+        .get(server.url("/sse/event-stream?eventName=e"))
+        .send()
+        .await
+        .unwrap();
+    server.wait_for_streams(1).await;
+    let stop = tokio::spawn(server.stop());
+    let mut seen = String::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.ends_with("retry: 1000\n\n"), "{seen:?}");
+    stop.await.unwrap();
 }

@@ -96,3 +96,21 @@ async fn bad_urls_are_typed_errors() {
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
 }
+
+#[tokio::test]
+async fn replay_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    fanout::replay_across_instances(connect(&url, &unique("replay"))).await;
+}
+
+#[tokio::test]
+async fn drain_then_reconnect_elsewhere_loses_nothing() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Nats).await else {
+        return;
+    };
+    fanout::drain_then_reconnect_elsewhere_loses_nothing(connect(&url, &unique("drain"))).await;
+}

@@ -148,3 +148,21 @@ async fn a_password_in_the_url_works() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn replay_across_instances() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    fanout::replay_across_instances(connect(&url, &unique("replay"))).await;
+}
+
+#[tokio::test]
+async fn drain_then_reconnect_elsewhere_loses_nothing() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    fanout::drain_then_reconnect_elsewhere_loses_nothing(connect(&url, &unique("drain"))).await;
+}

@@ -1,8 +1,10 @@
 //! The [`Hub`]: publish goes out through the backend, what any instance published comes back in,
 //! is filtered by application, encoded once and delivered to this instance's streams.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -13,6 +15,7 @@ use crate::encode;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
 use crate::memory::InMemoryEmitterRepository;
+use crate::replay::{RESET_EVENT, Replay, ReplayConfig, ReplayLog};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::stream::EventStream;
@@ -50,11 +53,22 @@ pub struct HubConfig {
     pub queue_size: usize,
     /// The reconnection delay sent to clients (`retry:`) when a stream opens; `None` sends none.
     pub retry: Option<Duration>,
+    /// The reconnection delay sent in the last frame of a stream ended by shutdown, so that
+    /// clients move to another instance promptly.
+    pub shutdown_retry: Duration,
+    /// The history kept for `Last-Event-ID` replay; `None` keeps none (every resume gets the
+    /// reset event).
+    pub replay: Option<ReplayConfig>,
+    /// Open streams this instance accepts at most; `None` for no limit.
+    pub max_streams: Option<usize>,
+    /// Open streams one session may hold on this instance at most; `None` for no limit.
+    pub max_streams_per_session: Option<usize>,
 }
 
 impl HubConfig {
     /// The defaults: app `sse-fanout`, a random instance id, heartbeat 15 s, emitter timeout
-    /// 3 minutes (as in the Spring starter), queue of 256 frames, no `retry:`.
+    /// 3 minutes (as in the Spring starter), queue of 256 frames, `retry: 3000` on connect and
+    /// `retry: 1000` at shutdown, the default [`ReplayConfig`], no stream limits.
     pub fn new(app_name: impl Into<String>) -> Self {
         HubConfig {
             app_name: app_name.into(),
@@ -63,7 +77,11 @@ impl HubConfig {
             heartbeat: Some(Duration::from_secs(15)),
             emitter_timeout: Some(Duration::from_secs(180)),
             queue_size: 256,
-            retry: None,
+            retry: Some(Duration::from_secs(3)),
+            shutdown_retry: Duration::from_secs(1),
+            replay: Some(ReplayConfig::default()),
+            max_streams: None,
+            max_streams_per_session: None,
         }
     }
 
@@ -92,6 +110,24 @@ pub enum PublishError {
     /// The backend did not take it.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// Why a stream was not opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The instance holds as many streams as it accepts.
+    #[error("this instance holds its limit of {max} open streams")]
+    TooManyStreams {
+        /// The limit.
+        max: usize,
+    },
+    /// The session holds as many streams as one session may.
+    #[error("this session holds its limit of {max} open streams")]
+    TooManyForSession {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Builds a [`Hub`].
@@ -164,6 +200,24 @@ impl HubBuilder {
         self
     }
 
+    /// Sets the replay history (see [`HubConfig::replay`]).
+    pub fn replay(mut self, replay: Option<ReplayConfig>) -> Self {
+        self.config.replay = replay;
+        self
+    }
+
+    /// Sets the stream limits (see [`HubConfig::max_streams`] and
+    /// [`HubConfig::max_streams_per_session`]).
+    pub fn stream_limits(
+        mut self,
+        per_instance: Option<usize>,
+        per_session: Option<usize>,
+    ) -> Self {
+        self.config.max_streams = per_instance;
+        self.config.max_streams_per_session = per_session;
+        self
+    }
+
     /// Uses another repository instead of the [`InMemoryEmitterRepository`].
     pub fn repository(mut self, repository: impl EmitterRepository) -> Self {
         self.repository = Some(Arc::new(repository));
@@ -179,6 +233,8 @@ impl HubBuilder {
                 .repository
                 .unwrap_or_else(|| Arc::new(InMemoryEmitterRepository::new())),
             opening: opening_frame(self.config.retry),
+            farewell: encode::retry(self.config.shutdown_retry),
+            replay: self.config.replay.map(|c| Mutex::new(ReplayLog::new(c))),
             config: self.config,
             stats: Arc::new(Stats::default()),
         });
@@ -211,7 +267,7 @@ impl HubBuilder {
 /// use sse_core::{EventFilter, Hub, LocalBackend, SendSseEvent};
 ///
 /// let hub = Hub::builder(LocalBackend::new()).app_name("orders").start().await?;
-/// let mut stream = hub.open_stream(Some("s-42".into()), EventFilter::parse("order-update")?);
+/// let mut stream = hub.open_stream(Some("s-42".into()), EventFilter::parse("order-update")?)?;
 /// stream.next().await; // the opening comment
 ///
 /// hub.publish(SendSseEvent::new("order-update", json!({"status": "shipped"})).to_session("s-42")).await?;
@@ -239,6 +295,13 @@ struct Shared {
     config: HubConfig,
     stats: Arc<Stats>,
     opening: Bytes,
+    farewell: Bytes,
+    replay: Option<Mutex<ReplayLog>>,
+}
+
+fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn opening_frame(retry: Option<Duration>) -> Bytes {
@@ -250,6 +313,12 @@ fn opening_frame(retry: Option<Duration>) -> Bytes {
             Bytes::from(frame)
         }
     }
+}
+
+/// The event that tells a resuming client its history is gone.
+fn reset_frame(last_event_id: &str) -> Bytes {
+    let data = serde_json::json!({ "lastEventId": last_event_id }).to_string();
+    encode::Event::new(&data).name(RESET_EVENT).encode_checked()
 }
 
 impl Hub {
@@ -299,26 +368,93 @@ impl Hub {
     }
 
     /// Opens a stream for a session (or a session-less one, which gets broadcasts only).
-    pub fn open_stream(&self, session_id: Option<Arc<str>>, events: EventFilter) -> EventStream {
+    pub fn open_stream(
+        &self,
+        session_id: Option<Arc<str>>,
+        events: EventFilter,
+    ) -> Result<EventStream, OpenError> {
         self.open(self.subscription(session_id, events))
     }
 
     /// Opens a stream for a prepared subscription.
-    pub fn open(&self, subscription: Subscription) -> EventStream {
+    pub fn open(&self, subscription: Subscription) -> Result<EventStream, OpenError> {
+        self.open_after(subscription, None)
+    }
+
+    /// Opens a stream that first replays, in order, every event after `last_event_id` that matches
+    /// it (from this instance's history, whichever instance the client was on before), then goes
+    /// on live with no gap and no duplicate at the seam. When the id is not in the history, the
+    /// stream starts with one [`RESET_EVENT`](crate::replay::RESET_EVENT) instead.
+    pub fn open_after(
+        &self,
+        subscription: Subscription,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, OpenError> {
         let shared = &self.inner.shared;
-        let emitter = shared.repository.register(subscription);
+        self.check_limits(&subscription)?;
+        let mut prelude = vec![shared.opening.clone()];
+        let emitter = match last_event_id {
+            None => shared.repository.register(subscription),
+            Some(last) => {
+                let session = subscription.session_id.clone();
+                let events = subscription.events.clone();
+                // Registering under the log's lock, which the receiving task holds from appending
+                // an envelope until it is delivered: what is in the snapshot is not delivered live
+                // again, and what is delivered live is not in the snapshot.
+                let (emitter, replay) = match &shared.replay {
+                    Some(log) => {
+                        let mut log = lock(log);
+                        let emitter = shared.repository.register(subscription);
+                        let replay = log.since(last, session.as_deref(), &events, Instant::now());
+                        (emitter, replay)
+                    }
+                    None => (shared.repository.register(subscription), Replay::Unknown),
+                };
+                match replay {
+                    Replay::Frames(frames) => {
+                        Stats::add(&shared.stats.replayed, frames.len());
+                        prelude.extend(frames);
+                    }
+                    Replay::Unknown => {
+                        Stats::bump(&shared.stats.replay_unknown);
+                        prelude.push(reset_frame(last));
+                    }
+                }
+                emitter
+            }
+        };
         Stats::bump(&shared.stats.streams_opened);
         let timeout = shared.config.emitter_timeout.map(|t| {
             // Up to 10 % earlier, so streams opened together spread their reconnects.
             t.mul_f64(1.0 - fastrand::f64() * 0.1)
         });
-        EventStream::new(
+        Ok(EventStream::new(
             emitter,
-            shared.opening.clone(),
+            prelude,
+            shared.farewell.clone(),
             shared.config.heartbeat,
             timeout,
             shared.stats.clone(),
-        )
+        ))
+    }
+
+    fn check_limits(&self, subscription: &Subscription) -> Result<(), OpenError> {
+        let shared = &self.inner.shared;
+        if let Some(max) = shared.config.max_streams
+            && shared.repository.count() >= max
+        {
+            Stats::bump(&shared.stats.rejected_instance_limit);
+            return Err(OpenError::TooManyStreams { max });
+        }
+        if let (Some(max), Some(session)) = (
+            shared.config.max_streams_per_session,
+            subscription.session_id.as_deref(),
+        ) && shared.repository.count_session(session) >= max
+        {
+            Stats::bump(&shared.stats.rejected_session_limit);
+            return Err(OpenError::TooManyForSession { max });
+        }
+        Ok(())
     }
 
     /// Streams open on this instance.
@@ -410,9 +546,23 @@ impl Shared {
             .session_id
             .as_deref()
             .map_or(Target::Broadcast, Target::Session);
-        let report = self
-            .repository
-            .deliver(target, &envelope.event_name, &frame);
+        let report = match &self.replay {
+            Some(log) => {
+                let mut log = lock(log);
+                log.push(
+                    &envelope.id,
+                    envelope.session_id.as_deref(),
+                    &envelope.event_name,
+                    &frame,
+                    Instant::now(),
+                );
+                self.repository
+                    .deliver(target, &envelope.event_name, &frame)
+            }
+            None => self
+                .repository
+                .deliver(target, &envelope.event_name, &frame),
+        };
         Stats::add(&self.stats.delivered, report.queued);
         tracing::trace!(event_id = %envelope.id, queued = report.queued, "delivered");
     }
@@ -442,10 +592,14 @@ mod tests {
     #[tokio::test]
     async fn publish_reaches_the_sessions_stream_only() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
-        let mut s1 = hub.open_stream(Some("s1".into()), EventFilter::parse("e").unwrap());
-        let mut s2 = hub.open_stream(Some("s2".into()), EventFilter::parse("e").unwrap());
-        assert_eq!(next(&mut s1).await, ": ok\n\n");
-        assert_eq!(next(&mut s2).await, ": ok\n\n");
+        let mut s1 = hub
+            .open_stream(Some("s1".into()), EventFilter::parse("e").unwrap())
+            .unwrap();
+        let mut s2 = hub
+            .open_stream(Some("s2".into()), EventFilter::parse("e").unwrap())
+            .unwrap();
+        assert_eq!(next(&mut s1).await, ": ok\nretry: 3000\n\n");
+        assert_eq!(next(&mut s2).await, ": ok\nretry: 3000\n\n");
         let id = hub
             .publish(SendSseEvent::new("e", json!("hi")).to_session("s1"))
             .await
@@ -485,9 +639,9 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut o = orders.open_stream(None, EventFilter::Any);
-        let mut b = billing.open_stream(None, EventFilter::Any);
-        let mut a = any.open_stream(None, EventFilter::Any);
+        let mut o = orders.open_stream(None, EventFilter::Any).unwrap();
+        let mut b = billing.open_stream(None, EventFilter::Any).unwrap();
+        let mut a = any.open_stream(None, EventFilter::Any).unwrap();
         for s in [&mut o, &mut b, &mut a] {
             next(s).await;
         }
@@ -522,7 +676,7 @@ mod tests {
     async fn malformed_envelopes_are_counted_and_skipped() {
         let backend = LocalBackend::new();
         let hub = Hub::builder(backend.clone()).start().await.unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any);
+        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
         next(&mut s).await;
         backend
             .publish(Bytes::from_static(b"garbage"))
@@ -543,7 +697,7 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any);
+        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
         next_paused(&mut s).await;
         let start = Instant::now();
         assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
@@ -564,7 +718,7 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any);
+        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
         next(&mut s).await;
         let start = Instant::now();
         assert_eq!(s.next().await, None);
@@ -586,9 +740,11 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any);
+        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
         assert_eq!(next(&mut s).await, ": ok\nretry: 1500\n\n");
         hub.shutdown().await.unwrap();
+        // The last frame tells the client to come back soon (to another instance).
+        assert_eq!(s.next().await.as_deref(), Some(&b"retry: 1000\n\n"[..]));
         assert_eq!(s.next().await, None);
         drop(s);
         assert_eq!(hub.stats().closed_shutdown, 1);
@@ -598,10 +754,85 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_stream_counts_client_gone() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
-        let s = hub.open_stream(Some("s".into()), EventFilter::Any);
+        let s = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
         assert_eq!(hub.open_streams(), 1);
         drop(s);
         assert_eq!(hub.open_streams(), 0);
         assert_eq!(hub.stats().closed_client_gone, 1);
+    }
+
+    #[tokio::test]
+    async fn resuming_replays_what_was_missed_then_goes_live() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let any = || EventFilter::Any;
+        let mut first = hub.open_stream(Some("s1".into()), any()).unwrap();
+        next(&mut first).await;
+        let mut ids = Vec::new();
+        for (i, session) in ["s1", "s2", "s1"].into_iter().enumerate() {
+            let id = hub
+                .publish(SendSseEvent::new("e", json!(i)).to_session(session))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        hub.publish(SendSseEvent::new("e", json!("all")))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            next(&mut first).await;
+        }
+        drop(first);
+        // Back with the first id: s1's third event and the broadcast, not s2's.
+        let sub = hub.subscription(Some("s1".into()), any());
+        let mut resumed = hub.open_after(sub, Some(ids[0].as_str())).unwrap();
+        next(&mut resumed).await;
+        assert!(next(&mut resumed).await.contains("data: 2\n"));
+        assert!(next(&mut resumed).await.contains("data: all\n"));
+        hub.publish(SendSseEvent::new("e", json!("live")).to_session("s1"))
+            .await
+            .unwrap();
+        assert!(next(&mut resumed).await.contains("data: live\n"));
+        assert_eq!(hub.stats().replayed, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_last_event_id_starts_with_the_reset_event() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let sub = hub.subscription(None, EventFilter::Any);
+        let mut s = hub.open_after(sub, Some("gone\nforged: x")).unwrap();
+        next(&mut s).await;
+        assert_eq!(
+            next(&mut s).await,
+            "event: sse-fanout-reset\ndata: {\"lastEventId\":\"gone\\nforged: x\"}\n\n"
+        );
+        assert_eq!(hub.stats().replay_unknown, 1);
+    }
+
+    #[tokio::test]
+    async fn stream_limits() {
+        let hub = Hub::builder(LocalBackend::new())
+            .stream_limits(Some(3), Some(2))
+            .start()
+            .await
+            .unwrap();
+        let a = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        let _b = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        assert_eq!(
+            hub.open_stream(Some("s".into()), EventFilter::Any)
+                .unwrap_err(),
+            OpenError::TooManyForSession { max: 2 }
+        );
+        let _c = hub.open_stream(None, EventFilter::Any).unwrap();
+        assert_eq!(
+            hub.open_stream(None, EventFilter::Any).unwrap_err(),
+            OpenError::TooManyStreams { max: 3 }
+        );
+        drop(a);
+        hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        let stats = hub.stats();
+        assert_eq!(
+            (stats.rejected_instance_limit, stats.rejected_session_limit),
+            (1, 1)
+        );
     }
 }

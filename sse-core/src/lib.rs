@@ -19,6 +19,7 @@ pub mod event;
 mod hub;
 mod local;
 mod memory;
+pub mod replay;
 pub mod repository;
 mod stats;
 mod stream;
@@ -28,9 +29,10 @@ pub mod testkit;
 pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
 pub use envelope::{Envelope, EnvelopeError};
 pub use event::{EventId, SendSseEvent};
-pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, PublishError};
+pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};
 pub use local::LocalBackend;
 pub use memory::InMemoryEmitterRepository;
+pub use replay::{RESET_EVENT, ReplayConfig};
 pub use repository::{
     CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Subscription, Target,
 };

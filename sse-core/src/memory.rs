@@ -173,6 +173,10 @@ impl EmitterRepository for InMemoryEmitterRepository {
         self.inner.count.load(Ordering::Acquire)
     }
 
+    fn count_session(&self, session: &str) -> usize {
+        self.inner.sessions.get(session).map_or(0, |e| e.len())
+    }
+
     fn close_all(&self, reason: CloseReason) {
         let mut closed = 0;
         self.inner.sessions.retain(|_, entries| {

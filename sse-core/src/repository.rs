@@ -73,6 +73,15 @@ impl EventFilter {
 
     /// Builds a filter from names; `*` among them means every name.
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, FilterError> {
+        Self::from_names_limited(names, Self::MAX_NAMES, Self::MAX_NAME_LEN)
+    }
+
+    /// Builds a filter from at most `max_names` names of at most `max_len` bytes each.
+    pub fn from_names_limited<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        max_names: usize,
+        max_len: usize,
+    ) -> Result<Self, FilterError> {
         let mut out: Vec<Box<str>> = Vec::new();
         for name in names {
             let name = name.trim();
@@ -82,20 +91,20 @@ impl EventFilter {
             if name == "*" {
                 return Ok(EventFilter::Any);
             }
-            if name.len() > Self::MAX_NAME_LEN {
+            if name.len() > max_len {
                 return Err(FilterError::TooLong {
                     len: name.len(),
-                    max: Self::MAX_NAME_LEN,
+                    max: max_len,
                 });
             }
             check_event_name(name)?;
             if !out.iter().any(|n| &**n == name) {
                 out.push(name.into());
             }
-            if out.len() > Self::MAX_NAMES {
+            if out.len() > max_names {
                 return Err(FilterError::TooMany {
                     count: out.len(),
-                    max: Self::MAX_NAMES,
+                    max: max_names,
                 });
             }
         }
@@ -366,6 +375,9 @@ pub trait EmitterRepository: Send + Sync + fmt::Debug + 'static {
     /// Open streams.
     fn count(&self) -> usize;
 
+    /// Open streams of one session.
+    fn count_session(&self, session: &str) -> usize;
+
     /// Closes every stream with `reason`; each ends after the client has read what was queued.
     fn close_all(&self, reason: CloseReason);
 }
@@ -379,6 +391,9 @@ impl<T: EmitterRepository + ?Sized> EmitterRepository for Arc<T> {
     }
     fn count(&self) -> usize {
         (**self).count()
+    }
+    fn count_session(&self, session: &str) -> usize {
+        (**self).count_session(session)
     }
     fn close_all(&self, reason: CloseReason) {
         (**self).close_all(reason)

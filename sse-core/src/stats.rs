@@ -16,6 +16,10 @@ pub(crate) struct Stats {
     pub(crate) dropped_other_app: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) streams_opened: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) replay_unknown: AtomicU64,
+    pub(crate) rejected_instance_limit: AtomicU64,
+    pub(crate) rejected_session_limit: AtomicU64,
     closed_client_gone: AtomicU64,
     closed_timeout: AtomicU64,
     closed_slow_client: AtomicU64,
@@ -40,6 +44,14 @@ pub struct StatsSnapshot {
     pub delivered: u64,
     /// Streams opened.
     pub streams_opened: u64,
+    /// Events replayed to resuming streams.
+    pub replayed: u64,
+    /// Resuming streams whose `Last-Event-ID` was not in the history (sent the reset event).
+    pub replay_unknown: u64,
+    /// Streams refused because the instance was at its stream limit.
+    pub rejected_instance_limit: u64,
+    /// Streams refused because their session was at its stream limit.
+    pub rejected_session_limit: u64,
     /// Streams closed because the client went away.
     pub closed_client_gone: u64,
     /// Streams closed at the emitter timeout.
@@ -78,6 +90,10 @@ impl Stats {
             dropped_other_app: get(&self.dropped_other_app),
             delivered: get(&self.delivered),
             streams_opened: get(&self.streams_opened),
+            replayed: get(&self.replayed),
+            replay_unknown: get(&self.replay_unknown),
+            rejected_instance_limit: get(&self.rejected_instance_limit),
+            rejected_session_limit: get(&self.rejected_session_limit),
             closed_client_gone: get(&self.closed_client_gone),
             closed_timeout: get(&self.closed_timeout),
             closed_slow_client: get(&self.closed_slow_client),

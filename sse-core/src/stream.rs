@@ -1,5 +1,6 @@
 //! [`EventStream`]: one client's stream of SSE frames, with heartbeats and the emitter timeout.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,14 +14,17 @@ use crate::repository::{CloseReason, Emitter};
 use crate::stats::Stats;
 
 /// The frames one client receives: an opening comment sent at once (so that proxies and clients see
-/// the stream open), then its events, a heartbeat comment whenever it has been idle for the
-/// heartbeat interval, until the emitter timeout, a slow-client close, shutdown, or the client
-/// going away (dropping the stream unregisters it).
+/// the stream open) with the `retry:` delay, any replayed events, then its live events, a heartbeat comment whenever it has been idle for the
+/// heartbeat interval, until the emitter timeout, a slow-client close, shutdown (which sends a
+/// last short `retry:` first), or the client going away (dropping the stream unregisters it).
 ///
 /// Framework-neutral: hand it to any HTTP server as a body of `Bytes` chunks.
 #[derive(Debug)]
 pub struct EventStream {
-    opening: Option<Bytes>,
+    /// The opening comment, then replayed events: sent before anything live.
+    prelude: VecDeque<Bytes>,
+    /// The last frame of a stream ended by shutdown: a short `retry:`.
+    farewell: Option<Bytes>,
     emitter: Emitter,
     heartbeat: Option<Heartbeat>,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -40,14 +44,16 @@ const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
 impl EventStream {
     pub(crate) fn new(
         emitter: Emitter,
-        opening: Bytes,
+        prelude: Vec<Bytes>,
+        farewell: Bytes,
         heartbeat: Option<Duration>,
         timeout: Option<Duration>,
         stats: Arc<Stats>,
     ) -> Self {
         let now = Instant::now();
         EventStream {
-            opening: Some(opening),
+            prelude: prelude.into(),
+            farewell: Some(farewell),
             emitter,
             heartbeat: heartbeat.map(|every| Heartbeat {
                 every,
@@ -79,8 +85,8 @@ impl Stream for EventStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(opening) = this.opening.take() {
-            return Poll::Ready(Some(opening));
+        if let Some(frame) = this.prelude.pop_front() {
+            return Poll::Ready(Some(frame));
         }
         match this.emitter.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
@@ -92,6 +98,11 @@ impl Stream for EventStream {
             // The repository let go of the stream: slow client or shutdown, already recorded.
             Poll::Ready(None) => {
                 let reason = this.emitter.close_reason().unwrap_or(CloseReason::Shutdown);
+                if reason == CloseReason::Shutdown
+                    && let Some(farewell) = this.farewell.take()
+                {
+                    return Poll::Ready(Some(farewell));
+                }
                 return this.end(reason);
             }
             Poll::Pending => {}

@@ -202,7 +202,7 @@ pub async fn a_malformed_message_is_skipped_and_counted(factory: &dyn Factory) {
         .start()
         .await
         .unwrap();
-    let mut events = hub.open_stream(None, EventFilter::Any);
+    let mut events = hub.open_stream(None, EventFilter::Any).unwrap();
     events.next().await; // the opening comment
     let other = factory.instance().await;
     other

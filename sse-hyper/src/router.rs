@@ -10,7 +10,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use sse_core::{BackendError, EventFilter, Hub, PublishError, SendSseEvent};
+use sse_core::{BackendError, EventFilter, Hub, OpenError, PublishError, SendSseEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::SseBody;
@@ -31,6 +31,12 @@ pub struct RouterConfig {
     pub publish_token: Option<String>,
     /// The largest publish body accepted, default 1 MiB; larger ones get `413`.
     pub max_publish_body: usize,
+    /// Event names one stream may ask for, default 64; more get `400`.
+    pub max_event_names: usize,
+    /// Bytes of one event name, default 256; longer ones get `400`.
+    pub max_event_name_len: usize,
+    /// `Retry-After` seconds sent with `503` and `429` when a stream limit is reached.
+    pub retry_after_secs: u32,
 }
 
 impl Default for RouterConfig {
@@ -41,6 +47,9 @@ impl Default for RouterConfig {
             health_path: "/healthz".to_owned(),
             publish_token: None,
             max_publish_body: 1024 * 1024,
+            max_event_names: EventFilter::MAX_NAMES,
+            max_event_name_len: EventFilter::MAX_NAME_LEN,
+            retry_after_secs: 5,
         }
     }
 }
@@ -184,10 +193,14 @@ impl SseRouter {
 
     /// `GET` event stream: `?eventName=a,b` (or `*`), session from the resolver. Answers `200
     /// text/event-stream` at once and keeps streaming until the client leaves, the emitter timeout,
-    /// or shutdown.
+    /// or shutdown. A `Last-Event-ID` header (sent by browsers when they reconnect) or a
+    /// `lastEventId` query parameter replays what the client missed first. `503` when the
+    /// instance is at its stream limit, `429` when the session is; both with `Retry-After`.
     pub async fn event_stream(&self, request: &Parts) -> Result<Response<SseBody>, ApiError> {
-        let events = event_filter(request)?;
+        let config = &self.inner.config;
+        let events = event_filter(request, config)?;
         let session = self.inner.resolver.resolve(request).await?;
+        let last_event_id = last_event_id(request);
         let hub = &self.inner.hub;
         let mut subscription = hub.subscription(session.map(Arc::from), events);
         if request.version < Version::HTTP_2 {
@@ -196,7 +209,16 @@ impl SseRouter {
                 .get::<ConnectionAbort>()
                 .map(|abort| abort.0.clone());
         }
-        let stream = hub.open(subscription);
+        let stream = hub
+            .open_after(subscription, last_event_id.as_deref())
+            .map_err(|error| {
+                let status = match error {
+                    OpenError::TooManyForSession { .. } => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                ApiError::new(status, "too_many_streams", error.to_string())
+                    .retry_after(config.retry_after_secs)
+            })?;
         let mut response = Response::new(SseBody::stream(stream));
         let headers = response.headers_mut();
         headers.insert(
@@ -334,14 +356,29 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
 }
 
 /// The event names of `?eventName=a,b` (repeated parameters add up).
-fn event_filter(request: &Parts) -> Result<EventFilter, ApiError> {
+fn event_filter(request: &Parts, config: &RouterConfig) -> Result<EventFilter, ApiError> {
     let query = request.uri.query().unwrap_or("");
     let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| k == "eventName")
         .map(|(_, v)| v.into_owned())
         .collect();
-    EventFilter::from_names(values.iter().flat_map(|v| v.split(',')))
-        .map_err(|e| ApiError::bad_request(format!("eventName: {e}")))
+    EventFilter::from_names_limited(
+        values.iter().flat_map(|v| v.split(',')),
+        config.max_event_names,
+        config.max_event_name_len,
+    )
+    .map_err(|e| ApiError::bad_request(format!("eventName: {e}")))
+}
+
+/// Where a reconnecting client left off: the `Last-Event-ID` header, else `?lastEventId=`.
+fn last_event_id(request: &Parts) -> Option<String> {
+    request
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| crate::session::query_param(request, "lastEventId"))
+        .filter(|id| !id.is_empty())
 }
 
 /// The publish body. Unknown fields are refused: a misspelt `sessionId` must not turn a targeted

@@ -183,6 +183,74 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
     }
 }
 
+/// A client leaves instance A and comes back on instance B with `Last-Event-ID`: B replays what
+/// was published meanwhile (on either instance), then goes on live.
+pub async fn replay_across_instances(connect: Connect) {
+    let a = hub(&connect, "orders").await;
+    let b = hub(&connect, "orders").await;
+    let mut on_a = a.stream("eventName=e&sessionId=s1").await;
+    a.wait_for_streams(1).await;
+    let body = |p: &str| json!({"eventName": "e", "sessionId": "s1", "payload": p});
+    a.publish(body("1")).await;
+    let last = on_a.next().await;
+    drop(on_a);
+    a.publish(body("2")).await;
+    b.publish(body("3")).await;
+    // B has received both before the client comes back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.hub.stats().received < 3 {
+        assert!(Instant::now() < deadline, "B did not receive the events");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut on_b = super::SseClient::connect(
+        &b.url("/sse/event-stream?eventName=e&sessionId=s1"),
+        &[("last-event-id", &last.id)],
+    )
+    .await;
+    assert_eq!(on_b.next().await.data, "2");
+    assert_eq!(on_b.next().await.data, "3");
+    b.wait_for_streams(1).await;
+    a.publish(body("4")).await;
+    assert_eq!(on_b.next().await.data, "4");
+}
+
+/// Instance A drains (as on SIGTERM) while events keep coming; its client reconnects to B as a
+/// browser would (after the `retry:` it was sent, with `Last-Event-ID`) and misses nothing.
+pub async fn drain_then_reconnect_elsewhere_loses_nothing(connect: Connect) {
+    let a = hub(&connect, "orders").await;
+    let b = hub(&connect, "orders").await;
+    let mut client = a.stream("eventName=e&sessionId=s1").await;
+    a.wait_for_streams(1).await;
+    let publisher = b.hub.clone();
+    let publishing = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            let event = SendSseEvent::new("e", json!(i)).to_session("s1");
+            ids.push(publisher.publish(event).await.unwrap().to_string());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut seen: Vec<String> = Vec::new();
+    let stop = tokio::spawn(a.stop());
+    for event in client.until_end().await {
+        seen.push(event.id);
+    }
+    stop.await.unwrap();
+    let last = seen.last().cloned().expect("some events before the drain");
+    let mut again = super::SseClient::connect(
+        &b.url("/sse/event-stream?eventName=e&sessionId=s1"),
+        &[("last-event-id", &last)],
+    )
+    .await;
+    let ids = publishing.await.unwrap();
+    while seen.len() < ids.len() {
+        seen.push(again.next().await.id);
+    }
+    assert_eq!(seen, ids, "every event exactly once, in order");
+}
+
 /// Runs the conformance suite's outage check with a real broker restart.
 pub async fn conformance_outage(broker: Broker, connect: Connect) {
     if !brokers::controllable(broker) {

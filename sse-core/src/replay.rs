@@ -1,0 +1,248 @@
+//! The replay log: the recent envelopes an instance received, so that a client reconnecting with
+//! `Last-Event-ID` (to this instance or any other) gets everything it missed.
+//!
+//! Every instance receives every event of its app, so any instance can serve any session's
+//! history. The log is bounded by count, age and bytes; the resume point is found through a hash
+//! index from event id to position, never by scanning.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::repository::EventFilter;
+
+/// How much history an instance keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayConfig {
+    /// At most this many events (default 10 000).
+    pub max_events: usize,
+    /// Events older than this are dropped (default 5 minutes).
+    pub max_age: Duration,
+    /// At most this many bytes of encoded frames (default 64 MiB).
+    pub max_bytes: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            max_events: 10_000,
+            max_age: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The name of the event a stream receives first when its `Last-Event-ID` is not in the log
+/// (unknown, or older than the log keeps): the application should refetch its state.
+pub const RESET_EVENT: &str = "sse-fanout-reset";
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    id: Arc<str>,
+    session: Option<Arc<str>>,
+    event_name: Arc<str>,
+    frame: Bytes,
+    at: Instant,
+}
+
+/// The history of one instance.
+#[derive(Debug)]
+pub(crate) struct ReplayLog {
+    config: ReplayConfig,
+    entries: VecDeque<Entry>,
+    index: HashMap<Arc<str>, u64>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+/// What a reconnecting stream gets from the log.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Replay {
+    /// The frames after the last event id that match the stream, in order.
+    Frames(Vec<Bytes>),
+    /// The id is not in the log.
+    Unknown,
+}
+
+impl ReplayLog {
+    pub(crate) fn new(config: ReplayConfig) -> Self {
+        ReplayLog {
+            config,
+            entries: VecDeque::new(),
+            index: HashMap::new(),
+            next_seq: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        id: &str,
+        session: Option<&str>,
+        event_name: &str,
+        frame: &Bytes,
+        now: Instant,
+    ) {
+        if self.config.max_events == 0 {
+            return;
+        }
+        let id: Arc<str> = Arc::from(id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.insert(id.clone(), seq);
+        self.bytes += frame.len();
+        self.entries.push_back(Entry {
+            seq,
+            id,
+            session: session.map(Arc::from),
+            event_name: Arc::from(event_name),
+            frame: frame.clone(),
+            at: now,
+        });
+        self.evict(now);
+    }
+
+    fn evict(&mut self, now: Instant) {
+        while let Some(front) = self.entries.front() {
+            let too_many = self.entries.len() > self.config.max_events;
+            let too_big = self.bytes > self.config.max_bytes && self.entries.len() > 1;
+            let too_old = now.saturating_duration_since(front.at) > self.config.max_age;
+            if !(too_many || too_big || too_old) {
+                break;
+            }
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.frame.len();
+                if self.index.get(&old.id) == Some(&old.seq) {
+                    self.index.remove(&old.id);
+                }
+            }
+        }
+    }
+
+    /// The frames after `last_id` for a stream of `session` (broadcasts included) and `events`.
+    pub(crate) fn since(
+        &mut self,
+        last_id: &str,
+        session: Option<&str>,
+        events: &EventFilter,
+        now: Instant,
+    ) -> Replay {
+        self.evict(now);
+        let Some(&seq) = self.index.get(last_id) else {
+            return Replay::Unknown;
+        };
+        let first = self.entries.front().map_or(0, |e| e.seq);
+        let start = usize::try_from(seq + 1 - first).unwrap_or(usize::MAX);
+        Replay::Frames(
+            self.entries
+                .range(start.min(self.entries.len())..)
+                .filter(|e| match &e.session {
+                    None => true,
+                    Some(target) => session == Some(&**target),
+                })
+                .filter(|e| events.matches(&e.event_name))
+                .map(|e| e.frame.clone())
+                .collect(),
+        )
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn frame(s: &str) -> Bytes {
+        Bytes::from(s.to_owned())
+    }
+
+    fn log(max_events: usize) -> ReplayLog {
+        ReplayLog::new(ReplayConfig {
+            max_events,
+            ..ReplayConfig::default()
+        })
+    }
+
+    #[test]
+    fn replays_what_came_after_for_the_session_and_broadcasts() {
+        let now = Instant::now();
+        let mut l = log(100);
+        l.push("1", Some("s1"), "e", &frame("a"), now);
+        l.push("2", Some("s2"), "e", &frame("b"), now);
+        l.push("3", None, "e", &frame("c"), now);
+        l.push("4", Some("s1"), "other", &frame("d"), now);
+        l.push("5", Some("s1"), "e", &frame("e"), now);
+        let any = EventFilter::Any;
+        let only_e = EventFilter::parse("e").unwrap();
+        assert_eq!(
+            l.since("1", Some("s1"), &any, now),
+            Replay::Frames(vec![frame("c"), frame("d"), frame("e")])
+        );
+        assert_eq!(
+            l.since("1", Some("s1"), &only_e, now),
+            Replay::Frames(vec![frame("c"), frame("e")])
+        );
+        assert_eq!(
+            l.since("2", None, &any, now),
+            Replay::Frames(vec![frame("c")])
+        );
+        assert_eq!(l.since("5", Some("s1"), &any, now), Replay::Frames(vec![]));
+        assert_eq!(l.since("nope", Some("s1"), &any, now), Replay::Unknown);
+    }
+
+    #[test]
+    fn bounded_by_count_bytes_and_age() {
+        let now = Instant::now();
+        let mut l = log(3);
+        for i in 0..10 {
+            l.push(&i.to_string(), None, "e", &frame("x"), now);
+        }
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.index.len(), 3);
+        assert_eq!(l.since("6", None, &EventFilter::Any, now), Replay::Unknown);
+        assert_eq!(
+            l.since("7", None, &EventFilter::Any, now),
+            Replay::Frames(vec![frame("x"), frame("x")])
+        );
+
+        let mut l = ReplayLog::new(ReplayConfig {
+            max_bytes: 10,
+            ..ReplayConfig::default()
+        });
+        for i in 0..5 {
+            l.push(&i.to_string(), None, "e", &frame("1234"), now);
+        }
+        assert_eq!(l.len(), 2);
+
+        let mut l = log(100);
+        l.push("old", None, "e", &frame("x"), now);
+        let later = now + Duration::from_secs(301);
+        l.push("new", None, "e", &frame("y"), later);
+        assert_eq!(
+            l.since("old", None, &EventFilter::Any, later),
+            Replay::Unknown
+        );
+        assert_eq!(
+            l.since("new", None, &EventFilter::Any, later),
+            Replay::Frames(vec![])
+        );
+    }
+
+    #[test]
+    fn a_zero_sized_log_keeps_nothing() {
+        let now = Instant::now();
+        let mut l = log(0);
+        l.push("1", None, "e", &frame("x"), now);
+        assert_eq!(l.since("1", None, &EventFilter::Any, now), Replay::Unknown);
+    }
+}
