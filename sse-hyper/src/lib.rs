@@ -17,6 +17,6 @@ pub mod session;
 
 pub use body::SseBody;
 pub use error::ApiError;
-pub use router::{ConnectionAbort, RouterConfig, SseRouter};
+pub use router::{ConnectionAbort, RouterConfig, SseRouter, parse_event_names, parse_publish_body};
 pub use serve::{ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, JwtSessions, SessionResolver};

@@ -355,9 +355,13 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
     )
 }
 
-/// The event names of `?eventName=a,b` (repeated parameters add up).
 fn event_filter(request: &Parts, config: &RouterConfig) -> Result<EventFilter, ApiError> {
-    let query = request.uri.query().unwrap_or("");
+    parse_event_names(request.uri.query().unwrap_or(""), config)
+}
+
+/// The event names of a query string's `eventName=a,b` (repeated parameters add up), within the
+/// limits of `config`; `400` when there is none or one is invalid.
+pub fn parse_event_names(query: &str, config: &RouterConfig) -> Result<EventFilter, ApiError> {
     let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| k == "eventName")
         .map(|(_, v)| v.into_owned())
@@ -398,7 +402,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-pub(crate) fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
+/// Reads a publish body, `{"eventName", "sessionId"?, "payload", "id"?}`; `400` for anything else.
+/// (Event names and ids are checked for CR, LF and NUL when the event is published.)
+pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     let body: PublishBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let event_name = body
