@@ -169,6 +169,8 @@ fn nonzero(d: Duration) -> Option<Duration> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Every stream holds a socket: take the hard limit of open files, not the soft one.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -236,14 +238,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => router.resolver(sse_fanout::DevSessions),
     };
 
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(
         address = %listener.local_addr()?,
         backend = hub.backend_name(),
         "sse-fanout listening; demo page at /"
     );
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(trim_memory_after_bursts(hub.clone()));
     sse_fanout::hyper::serve(listener, router, shutdown_signal()).await?;
     hub.shutdown().await?;
     tracing::info!("stopped");
@@ -296,6 +299,49 @@ async fn connect_backend(args: &Args, instance_id: &str) -> anyhow::Result<Arc<d
         }
     };
     Ok(backend)
+}
+
+/// glibc keeps the memory of closed connections mapped (the soak test saw 112 MiB resident with
+/// no stream open, 8 MiB after `malloc_trim`). Every 5 s in which at least 256 streams closed,
+/// give the freed memory back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+async fn trim_memory_after_bursts(hub: Hub) {
+    let closed = |hub: &Hub| {
+        let s = hub.stats();
+        s.closed_client_gone + s.closed_timeout + s.closed_slow_client + s.closed_shutdown
+    };
+    let mut closed_at_last_trim = closed(&hub);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let now = closed(&hub);
+        if now - closed_at_last_trim >= 256 {
+            closed_at_last_trim = now;
+            let _ = tokio::task::spawn_blocking(malloc_trim).await;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn malloc_trim() {
+    // SAFETY: malloc_trim only releases free pages of glibc's heaps; it takes no pointers and is
+    // thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A listener with a backlog deep enough for a reconnect storm (the kernel caps it at somaxconn).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {
