@@ -228,6 +228,7 @@ async fn publish_errors_are_json_and_publish_nothing() {
     assert_eq!(r.status(), 404);
 
     assert_eq!(server.hub.stats().published, 0);
+    assert_eq!(server.router.stats().publish_too_large, 1);
     assert!(s.next_within(Duration::from_millis(300)).await.is_none());
     // The stream is still healthy: a good publish arrives.
     server

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -72,10 +73,27 @@ pub struct SseRouter {
 
 #[derive(Clone)]
 struct Inner {
+    counters: Arc<Counters>,
     hub: Hub,
     resolver: Arc<dyn SessionResolver>,
     config: RouterConfig,
     pages: Vec<StaticPage>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    publish_too_large: AtomicU64,
+    bad_event_names: AtomicU64,
+}
+
+/// Requests the router refused for its own limits (the hub counts the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Publish bodies over the size limit (`413`).
+    pub publish_too_large: u64,
+    /// Event-stream requests whose event names were missing, too many, too long or invalid (`400`).
+    pub bad_event_names: u64,
 }
 
 #[derive(Clone)]
@@ -99,6 +117,7 @@ impl SseRouter {
     pub fn new(hub: Hub) -> Self {
         SseRouter {
             inner: Arc::new(Inner {
+                counters: Arc::default(),
                 hub,
                 resolver: Arc::new(AnonymousSessions),
                 config: RouterConfig::default(),
@@ -136,6 +155,15 @@ impl SseRouter {
             body: body.into(),
         });
         self
+    }
+
+    /// What the router refused for its own limits.
+    pub fn stats(&self) -> RouterStats {
+        let c = &self.inner.counters;
+        RouterStats {
+            publish_too_large: c.publish_too_large.load(Ordering::Relaxed),
+            bad_event_names: c.bad_event_names.load(Ordering::Relaxed),
+        }
     }
 
     /// The hub behind the endpoints.
@@ -198,7 +226,12 @@ impl SseRouter {
     /// instance is at its stream limit, `429` when the session is; both with `Retry-After`.
     pub async fn event_stream(&self, request: &Parts) -> Result<Response<SseBody>, ApiError> {
         let config = &self.inner.config;
-        let events = event_filter(request, config)?;
+        let events = event_filter(request, config).inspect_err(|_| {
+            self.inner
+                .counters
+                .bad_event_names
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
         let session = self.inner.resolver.resolve(request).await?;
         let last_event_id = last_event_id(request);
         let hub = &self.inner.hub;
@@ -263,6 +296,10 @@ impl SseRouter {
             }
         }
         let too_large = || {
+            self.inner
+                .counters
+                .publish_too_large
+                .fetch_add(1, Ordering::Relaxed);
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

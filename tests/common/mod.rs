@@ -26,6 +26,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub hub: Hub,
+    pub router: SseRouter,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -50,12 +51,17 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sse_fanout::hyper::serve(listener, router, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(sse_fanout::hyper::serve(
+            listener,
+            router.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             addr,
             hub,
+            router,
             stop: Some(stop),
             task: Some(task),
         }
