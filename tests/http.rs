@@ -580,3 +580,65 @@ async fn shutdown_tells_clients_to_come_back_soon() {
     assert!(seen.ends_with("retry: 1000\n\n"), "{seen:?}");
     stop.await.unwrap();
 }
+
+/// The hub binary on SIGTERM: streams get their last `retry:` and end, the process exits 0 soon.
+#[tokio::test]
+async fn the_hub_binary_drains_on_sigterm_and_exits_zero() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+        .args(["--listen", &addr])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut response = loop {
+        match client()
+            .get(format!("{url}/sse/event-stream?eventName=e"))
+            .send()
+            .await
+        {
+            Ok(r) => break r,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the hub did not come up: {e}"),
+        }
+    };
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b": ok"));
+    let sent = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        rest.ends_with(b"retry: 1000\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(12),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+}
