@@ -62,34 +62,7 @@ fn raw(brokers: &str, topic: &str) -> RawPublish {
     })
 }
 
-#[tokio::test]
-async fn conformance_suite() {
-    let _shared = brokers::shared().await;
-    let Some(brokers) = brokers::url(Broker::Kafka).await else {
-        return;
-    };
-    let connect = connect(&brokers, &unique("conformance"));
-    sse_core::testkit::run_all(&move || connect()).await;
-}
-
-#[tokio::test]
-async fn targeting_and_broadcast_across_instances() {
-    let _shared = brokers::shared().await;
-    let Some(brokers) = brokers::url(Broker::Kafka).await else {
-        return;
-    };
-    fanout::targeting_and_broadcast_across_instances(connect(&brokers, &unique("cluster"))).await;
-}
-
-#[tokio::test]
-async fn orders_and_billing_on_one_topic_see_only_their_own_events() {
-    let _shared = brokers::shared().await;
-    let Some(brokers) = brokers::url(Broker::Kafka).await else {
-        return;
-    };
-    let topic = unique("apps");
-    fanout::apps_see_only_their_own_events(connect(&brokers, &topic), raw(&brokers, &topic)).await;
-}
+common::fanout::broker_suite!(Broker::Kafka);
 
 #[tokio::test]
 async fn a_missing_topic_is_a_clear_error_unless_creation_is_enabled() {

@@ -38,15 +38,7 @@ fn raw(url: &str, subject: &str) -> RawPublish {
     })
 }
 
-#[tokio::test]
-async fn conformance_suite() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    let connect = connect(&url, &unique("conformance"));
-    sse_core::testkit::run_all(&move || connect()).await;
-}
+common::fanout::broker_suite!(Broker::Nats);
 
 #[tokio::test]
 async fn conformance_outage() {
@@ -54,25 +46,6 @@ async fn conformance_outage() {
         return;
     };
     fanout::conformance_outage(Broker::Nats, connect(&url, &unique("outage"))).await;
-}
-
-#[tokio::test]
-async fn targeting_and_broadcast_across_instances() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    fanout::targeting_and_broadcast_across_instances(connect(&url, &unique("cluster"))).await;
-}
-
-#[tokio::test]
-async fn apps_see_only_their_own_events() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    let channel = unique("apps");
-    fanout::apps_see_only_their_own_events(connect(&url, &channel), raw(&url, &channel)).await;
 }
 
 #[tokio::test]
@@ -95,22 +68,4 @@ async fn bad_urls_are_typed_errors() {
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
-}
-
-#[tokio::test]
-async fn replay_across_instances() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    fanout::replay_across_instances(connect(&url, &unique("replay"))).await;
-}
-
-#[tokio::test]
-async fn drain_then_reconnect_elsewhere_loses_nothing() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    fanout::drain_then_reconnect_elsewhere_loses_nothing(connect(&url, &unique("drain"))).await;
 }

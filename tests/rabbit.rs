@@ -57,15 +57,7 @@ fn raw(url: &str, exchange: &str) -> RawPublish {
     })
 }
 
-#[tokio::test]
-async fn conformance_suite() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Rabbit).await else {
-        return;
-    };
-    let connect = connect(&url, &unique("conformance"));
-    sse_core::testkit::run_all(&move || connect()).await;
-}
+common::fanout::broker_suite!(Broker::Rabbit);
 
 #[tokio::test]
 async fn conformance_outage() {
@@ -73,25 +65,6 @@ async fn conformance_outage() {
         return;
     };
     fanout::conformance_outage(Broker::Rabbit, connect(&url, &unique("outage"))).await;
-}
-
-#[tokio::test]
-async fn targeting_and_broadcast_across_instances() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Rabbit).await else {
-        return;
-    };
-    fanout::targeting_and_broadcast_across_instances(connect(&url, &unique("cluster"))).await;
-}
-
-#[tokio::test]
-async fn apps_see_only_their_own_events() {
-    let _shared = brokers::shared().await;
-    let Some(url) = brokers::url(Broker::Rabbit).await else {
-        return;
-    };
-    let exchange = unique("apps");
-    fanout::apps_see_only_their_own_events(connect(&url, &exchange), raw(&url, &exchange)).await;
 }
 
 #[tokio::test]
