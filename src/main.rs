@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sse_fanout::hyper::{RouterConfig, SseRouter};
+use sse_fanout::hyper::{Cors, RouterConfig, SseRouter};
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig};
 use tokio::net::TcpListener;
 
@@ -127,6 +127,18 @@ struct Args {
     #[arg(long = "kafka-config", env = "SSE_FANOUT_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_key_value)]
     kafka_config: Vec<(String, String)>,
 
+    /// Origins allowed to open streams and publish from a browser (CORS; repeatable; `*` for any).
+    #[arg(
+        long = "cors-origin",
+        env = "SSE_FANOUT_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+
+    /// Allow credentials (cookies, `withCredentials`) on cross-origin requests.
+    #[arg(long, env = "SSE_FANOUT_CORS_CREDENTIALS")]
+    cors_credentials: bool,
+
     /// Largest publish body in bytes.
     #[arg(long, env = "SSE_FANOUT_MAX_PUBLISH_BODY", default_value_t = 1024 * 1024)]
     max_publish_body: usize,
@@ -226,6 +238,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     router_config.publish_token = args.publish_token.clone();
     router_config.max_publish_body = args.max_publish_body;
     router_config.max_event_names = args.max_event_names;
+    router_config.metrics_path = Some("/metrics".to_owned());
+    if !args.cors_origins.is_empty() {
+        router_config.cors = Some(Cors {
+            allowed_origins: args.cors_origins.clone(),
+            allow_credentials: args.cors_credentials,
+        });
+    }
     router_config.max_event_name_len = args.max_event_name_len;
     let page = DEMO_PAGE
         .replace("{{STREAM_PATH}}", &args.path)

@@ -642,3 +642,98 @@ async fn the_hub_binary_drains_on_sigterm_and_exits_zero() {
     };
     assert!(exit.success(), "{exit}");
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_what_happened() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b.instance_id("metrics-test"),
+        |r| r.config(router_config(|c| c.metrics_path = Some("/metrics".into()))),
+    )
+    .await;
+    let mut s = server.stream("eventName=e").await;
+    server.wait_for_streams(1).await;
+    server
+        .publish(json!({"eventName": "e", "payload": 1}))
+        .await;
+    s.next().await;
+    let r = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for line in [
+        r#"sse_open_streams{instance="metrics-test"} 1"#,
+        r#"sse_events_published_total{instance="metrics-test"} 1"#,
+        r#"sse_events_delivered_total{instance="metrics-test"} 1"#,
+        r#"sse_backend_up{instance="metrics-test",backend="local"} 1"#,
+        r#"sse_publish_duration_seconds_count{instance="metrics-test"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn cors_lets_allowed_origins_in_and_is_off_by_default() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b,
+        |r| {
+            r.config(router_config(|c| {
+                c.cors = Some(sse_fanout::hyper::Cors {
+                    allowed_origins: vec!["https://app.example".into()],
+                    allow_credentials: true,
+                })
+            }))
+        },
+    )
+    .await;
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, server.url("/sse/publish"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert!(
+        preflight.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let stream = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e"),
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(
+        stream.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+
+    let plain = server_without_cors().await;
+    let r = client()
+        .get(plain.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+async fn server_without_cors() -> TestServer {
+    server().await
+}

@@ -339,12 +339,23 @@ impl Hub {
     /// Publishes an event to its session's streams, or to every stream when it has no session, on
     /// whichever instances they are. Returns the event's id once the backend has it.
     pub async fn publish(&self, event: SendSseEvent) -> Result<EventId, PublishError> {
+        let started = Instant::now();
         let result = self.publish_inner(&event).await;
+        metrics::histogram!(
+            "sse_publish_duration_seconds",
+            "instance" => self.inner.shared.config.instance_id.clone(),
+        )
+        .record(started.elapsed().as_secs_f64());
         let stats = &self.inner.shared.stats;
         match &result {
             Ok(id) => {
                 Stats::bump(&stats.published);
-                tracing::debug!(event_id = %id, event = %event.event_name, "published");
+                tracing::debug!(
+                    event_id = %id,
+                    instance = %self.inner.shared.config.instance_id,
+                    event = %event.event_name,
+                    "published"
+                );
             }
             Err(error) => {
                 Stats::bump(&stats.publish_failed);
@@ -564,7 +575,13 @@ impl Shared {
                 .deliver(target, &envelope.event_name, &frame),
         };
         Stats::add(&self.stats.delivered, report.queued);
-        tracing::trace!(event_id = %envelope.id, queued = report.queued, "delivered");
+        tracing::debug!(
+            event_id = %envelope.id,
+            instance = %self.config.instance_id,
+            origin = envelope.origin.as_deref().unwrap_or(""),
+            queued = report.queued,
+            "delivered"
+        );
     }
 }
 

@@ -11,12 +11,16 @@
 
 mod body;
 mod error;
+pub mod metrics;
 mod router;
 mod serve;
 pub mod session;
 
 pub use body::SseBody;
 pub use error::ApiError;
-pub use router::{ConnectionAbort, RouterConfig, SseRouter, parse_event_names, parse_publish_body};
+pub use router::{
+    ConnectionAbort, Cors, RouterConfig, RouterStats, SseRouter, parse_event_names,
+    parse_publish_body,
+};
 pub use serve::{ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, JwtSessions, SessionResolver};

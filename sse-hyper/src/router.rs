@@ -28,6 +28,10 @@ pub struct RouterConfig {
     pub publish_path: String,
     /// The health endpoint, default `/healthz`.
     pub health_path: String,
+    /// Where Prometheus metrics are served; `None` (the default) serves none.
+    pub metrics_path: Option<String>,
+    /// Cross-origin access for browsers on other origins; `None` (the default) allows none.
+    pub cors: Option<Cors>,
     /// When set, publishing needs `Authorization: Bearer <token>`.
     pub publish_token: Option<String>,
     /// The largest publish body accepted, default 1 MiB; larger ones get `413`.
@@ -46,12 +50,31 @@ impl Default for RouterConfig {
             stream_path: "/sse/event-stream".to_owned(),
             publish_path: "/sse/publish".to_owned(),
             health_path: "/healthz".to_owned(),
+            metrics_path: None,
+            cors: None,
             publish_token: None,
             max_publish_body: 1024 * 1024,
             max_event_names: EventFilter::MAX_NAMES,
             max_event_name_len: EventFilter::MAX_NAME_LEN,
             retry_after_secs: 5,
         }
+    }
+}
+
+/// Which other origins may open streams and publish (CORS), and whether with credentials
+/// (`new EventSource(url, {withCredentials: true})`, cookies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`https://app.example.com`); `*` allows any (never with credentials: the
+    /// request's own origin is echoed then).
+    pub allowed_origins: Vec<String>,
+    /// Sends `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
     }
 }
 
@@ -136,8 +159,12 @@ impl SseRouter {
         self
     }
 
-    /// Replaces the configuration.
+    /// Replaces the configuration. With a metrics path, installs the Prometheus recorder now, so
+    /// that the publish latency histogram counts from the first event.
     pub fn config(mut self, config: RouterConfig) -> Self {
+        if config.metrics_path.is_some() {
+            crate::metrics::prometheus();
+        }
         self.inner_mut().config = config;
         self
     }
@@ -180,6 +207,35 @@ impl SseRouter {
         let path = request.uri().path();
         let config = &self.inner.config;
         let method = request.method().clone();
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| {
+                config
+                    .cors
+                    .as_ref()
+                    .is_some_and(|c| c.allows(o.to_str().unwrap_or("")))
+            })
+            .cloned();
+        let is_endpoint = path == config.stream_path || path == config.publish_path;
+        if method == Method::OPTIONS && is_endpoint && origin.is_some() {
+            let mut response = Response::new(SseBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type, authorization, last-event-id"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            return self.with_cors(response, origin);
+        }
         let result = if path == config.stream_path {
             match method {
                 Method::GET => {
@@ -196,6 +252,11 @@ impl SseRouter {
         } else if path == config.health_path {
             match method {
                 Method::GET => Ok(self.health().await),
+                _ => Err(method_not_allowed("GET")),
+            }
+        } else if config.metrics_path.as_deref() == Some(path) {
+            match method {
+                Method::GET => self.metrics().await,
                 _ => Err(method_not_allowed("GET")),
             }
         } else if let Some(page) = self.inner.pages.iter().find(|p| p.path == path) {
@@ -216,7 +277,29 @@ impl SseRouter {
                 format!("no endpoint at {path}"),
             ))
         };
-        result.unwrap_or_else(ApiError::into_response)
+        let response = result.unwrap_or_else(ApiError::into_response);
+        self.with_cors(response, origin)
+    }
+
+    /// Adds the CORS headers for an allowed `origin`.
+    fn with_cors(
+        &self,
+        mut response: Response<SseBody>,
+        origin: Option<HeaderValue>,
+    ) -> Response<SseBody> {
+        let (Some(origin), Some(cors)) = (origin, &self.inner.config.cors) else {
+            return response;
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+        if cors.allow_credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
     }
 
     /// `GET` event stream: `?eventName=a,b` (or `*`), session from the resolver. Answers `200
@@ -351,6 +434,25 @@ impl SseRouter {
                 error.to_string(),
             )),
         }
+    }
+
+    /// `GET` metrics: the Prometheus text of the hub and this router.
+    pub async fn metrics(&self) -> Result<Response<SseBody>, ApiError> {
+        let text = crate::metrics::render(&self.inner.hub, self.stats())
+            .await
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metrics_unavailable",
+                    "another metrics recorder is installed in this process",
+                )
+            })?;
+        let mut response = Response::new(SseBody::full(text));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        Ok(response)
     }
 
     /// `GET` health: `200 {"status":"ok",...}` or `503 {"status":"down",...}`.
