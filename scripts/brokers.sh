@@ -19,3 +19,8 @@ printf '%s\n' "$out" | sed -n 's/^  export /export /p' | while read -r line; do
   var=${line#export }; var=${var%%=*}
   [ -n "${!var:-}" ] || echo "$line"
 done
+
+# PostgreSQL (the custom-backend example's tests): already running on these machines.
+if [ -z "${SSE_TEST_POSTGRES_URL:-}" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "export SSE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
+fi

@@ -25,6 +25,7 @@ pub enum Broker {
     Nats,
     Rabbit,
     Kafka,
+    Postgres,
 }
 
 impl Broker {
@@ -34,6 +35,7 @@ impl Broker {
             Broker::Nats => "SSE_TEST_NATS_URL",
             Broker::Rabbit => "SSE_TEST_RABBIT_URL",
             Broker::Kafka => "SSE_TEST_KAFKA_BROKERS",
+            Broker::Postgres => "SSE_TEST_POSTGRES_URL",
         }
     }
 
@@ -43,6 +45,7 @@ impl Broker {
             Broker::Nats => "nats",
             Broker::Rabbit => "rabbitmq",
             Broker::Kafka => "kafka",
+            Broker::Postgres => "postgres",
         }
     }
 
@@ -52,6 +55,7 @@ impl Broker {
             Broker::Nats => 4222,
             Broker::Rabbit => 5672,
             Broker::Kafka => 9092,
+            Broker::Postgres => 5432,
         }
     }
 }
@@ -114,7 +118,7 @@ pub async fn url(broker: Broker) -> Option<String> {
 /// Starts a container for `broker`; it lives until the test process ends.
 async fn start_container(broker: Broker) -> Result<String, String> {
     use testcontainers_modules::{
-        kafka::apache::Kafka, nats::Nats, rabbitmq::RabbitMq, redis::Redis,
+        kafka::apache::Kafka, nats::Nats, postgres::Postgres, rabbitmq::RabbitMq, redis::Redis,
     };
     let err = |e: testcontainers_modules::testcontainers::TestcontainersError| e.to_string();
     let url = match broker {
@@ -141,6 +145,15 @@ async fn start_container(broker: Broker) -> Result<String, String> {
             let url = format!(
                 "amqp://guest:guest@127.0.0.1:{}/%2f",
                 c.get_host_port_ipv4(5672).await.map_err(err)?
+            );
+            std::mem::forget(c);
+            url
+        }
+        Broker::Postgres => {
+            let c = Postgres::default().start().await.map_err(err)?;
+            let url = format!(
+                "postgres://postgres:postgres@127.0.0.1:{}/postgres",
+                c.get_host_port_ipv4(5432).await.map_err(err)?
             );
             std::mem::forget(c);
             url
@@ -206,6 +219,10 @@ pub async fn stop(broker: Broker) {
         Broker::Nats => run("pkill", &["-x", "nats-server"]),
         Broker::Rabbit => run("rabbitmqctl", &["stop_app"]),
         Broker::Kafka => run("pkill", &["-f", "tansu broker"]),
+        Broker::Postgres => run(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", "15", "main", "stop"],
+        ),
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while port_open(broker.port()) {
