@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument;
 
 use crate::backend::{BackendError, BackendStream, FanoutBackend, Health};
 use crate::encode;
@@ -369,7 +370,13 @@ impl Hub {
         let config = &self.inner.shared.config;
         let envelope = Envelope::from_event(event, &config.app_name, &config.instance_id)?;
         let bytes = envelope.encode()?;
-        self.inner.backend.publish(bytes).await?;
+        let span = tracing::debug_span!(
+            "publish",
+            event_id = %envelope.id,
+            instance = %config.instance_id,
+            backend = self.inner.backend.name(),
+        );
+        self.inner.backend.publish(bytes).instrument(span).await?;
         Ok(EventId::from(envelope.id))
     }
 
@@ -553,6 +560,13 @@ impl Shared {
                 return;
             }
         };
+        let _span = tracing::debug_span!(
+            "deliver",
+            event_id = %envelope.id,
+            instance = %self.config.instance_id,
+            origin = envelope.origin.as_deref().unwrap_or(""),
+        )
+        .entered();
         let target = envelope
             .session_id
             .as_deref()
@@ -575,13 +589,7 @@ impl Shared {
                 .deliver(target, &envelope.event_name, &frame),
         };
         Stats::add(&self.stats.delivered, report.queued);
-        tracing::debug!(
-            event_id = %envelope.id,
-            instance = %self.config.instance_id,
-            origin = envelope.origin.as_deref().unwrap_or(""),
-            queued = report.queued,
-            "delivered"
-        );
+        tracing::debug!(queued = report.queued, "delivered");
     }
 }
 
