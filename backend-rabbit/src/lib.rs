@@ -44,6 +44,7 @@ use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use sse_core::backend::Reconnects;
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -95,8 +96,7 @@ struct Inner {
     /// The publishing connection and its confirm-mode channel; `None` after it failed.
     publisher: Mutex<Option<(Connection, Channel)>>,
     subscriptions: AtomicU64,
-    subscriptions_down: AtomicU64,
-    reconnects: AtomicU64,
+    reconnects: Reconnects,
     closed: CancellationToken,
 }
 
@@ -131,8 +131,7 @@ impl RabbitBackend {
             config,
             publisher: Mutex::new(None),
             subscriptions: AtomicU64::new(0),
-            subscriptions_down: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
+            reconnects: Reconnects::default(),
             closed: CancellationToken::new(),
         });
         let session = inner.publishing_session().await?;
@@ -142,7 +141,7 @@ impl RabbitBackend {
 
     /// How often a subscription had to reconnect.
     pub fn reconnects(&self) -> u64 {
-        self.inner.reconnects.load(Ordering::Relaxed)
+        self.inner.reconnects.restored()
     }
 }
 
@@ -336,9 +335,8 @@ impl FanoutBackend for RabbitBackend {
         if self.inner.closed.is_cancelled() {
             return Health::down("closed");
         }
-        let down = self.inner.subscriptions_down.load(Ordering::Relaxed);
-        if down > 0 {
-            return Health::down(format!("{down} subscription(s) reconnecting"));
+        if let Some(down) = self.inner.reconnects.health() {
+            return down;
         }
         // An active check: reconnects the publishing connection if it is gone.
         match self.inner.publisher().await {
@@ -368,17 +366,7 @@ async fn run_subscription(
 ) {
     let mut session = Some(first);
     let mut backoff = Duration::from_millis(100);
-    let mut down = false;
-    let set_down = |down: &mut bool, now: bool| {
-        if *down != now {
-            *down = now;
-            if now {
-                inner.subscriptions_down.fetch_add(1, Ordering::Relaxed);
-            } else {
-                inner.subscriptions_down.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    };
+    let mut state = inner.reconnects.subscription();
     'reconnect: loop {
         let (connection, mut consumer) = match session.take() {
             Some(session) => session,
@@ -390,8 +378,7 @@ async fn run_subscription(
                 }
                 match inner.consuming_session(&queue).await {
                     Ok(session) => {
-                        set_down(&mut down, false);
-                        inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                        state.restored();
                         tracing::info!(%queue, "rabbitmq subscription restored");
                         backoff = Duration::from_millis(100);
                         session
@@ -426,8 +413,7 @@ async fn run_subscription(
                 None => break "consumer cancelled".to_owned(),
             }
         };
-        set_down(&mut down, true);
+        state.lost();
         tracing::warn!(%queue, reason = %lost, "rabbitmq subscription lost; reconnecting");
     }
-    set_down(&mut down, false);
 }

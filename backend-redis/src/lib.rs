@@ -24,13 +24,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use sse_core::backend::Reconnects;
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,8 +81,7 @@ struct Inner {
     publisher: ConnectionManager,
     config: RedisConfig,
     /// Subscriptions currently down (a backend is healthy when this is 0 and publishing works).
-    subscriptions_down: AtomicU64,
-    reconnects: AtomicU64,
+    reconnects: Reconnects,
     closed: CancellationToken,
 }
 
@@ -132,8 +131,7 @@ impl RedisBackend {
                 client,
                 publisher,
                 config,
-                subscriptions_down: AtomicU64::new(0),
-                reconnects: AtomicU64::new(0),
+                reconnects: Reconnects::default(),
                 closed: CancellationToken::new(),
             }),
         })
@@ -141,7 +139,7 @@ impl RedisBackend {
 
     /// How often a subscription had to reconnect.
     pub fn reconnects(&self) -> u64 {
-        self.inner.reconnects.load(Ordering::Relaxed)
+        self.inner.reconnects.restored()
     }
 
     /// The channel in use.
@@ -204,9 +202,8 @@ impl FanoutBackend for RedisBackend {
         if self.inner.closed.is_cancelled() {
             return Health::down("closed");
         }
-        let down = self.inner.subscriptions_down.load(Ordering::Relaxed);
-        if down > 0 {
-            return Health::down(format!("{down} subscription(s) reconnecting"));
+        if let Some(down) = self.inner.reconnects.health() {
+            return down;
         }
         let mut connection = self.inner.publisher.clone();
         let ping: Result<String, _> = tokio::time::timeout(
@@ -241,10 +238,7 @@ async fn run_subscription(
 ) {
     let mut connection = Some(first);
     let mut backoff = Duration::from_millis(50);
-    let mut state = DownState {
-        inner: &inner,
-        down: false,
-    };
+    let mut state = inner.reconnects.subscription();
     loop {
         let (mut sink, mut stream) = match connection.take() {
             Some(connection) => connection,
@@ -256,8 +250,7 @@ async fn run_subscription(
                 }
                 match inner.subscribed().await {
                     Ok(connection) => {
-                        state.set(false);
-                        inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                        state.restored();
                         tracing::info!(channel = %inner.config.channel, "redis subscription restored");
                         backoff = Duration::from_millis(50);
                         connection
@@ -297,38 +290,8 @@ async fn run_subscription(
                 }
             }
         };
-        state.set(true);
+        state.lost();
         tracing::warn!(channel = %inner.config.channel, reason = %lost, "redis subscription lost; reconnecting");
-    }
-}
-
-/// Whether one subscription is down, kept in the backend's count; a subscription that ends while
-/// down takes itself out of the count.
-struct DownState<'a> {
-    inner: &'a Inner,
-    down: bool,
-}
-
-impl DownState<'_> {
-    fn set(&mut self, down: bool) {
-        if down != self.down {
-            self.down = down;
-            if down {
-                self.inner
-                    .subscriptions_down
-                    .fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.inner
-                    .subscriptions_down
-                    .fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl Drop for DownState<'_> {
-    fn drop(&mut self) {
-        self.set(false);
     }
 }
 

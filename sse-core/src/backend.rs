@@ -28,6 +28,80 @@ pub fn channel_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> BackendStream {
     .boxed()
 }
 
+/// The reconnect bookkeeping of a backend whose subscriptions reconnect by themselves: how many
+/// are down right now (health is down while any is) and how often one came back.
+#[derive(Debug, Default)]
+pub struct Reconnects {
+    down: std::sync::atomic::AtomicU64,
+    restored: std::sync::atomic::AtomicU64,
+}
+
+impl Reconnects {
+    /// The state of one subscription, counted here until it is dropped.
+    pub fn subscription(&self) -> SubscriptionState<'_> {
+        SubscriptionState {
+            gauge: self,
+            down: false,
+        }
+    }
+
+    /// How often a subscription was restored after it was lost.
+    pub fn restored(&self) -> u64 {
+        self.restored.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Health::down` while any subscription is reconnecting.
+    pub fn health(&self) -> Option<Health> {
+        match self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(Health::down(format!("{n} subscription(s) reconnecting"))),
+        }
+    }
+}
+
+/// One subscription's part in [`Reconnects`]; a subscription that ends while down takes itself
+/// out of the count when dropped.
+#[derive(Debug)]
+pub struct SubscriptionState<'a> {
+    gauge: &'a Reconnects,
+    down: bool,
+}
+
+impl SubscriptionState<'_> {
+    /// The connection is lost; reconnecting.
+    pub fn lost(&mut self) {
+        self.set(true);
+    }
+
+    /// The connection is back.
+    pub fn restored(&mut self) {
+        if self.down {
+            self.gauge
+                .restored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.set(false);
+    }
+
+    fn set(&mut self, down: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if down != self.down {
+            self.down = down;
+            if down {
+                self.gauge.down.fetch_add(1, Relaxed);
+            } else {
+                self.gauge.down.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for SubscriptionState<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
