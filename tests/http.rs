@@ -665,6 +665,7 @@ async fn prometheus_metrics_count_what_happened() {
         r#"sse_events_published_total{instance="metrics-test"} 1"#,
         r#"sse_events_delivered_total{instance="metrics-test"} 1"#,
         r#"sse_backend_up{instance="metrics-test",backend="local"} 1"#,
+        r#"sse_backend_reconnects_total{instance="metrics-test",backend="local"} 0"#,
         r#"sse_publish_duration_seconds_count{instance="metrics-test"} 1"#,
     ] {
         assert!(text.contains(line), "{line} missing in:\n{text}");

@@ -169,6 +169,10 @@ impl Counters {
 
 #[async_trait]
 impl FanoutBackend for NatsBackend {
+    fn reconnects(&self) -> u64 {
+        self.counters.reconnects.load(Ordering::Relaxed)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

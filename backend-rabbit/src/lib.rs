@@ -304,6 +304,10 @@ impl Inner {
 
 #[async_trait]
 impl FanoutBackend for RabbitBackend {
+    fn reconnects(&self) -> u64 {
+        self.inner.reconnects.restored()
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

@@ -171,6 +171,10 @@ impl Inner {
 
 #[async_trait]
 impl FanoutBackend for RedisBackend {
+    fn reconnects(&self) -> u64 {
+        self.inner.reconnects.restored()
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

@@ -233,6 +233,11 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// How often the backend re-established a lost broker connection (0 when it does not count).
+    fn reconnects(&self) -> u64 {
+        0
+    }
 }
 
 #[async_trait]
@@ -252,6 +257,9 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
     async fn close(&self) -> Result<(), BackendError> {
         (**self).close().await
     }
+    fn reconnects(&self) -> u64 {
+        (**self).reconnects()
+    }
 }
 
 #[async_trait]
@@ -270,5 +278,8 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
     }
     async fn close(&self) -> Result<(), BackendError> {
         (**self).close().await
+    }
+    fn reconnects(&self) -> u64 {
+        (**self).reconnects()
     }
 }

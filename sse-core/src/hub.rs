@@ -485,6 +485,11 @@ impl Hub {
         self.inner.backend.health().await
     }
 
+    /// How often the backend re-established a lost broker connection.
+    pub fn backend_reconnects(&self) -> u64 {
+        self.inner.backend.reconnects()
+    }
+
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.inner.backend.name()

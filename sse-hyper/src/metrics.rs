@@ -50,6 +50,8 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     gauge!("sse_open_streams", "instance" => i()).set(hub.open_streams() as f64);
     gauge!("sse_backend_up", "instance" => i(), "backend" => backend)
         .set(f64::from(u8::from(health.up)));
+    counter!("sse_backend_reconnects_total", "instance" => i(), "backend" => backend)
+        .absolute(hub.backend_reconnects());
     counter!("sse_streams_opened_total", "instance" => i()).absolute(s.streams_opened);
     for (reason, value) in [
         ("client_gone", s.closed_client_gone),
