@@ -216,7 +216,9 @@ fn run(cmd: &str, args: &[&str]) {
 pub async fn stop(broker: Broker) {
     match broker {
         Broker::Redis => run("redis-cli", &["-p", "6379", "shutdown", "nosave"]),
-        Broker::Nats => run("pkill", &["-x", "nats-server"]),
+        // SIGKILL: on SIGTERM nats-server closes its listener first and goes on serving its open
+        // connections for a while, so a new server could run beside the dying one.
+        Broker::Nats => run("pkill", &["-KILL", "-x", "nats-server"]),
         Broker::Rabbit => run("rabbitmqctl", &["stop_app"]),
         Broker::Kafka => run("pkill", &["-f", "tansu broker"]),
         Broker::Postgres => run(
@@ -250,6 +252,43 @@ pub async fn start(broker: Broker) {
             "{broker:?} did not start"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle(broker).await;
+}
+
+/// Waits until the broker carries a message end to end: an open port is not yet a settled broker.
+pub async fn settle(broker: Broker) {
+    if broker != Broker::Nats {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return;
+    }
+    let Ok(url) = std::env::var(broker.var()) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut clean_rounds = 0;
+    while clean_rounds < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NATS did not settle"
+        );
+        let probe = async {
+            use futures_util::StreamExt;
+            let client = async_nats::connect(url.as_str()).await.ok()?;
+            let subject = format!("sse-test.settle.{}", super::unique("p"));
+            let mut sub = client.subscribe(subject.clone()).await.ok()?;
+            client.flush().await.ok()?;
+            client.publish(subject, "ping".into()).await.ok()?;
+            client.flush().await.ok()?;
+            tokio::time::timeout(Duration::from_millis(500), sub.next())
+                .await
+                .ok()?
+        };
+        if probe.await.is_some() {
+            clean_rounds += 1;
+        } else {
+            clean_rounds = 0;
+        }
     }
 }
 

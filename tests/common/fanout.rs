@@ -131,6 +131,7 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
         return;
     }
     let _exclusive = brokers::exclusive().await;
+    brokers::settle(broker).await;
     let a = hub(&connect, "orders").await;
     let b = hub(&connect, "orders").await;
     let mut stream = a.stream("eventName=e&sessionId=s1").await;
@@ -258,6 +259,7 @@ pub async fn conformance_outage(broker: Broker, connect: Connect) {
         return;
     }
     let _exclusive = brokers::exclusive().await;
+    brokers::settle(broker).await;
     let factory = move || connect();
     sse_core::testkit::delivery_resumes_after_an_outage(&factory, || async {
         brokers::outage(broker, tokio::time::sleep(Duration::from_millis(500))).await;
