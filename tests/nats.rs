@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::brokers::{self, Broker};
-use common::fanout::{self, Connect, RawPublish, boxed};
-use common::unique;
+use common::brokers::Broker;
+use common::fanout::{Connect, RawPublish, boxed};
 use sse_fanout::FanoutBackend;
 use sse_fanout::nats::NatsBackend;
 
@@ -39,29 +38,7 @@ fn raw(url: &str, subject: &str) -> RawPublish {
 }
 
 common::fanout::broker_suite!(Broker::Nats);
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test nats -- --ignored (CI does)"]
-async fn conformance_outage() {
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    fanout::conformance_outage(Broker::Nats, connect(&url, &unique("outage"))).await;
-}
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test nats -- --ignored (CI does)"]
-async fn delivery_resumes_after_a_broker_restart() {
-    let Some(url) = brokers::url(Broker::Nats).await else {
-        return;
-    };
-    fanout::delivery_resumes_after_a_broker_restart(
-        Broker::Nats,
-        connect(&url, &unique("restart")),
-        Duration::from_secs(5),
-    )
-    .await;
-}
+common::fanout::restart_suite!(Broker::Nats, Duration::from_secs(5));
 
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::brokers::{self, Broker};
-use common::fanout::{self, Connect, RawPublish, boxed};
+use common::fanout::{Connect, RawPublish, boxed};
 use common::unique;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -58,29 +58,7 @@ fn raw(url: &str, exchange: &str) -> RawPublish {
 }
 
 common::fanout::broker_suite!(Broker::Rabbit);
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test rabbit -- --ignored (CI does)"]
-async fn conformance_outage() {
-    let Some(url) = brokers::url(Broker::Rabbit).await else {
-        return;
-    };
-    fanout::conformance_outage(Broker::Rabbit, connect(&url, &unique("outage"))).await;
-}
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test rabbit -- --ignored (CI does)"]
-async fn delivery_resumes_after_stop_app_and_start_app() {
-    let Some(url) = brokers::url(Broker::Rabbit).await else {
-        return;
-    };
-    fanout::delivery_resumes_after_a_broker_restart(
-        Broker::Rabbit,
-        connect(&url, &unique("restart")),
-        Duration::from_secs(10),
-    )
-    .await;
-}
+common::fanout::restart_suite!(Broker::Rabbit, Duration::from_secs(10));
 
 /// `rabbitmqctl list_queues name consumers`, as (name, consumers) pairs.
 fn list_queues() -> Option<Vec<(String, u32)>> {

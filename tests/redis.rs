@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::brokers::{self, Broker};
-use common::fanout::{self, Connect, RawPublish, boxed};
+use common::fanout::{Connect, RawPublish, boxed};
 use common::unique;
 use sse_fanout::FanoutBackend;
 use sse_fanout::redis::RedisBackend;
@@ -44,29 +44,7 @@ fn raw(url: &str, channel: &str) -> RawPublish {
 }
 
 common::fanout::broker_suite!(Broker::Redis);
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test redis -- --ignored (CI does)"]
-async fn conformance_outage() {
-    let Some(url) = brokers::url(Broker::Redis).await else {
-        return;
-    };
-    fanout::conformance_outage(Broker::Redis, connect(&url, &unique("outage"))).await;
-}
-
-#[tokio::test]
-#[ignore = "stops the broker; runs alone: cargo test --all-features --test redis -- --ignored (CI does)"]
-async fn delivery_resumes_after_a_broker_restart() {
-    let Some(url) = brokers::url(Broker::Redis).await else {
-        return;
-    };
-    fanout::delivery_resumes_after_a_broker_restart(
-        Broker::Redis,
-        connect(&url, &unique("restart")),
-        Duration::from_secs(5),
-    )
-    .await;
-}
+common::fanout::restart_suite!(Broker::Redis, Duration::from_secs(5));
 
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {

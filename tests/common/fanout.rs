@@ -337,3 +337,34 @@ macro_rules! broker_suite {
 }
 #[allow(unused_imports)]
 pub(crate) use broker_suite;
+
+/// Declares the tests that stop and start the broker, `#[ignore]`d so that they run on their own
+/// (`cargo test --all-features --test <broker> -- --ignored`, as CI does): the conformance
+/// suite's outage check and a restart under two running hubs, delivery resuming within `$within`.
+#[allow(unused_macros)]
+macro_rules! restart_suite {
+    ($broker:expr, $within:expr) => {
+        #[tokio::test]
+        #[ignore = "stops the broker; runs alone with --ignored (CI does)"]
+        async fn conformance_outage() {
+            let Some(url) = common::brokers::url($broker).await else {
+                return;
+            };
+            let connect = connect(&url, &common::unique("outage"));
+            common::fanout::conformance_outage($broker, connect).await;
+        }
+
+        #[tokio::test]
+        #[ignore = "stops the broker; runs alone with --ignored (CI does)"]
+        async fn delivery_resumes_after_a_broker_restart() {
+            let Some(url) = common::brokers::url($broker).await else {
+                return;
+            };
+            let connect = connect(&url, &common::unique("restart"));
+            common::fanout::delivery_resumes_after_a_broker_restart($broker, connect, $within)
+                .await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use restart_suite;
