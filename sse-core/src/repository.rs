@@ -5,12 +5,13 @@
 //! the stream is closed with [`CloseReason::SlowClient`] (the client reconnects) instead of stalling
 //! the others or growing memory.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::encode::{FieldError, check_event_name};
@@ -203,14 +204,33 @@ impl Subscription {
     }
 }
 
-/// The state a stream's two ends share: whether, and why, it was closed.
-#[derive(Debug, Default)]
-struct StreamState {
+/// What a stream's two ends share: its bounded queue, and whether, and why, it was closed.
+///
+/// The queue holds only what is waiting (an idle stream's queue allocates nothing), which matters
+/// when an instance holds tens of thousands of mostly idle streams.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    capacity: usize,
     reason: AtomicU8,
     abort_on_overflow: Option<CancellationToken>,
 }
 
-impl StreamState {
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// The repository let go of the stream: it ends once `frames` is empty.
+    sink_gone: bool,
+    /// The stream went away: nothing more is queued.
+    emitter_gone: bool,
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn close(&self, reason: CloseReason) -> bool {
         let first = self
             .reason
@@ -233,8 +253,7 @@ impl StreamState {
 /// What a repository keeps of a stream: the sending end of its bounded queue.
 #[derive(Debug)]
 pub struct Sink {
-    tx: mpsc::Sender<Bytes>,
-    state: Arc<StreamState>,
+    shared: Arc<Shared>,
 }
 
 /// The outcome of [`Sink::offer`].
@@ -251,25 +270,47 @@ pub enum Offer {
 impl Sink {
     /// Queues a frame without waiting.
     pub fn offer(&self, frame: &Bytes) -> Offer {
-        match self.tx.try_send(frame.clone()) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        let waker = {
+            let mut queue = self.shared.queue();
+            if queue.emitter_gone {
+                return Offer::Closed;
+            }
+            if queue.frames.len() >= self.shared.capacity {
+                return Offer::Full;
+            }
+            queue.frames.push_back(frame.clone());
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
+        Offer::Queued
     }
 
     /// Records why the stream is closed (the first reason wins). The stream ends once the repository
     /// drops this sink and the client has read what was queued before.
     pub fn close(&self, reason: CloseReason) -> bool {
-        self.state.close(reason)
+        self.shared.close(reason)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let waker = {
+            let mut queue = self.shared.queue();
+            queue.sink_gone = true;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
 /// The receiving end of a stream's queue, as a repository hands it out.
 #[derive(Debug)]
 pub struct Emitter {
-    rx: mpsc::Receiver<Bytes>,
-    state: Arc<StreamState>,
+    shared: Arc<Shared>,
     _registration: Registration,
 }
 
@@ -277,59 +318,84 @@ impl Emitter {
     /// A bounded queue for `subscription`: the [`Sink`] the repository keeps and a function that
     /// turns the receiving end into an [`Emitter`] whose drop runs `unregister`.
     pub fn channel(subscription: &Subscription) -> (Sink, EmitterParts) {
-        let (tx, rx) = mpsc::channel(subscription.queue_size.max(1));
-        let state = Arc::new(StreamState {
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            capacity: subscription.queue_size.max(1),
             reason: AtomicU8::new(0),
             abort_on_overflow: subscription.abort_on_overflow.clone(),
         });
         (
             Sink {
-                tx,
-                state: state.clone(),
+                shared: shared.clone(),
             },
-            EmitterParts { rx, state },
+            EmitterParts { shared },
         )
     }
 
     /// Waits for the next frame; `None` once the repository has dropped the sink and the queue is empty.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for the next frame (see [`recv`](Self::recv)).
-    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
-        self.rx.poll_recv(cx)
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut queue = self.shared.queue();
+        if let Some(frame) = queue.frames.pop_front() {
+            if queue.frames.is_empty() && queue.frames.capacity() > 16 {
+                // A burst is over: give its memory back.
+                queue.frames = VecDeque::new();
+            }
+            return Poll::Ready(Some(frame));
+        }
+        if queue.sink_gone {
+            return Poll::Ready(None);
+        }
+        if !queue
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Frames waiting for the client.
     pub fn queued(&self) -> usize {
-        self.rx.len()
+        self.shared.queue().frames.len()
     }
 
     /// Why the stream was closed, if it was.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.state.reason()
+        self.shared.reason()
     }
 
     /// Records a close reason from the consuming side (timeout, client gone); the first one wins.
     pub fn close(&self, reason: CloseReason) -> bool {
-        self.state.close(reason)
+        self.shared.close(reason)
+    }
+}
+
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.emitter_gone = true;
+        queue.frames = VecDeque::new();
+        queue.waker = None;
     }
 }
 
 /// The receiving half from [`Emitter::channel`], before it is registered.
 #[derive(Debug)]
 pub struct EmitterParts {
-    rx: mpsc::Receiver<Bytes>,
-    state: Arc<StreamState>,
+    shared: Arc<Shared>,
 }
 
 impl EmitterParts {
     /// The emitter; `unregister` runs when it is dropped.
     pub fn into_emitter(self, unregister: impl FnOnce() + Send + Sync + 'static) -> Emitter {
         Emitter {
-            rx: self.rx,
-            state: self.state,
+            shared: self.shared,
             _registration: Registration(Some(Box::new(unregister))),
         }
     }
