@@ -10,6 +10,7 @@
 //! Every endpoint returns `http::Response<SseBody>`, so they mount in axum too.
 
 mod body;
+mod direct;
 mod error;
 pub mod metrics;
 mod router;

@@ -198,6 +198,11 @@ impl SseRouter {
         &self.inner.hub
     }
 
+    /// The event-stream endpoint's path.
+    pub(crate) fn stream_path(&self) -> &str {
+        &self.inner.config.stream_path
+    }
+
     /// Routes one request; unknown paths get a `404` JSON error.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<SseBody>
     where

@@ -1,19 +1,27 @@
 //! [`serve`]: HTTP/1.1 and HTTP/2 (h2c) on a listener, with a graceful shutdown that ends the open
 //! event streams first (an SSE body never ends by itself, so otherwise the drain would wait forever).
+//!
+//! A connection whose first request is a plain HTTP/1.x `GET` of the event-stream path is served
+//! directly on its socket (see the `direct` module: a fraction of hyper's per-connection memory);
+//! every other connection is served by hyper.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::direct::{self, FirstRequest};
 use crate::router::{ConnectionAbort, SseRouter};
 
 /// How [`serve_with`] runs.
@@ -22,12 +30,20 @@ use crate::router::{ConnectionAbort, SseRouter};
 pub struct ServeOptions {
     /// How long shutdown waits for connections to finish after the streams were ended.
     pub drain_timeout: Duration,
+    /// Serve HTTP/1.x event streams directly on their socket instead of through hyper (default
+    /// `true`): the same responses, with a few KiB per open stream instead of hyper's 25 or so.
+    pub direct_streams: bool,
+    /// How long a new connection may take to send its first bytes before it is dropped (with
+    /// `direct_streams`; default 30 s).
+    pub first_request_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             drain_timeout: Duration::from_secs(10),
+            direct_streams: true,
+            first_request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -62,8 +78,10 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = GracefulShutdown::new();
+    let direct_tasks = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
@@ -79,37 +97,32 @@ pub async fn serve_with(
             () = &mut shutdown => break,
         };
         let _ = socket.set_nodelay(true);
-        let abort = CancellationToken::new();
-        let router = router.clone();
-        let request_abort = abort.clone();
-        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-            let router = router.clone();
-            request
-                .extensions_mut()
-                .insert(ConnectionAbort(request_abort.clone()));
-            async move { Ok::<_, Infallible>(router.handle(request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(socket), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                }
-                () = abort.cancelled() => {
-                    tracing::debug!(%peer, "dropped the connection of a slow client");
-                }
-            }
-        });
+        let hyper = Hyper {
+            router: router.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+        };
+        if options.direct_streams {
+            direct_tasks.spawn(route(
+                socket,
+                peer,
+                hyper,
+                stopping.clone(),
+                options.first_request_timeout,
+            ));
+        } else {
+            tokio::spawn(hyper.serve(socket, peer));
+        }
     }
     drop(listener);
     tracing::info!("shutting down: ending open streams and draining connections");
+    stopping.cancel();
+    direct_tasks.close();
     let hub = router.hub().clone();
-    let drained = graceful.shutdown();
+    let drained = async {
+        graceful.shutdown().await;
+        direct_tasks.wait().await;
+    };
     let mut drained = std::pin::pin!(drained);
     let deadline = tokio::time::sleep(options.drain_timeout);
     let mut deadline = std::pin::pin!(deadline);
@@ -126,4 +139,68 @@ pub async fn serve_with(
         }
     }
     Ok(())
+}
+
+/// Serves a new connection directly when its first request is an event stream, else hands it to
+/// hyper (in a task of its own, so that a direct stream's task stays small).
+async fn route(
+    socket: TcpStream,
+    peer: SocketAddr,
+    hyper: Hyper,
+    stopping: CancellationToken,
+    first_request_timeout: Duration,
+) {
+    let first = tokio::select! {
+        first = direct::peek_first_request(&socket, &hyper.router, first_request_timeout) => first,
+        () = stopping.cancelled() => return,
+    };
+    match first {
+        FirstRequest::Stream(parts, head_len) => {
+            let Hyper { router, .. } = hyper;
+            direct::serve_stream(socket, *parts, head_len, router).await;
+        }
+        FirstRequest::Other => {
+            tokio::spawn(hyper.serve(socket, peer));
+        }
+        FirstRequest::Nothing => {
+            tracing::debug!(%peer, "no request on a new connection");
+        }
+    }
+}
+
+/// What serving a connection with hyper needs.
+struct Hyper {
+    router: SseRouter,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+}
+
+impl Hyper {
+    async fn serve(self, socket: TcpStream, peer: SocketAddr) {
+        let abort = CancellationToken::new();
+        let request_abort = abort.clone();
+        let router = self.router;
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            let router = router.clone();
+            request
+                .extensions_mut()
+                .insert(ConnectionAbort(request_abort.clone()));
+            async move { Ok::<_, Infallible>(router.handle(request).await) }
+        });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(socket), service)
+            .into_owned();
+        let connection = self.watcher.watch(connection);
+        tokio::select! {
+            result = connection => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+            }
+            () = abort.cancelled() => {
+                tracing::debug!(%peer, "dropped the connection of a slow client");
+            }
+        }
+    }
 }

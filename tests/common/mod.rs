@@ -13,7 +13,7 @@ use std::time::Duration;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use sse_fanout::hyper::{RouterConfig, SseRouter};
+use sse_fanout::hyper::{RouterConfig, ServeOptions, SseRouter};
 use sse_fanout::{DevSessions, FanoutBackend, Hub, HubBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -46,17 +46,28 @@ impl TestServer {
         configure: impl FnOnce(HubBuilder) -> HubBuilder,
         router: impl FnOnce(SseRouter) -> SseRouter,
     ) -> TestServer {
+        Self::start_serving(backend, configure, router, ServeOptions::default()).await
+    }
+
+    /// Like [`start_with`](Self::start_with), served with `options`.
+    pub async fn start_serving(
+        backend: Arc<dyn FanoutBackend>,
+        configure: impl FnOnce(HubBuilder) -> HubBuilder,
+        router: impl FnOnce(SseRouter) -> SseRouter,
+        options: ServeOptions,
+    ) -> TestServer {
         let hub = configure(Hub::builder_arc(backend)).start().await.unwrap();
         let router = router(SseRouter::new(hub.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sse_fanout::hyper::serve(
+        let task = tokio::spawn(sse_fanout::hyper::serve_with(
             listener,
             router.clone(),
             async move {
                 let _ = stopped.await;
             },
+            options,
         ));
         TestServer {
             addr,
