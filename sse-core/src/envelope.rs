@@ -105,6 +105,13 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// Reads an envelope without copying its text out of `bytes` (see [`EnvelopeRef`]).
+    pub fn decode_ref(bytes: &[u8]) -> Result<EnvelopeRef<'_>, EnvelopeError> {
+        let envelope: EnvelopeRef<'_> = serde_json::from_slice(bytes)?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
     /// The JSON bytes a backend carries.
     pub fn encode(&self) -> Result<Bytes, EnvelopeError> {
         Ok(Bytes::from(serde_json::to_vec(self)?))
@@ -112,45 +119,240 @@ impl Envelope {
 
     /// Checks every rule the SSE encoder and the hub rely on.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
-        if self.v != ENVELOPE_VERSION {
-            return Err(EnvelopeError::UnsupportedVersion(self.v));
+        validate(
+            self.v,
+            &self.id,
+            &self.app,
+            &self.event_name,
+            self.session_id.as_deref(),
+        )
+    }
+
+    /// Encodes `event` straight into the wire bytes, in one pass and without copying its fields
+    /// into an [`Envelope`] first (what [`Hub::publish`](crate::Hub::publish) does); assigns an id
+    /// when the event has none and returns it with the bytes.
+    ///
+    /// ```
+    /// # use serde_json::json;
+    /// use sse_core::{Envelope, SendSseEvent};
+    /// let event = SendSseEvent::new("order-update", json!({"status": "shipped"})).to_session("s-42");
+    /// let (id, bytes) = Envelope::encode_event(&event, "orders", "orders-1").unwrap();
+    /// let envelope = Envelope::decode(&bytes).unwrap();
+    /// assert_eq!((envelope.id.as_str(), envelope.session_id.as_deref()), (id.as_str(), Some("s-42")));
+    /// ```
+    pub fn encode_event(
+        event: &SendSseEvent,
+        app: &str,
+        origin: &str,
+    ) -> Result<(EventId, Bytes), EnvelopeError> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Outgoing<'a> {
+            v: u32,
+            id: &'a str,
+            app: &'a str,
+            origin: &'a str,
+            event_name: &'a str,
+            session_id: Option<&'a str>,
+            payload: &'a serde_json::Value,
+            ts: u64,
         }
-        check_id(&self.id)?;
-        encode::check_event_name(&self.event_name)?;
-        if self.app.is_empty() {
-            return Err(FieldError::Empty { field: "app" }.into());
+        let id = match &event.id {
+            Some(id) => EventId::from(id.clone()),
+            None => EventId::generate(),
+        };
+        let session_id = event.session_id.as_deref();
+        validate(
+            ENVELOPE_VERSION,
+            id.as_str(),
+            app,
+            &event.event_name,
+            session_id,
+        )?;
+        let outgoing = Outgoing {
+            v: ENVELOPE_VERSION,
+            id: id.as_str(),
+            app,
+            origin,
+            event_name: &event.event_name,
+            session_id,
+            payload: &event.payload,
+            ts: now_millis(),
+        };
+        let mut bytes = Vec::with_capacity(
+            160 + id.as_str().len() + app.len() + origin.len() + event.event_name.len(),
+        );
+        serde_json::to_writer(&mut bytes, &outgoing)?;
+        Ok((id, Bytes::from(bytes)))
+    }
+
+    /// This envelope as an [`EnvelopeRef`] borrowing its fields.
+    pub fn as_ref(&self) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            v: self.v,
+            id: Text(Cow::Borrowed(&self.id)),
+            app: Text(Cow::Borrowed(&self.app)),
+            origin: self.origin.as_deref().map(|o| Text(Cow::Borrowed(o))),
+            event_name: Text(Cow::Borrowed(&self.event_name)),
+            session_id: self.session_id.as_deref().map(|s| Text(Cow::Borrowed(s))),
+            payload: &self.payload,
         }
-        if let Some(session) = &self.session_id {
-            check_session(session)?;
-        }
-        Ok(())
     }
 
     /// The payload as the SSE `data` text: a JSON string's own text, any other value as compact JSON.
     pub fn data(&self) -> Cow<'_, str> {
-        let raw = self.payload.get();
-        if raw.starts_with('"') {
-            if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw) {
-                return text;
-            }
-        } else if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_some() {
-            // Pretty-printed by a foreign publisher: compact it so it stays on one `data:` line.
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) {
-                return Cow::Owned(value.to_string());
-            }
-        }
-        Cow::Borrowed(raw)
+        data(&self.payload)
+    }
+
+    /// The SSE frame for this envelope, encoded once and shared by every recipient.
+    pub fn to_sse(&self) -> Result<Bytes, EnvelopeError> {
+        self.as_ref().to_sse()
+    }
+}
+
+/// An envelope borrowed from the bytes it was read from: its text is copied only where JSON
+/// escapes made that necessary. What the hub reads every received envelope as.
+///
+/// ```
+/// use sse_core::Envelope;
+/// let bytes = br#"{"v":1,"id":"7","app":"orders","eventName":"e","sessionId":"s1","payload":{"a":1}}"#;
+/// let envelope = Envelope::decode_ref(bytes).unwrap();
+/// assert_eq!((envelope.id(), envelope.session_id()), ("7", Some("s1")));
+/// assert_eq!(&envelope.to_sse().unwrap()[..], b"id: 7\nevent: e\ndata: {\"a\":1}\n\n");
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvelopeRef<'a> {
+    v: u32,
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(borrow)]
+    app: Text<'a>,
+    #[serde(borrow, default)]
+    origin: Option<Text<'a>>,
+    #[serde(borrow)]
+    event_name: Text<'a>,
+    #[serde(borrow, default)]
+    session_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+impl<'a> EnvelopeRef<'a> {
+    /// The event id.
+    pub fn id(&self) -> &str {
+        &self.id.0
+    }
+
+    /// The sending application.
+    pub fn app(&self) -> &str {
+        &self.app.0
+    }
+
+    /// The publishing instance, if given.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_ref().map(|o| &*o.0)
+    }
+
+    /// The SSE `event:` name.
+    pub fn event_name(&self) -> &str {
+        &self.event_name.0
+    }
+
+    /// The target session; `None` is a broadcast.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_ref().map(|s| &*s.0)
+    }
+
+    /// The payload's JSON text.
+    pub fn payload(&self) -> &'a RawValue {
+        self.payload
+    }
+
+    /// Checks every rule the SSE encoder and the hub rely on.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        validate(
+            self.v,
+            self.id(),
+            self.app(),
+            self.event_name(),
+            self.session_id(),
+        )
     }
 
     /// The SSE frame for this envelope, encoded once and shared by every recipient.
     pub fn to_sse(&self) -> Result<Bytes, EnvelopeError> {
         self.validate()?;
-        let data = self.data();
+        let data = data(self.payload);
         Ok(encode::Event::new(&data)
-            .id(&self.id)
-            .name(&self.event_name)
+            .id(self.id())
+            .name(self.event_name())
             .encode_checked())
     }
+}
+
+/// A string field, borrowed from the input unless JSON escapes made a copy necessary (serde
+/// borrows a `Cow` only as a direct field, not inside an `Option`).
+#[derive(Debug)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        deserializer.deserialize_str(Visitor).map(Text)
+    }
+}
+
+fn validate(
+    v: u32,
+    id: &str,
+    app: &str,
+    event_name: &str,
+    session: Option<&str>,
+) -> Result<(), EnvelopeError> {
+    if v != ENVELOPE_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion(v));
+    }
+    check_id(id)?;
+    encode::check_event_name(event_name)?;
+    if app.is_empty() {
+        return Err(FieldError::Empty { field: "app" }.into());
+    }
+    if let Some(session) = session {
+        check_session(session)?;
+    }
+    Ok(())
+}
+
+/// A payload as SSE `data` text: a JSON string's own text, any other value as compact JSON.
+fn data(payload: &RawValue) -> Cow<'_, str> {
+    let raw = payload.get();
+    if raw.starts_with('"') {
+        if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw) {
+            return text;
+        }
+    } else if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_some() {
+        // Pretty-printed by a foreign publisher: compact it so it stays on one `data:` line.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) {
+            return Cow::Owned(value.to_string());
+        }
+    }
+    Cow::Borrowed(raw)
 }
 
 /// Checks an event id: non-empty, no CR, LF or NUL.
@@ -183,7 +385,32 @@ mod tests {
 
     fn roundtrip(event: SendSseEvent) -> Envelope {
         let env = Envelope::from_event(&event, "orders", "i-1").unwrap();
-        Envelope::decode(&env.encode().unwrap()).unwrap()
+        let decoded = Envelope::decode(&env.encode().unwrap()).unwrap();
+        // The one-pass encoding says the same.
+        let (id, bytes) = Envelope::encode_event(&event, "orders", "i-1").unwrap();
+        let other = Envelope::decode(&bytes).unwrap();
+        if event.id.is_some() {
+            assert_eq!(id.as_str(), decoded.id);
+        }
+        assert_eq!(
+            (
+                &other.app,
+                &other.origin,
+                &other.event_name,
+                &other.session_id
+            ),
+            (
+                &decoded.app,
+                &decoded.origin,
+                &decoded.event_name,
+                &decoded.session_id
+            )
+        );
+        assert_eq!(other.payload.get(), decoded.payload.get());
+        // And read without copying, it gives the same frame.
+        let borrowed = Envelope::decode_ref(&bytes).unwrap();
+        assert_eq!(borrowed.to_sse().unwrap(), other.to_sse().unwrap());
+        decoded
     }
 
     #[test]
@@ -295,11 +522,41 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(case)
             );
+            assert!(
+                Envelope::decode_ref(case).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
         }
         assert!(matches!(
             Envelope::decode(br#"{"v":2,"id":"x","app":"a","eventName":"e","payload":1}"#),
             Err(EnvelopeError::UnsupportedVersion(2))
         ));
+    }
+
+    #[test]
+    fn a_borrowed_read_copies_only_escaped_text() {
+        let bytes = br#"{"v":1,"id":"a\"b","app":"orders","origin":null,"eventName":"e\u00e9","sessionId":"plain","payload":"x\ny"}"#;
+        let env = Envelope::decode_ref(bytes).unwrap();
+        assert_eq!(env.id(), "a\"b");
+        assert!(matches!(env.id.0, Cow::Owned(_)));
+        assert_eq!(env.event_name(), "eé");
+        assert_eq!(env.session_id(), Some("plain"));
+        assert!(matches!(
+            env.session_id.as_ref().unwrap().0,
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(env.origin(), None);
+        assert_eq!(
+            &env.to_sse().unwrap()[..],
+            "id: a\"b\nevent: eé\ndata: x\ndata: y\n\n".as_bytes()
+        );
+        let sessionless =
+            br#"{"v":1,"id":"1","app":"a","eventName":"e","sessionId":null,"payload":1}"#;
+        assert_eq!(
+            Envelope::decode_ref(sessionless).unwrap().session_id(),
+            None
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::event::{EventId, SendSseEvent};
 use crate::memory::InMemoryEmitterRepository;
 use crate::replay::{RESET_EVENT, Replay, ReplayConfig, ReplayLog};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{LatencySnapshot, Stats, StatsSnapshot};
 use crate::stream::EventStream;
 
 /// Which applications' envelopes an instance delivers (jEAP's sending-application filter).
@@ -342,12 +342,8 @@ impl Hub {
     pub async fn publish(&self, event: SendSseEvent) -> Result<EventId, PublishError> {
         let started = Instant::now();
         let result = self.publish_inner(&event).await;
-        metrics::histogram!(
-            "sse_publish_duration_seconds",
-            "instance" => self.inner.shared.config.instance_id.clone(),
-        )
-        .record(started.elapsed().as_secs_f64());
         let stats = &self.inner.shared.stats;
+        stats.publish_latency.record(started.elapsed());
         match &result {
             Ok(id) => {
                 Stats::bump(&stats.published);
@@ -368,16 +364,15 @@ impl Hub {
 
     async fn publish_inner(&self, event: &SendSseEvent) -> Result<EventId, PublishError> {
         let config = &self.inner.shared.config;
-        let envelope = Envelope::from_event(event, &config.app_name, &config.instance_id)?;
-        let bytes = envelope.encode()?;
+        let (id, bytes) = Envelope::encode_event(event, &config.app_name, &config.instance_id)?;
         let span = tracing::debug_span!(
             "publish",
-            event_id = %envelope.id,
+            event_id = %id,
             instance = %config.instance_id,
             backend = self.inner.backend.name(),
         );
         self.inner.backend.publish(bytes).instrument(span).await?;
-        Ok(EventId::from(envelope.id))
+        Ok(id)
     }
 
     /// A subscription with this hub's queue size, to adjust before [`open`](Self::open).
@@ -505,6 +500,11 @@ impl Hub {
         self.inner.shared.stats.snapshot()
     }
 
+    /// How long [`publish`](Self::publish) took, as a histogram (for `/metrics`).
+    pub fn publish_latency(&self) -> LatencySnapshot {
+        self.inner.shared.stats.publish_latency.snapshot()
+    }
+
     /// Ends every open stream (each after its queued frames), as for shutdown. Streams opened
     /// later are not affected.
     pub fn close_streams(&self) {
@@ -544,7 +544,7 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
 impl Shared {
     fn receive(&self, bytes: &[u8]) {
         Stats::bump(&self.stats.received);
-        let envelope = match Envelope::decode(bytes) {
+        let envelope = match Envelope::decode_ref(bytes) {
             Ok(envelope) => envelope,
             Err(error) => {
                 Stats::bump(&self.stats.malformed);
@@ -552,9 +552,13 @@ impl Shared {
                 return;
             }
         };
-        if !self.config.accepts(&envelope.app) {
+        if !self.config.accepts(envelope.app()) {
             Stats::bump(&self.stats.dropped_other_app);
-            tracing::trace!(event_id = %envelope.id, app = %envelope.app, "envelope of another app");
+            tracing::trace!(
+                event_id = envelope.id(),
+                app = envelope.app(),
+                "envelope of another app"
+            );
             return;
         }
         let frame = match envelope.to_sse() {
@@ -567,31 +571,21 @@ impl Shared {
         };
         let _span = tracing::debug_span!(
             "deliver",
-            event_id = %envelope.id,
+            event_id = envelope.id(),
             instance = %self.config.instance_id,
-            origin = envelope.origin.as_deref().unwrap_or(""),
+            origin = envelope.origin().unwrap_or(""),
         )
         .entered();
-        let target = envelope
-            .session_id
-            .as_deref()
-            .map_or(Target::Broadcast, Target::Session);
+        let session = envelope.session_id();
+        let event_name = envelope.event_name();
+        let target = session.map_or(Target::Broadcast, Target::Session);
         let report = match &self.replay {
             Some(log) => {
                 let mut log = lock(log);
-                log.push(
-                    &envelope.id,
-                    envelope.session_id.as_deref(),
-                    &envelope.event_name,
-                    &frame,
-                    Instant::now(),
-                );
-                self.repository
-                    .deliver(target, &envelope.event_name, &frame)
+                log.push(envelope.id(), session, event_name, &frame, Instant::now());
+                self.repository.deliver(target, event_name, &frame)
             }
-            None => self
-                .repository
-                .deliver(target, &envelope.event_name, &frame),
+            None => self.repository.deliver(target, event_name, &frame),
         };
         Stats::add(&self.stats.delivered, report.queued);
         tracing::debug!(queued = report.queued, "delivered");

@@ -27,7 +27,7 @@ mod stream;
 pub mod testkit;
 
 pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
-pub use envelope::{Envelope, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
 pub use event::{EventId, SendSseEvent};
 pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};
 pub use local::LocalBackend;
@@ -36,5 +36,5 @@ pub use replay::{RESET_EVENT, ReplayConfig};
 pub use repository::{
     CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Subscription, Target,
 };
-pub use stats::StatsSnapshot;
+pub use stats::{LatencySnapshot, PUBLISH_LATENCY_BUCKETS, StatsSnapshot};
 pub use stream::EventStream;

@@ -6,7 +6,7 @@
 //! index from event id to position, never by scanning.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,14 +40,35 @@ impl Default for ReplayConfig {
 /// (unknown, or older than the log keeps): the application should refetch its state.
 pub const RESET_EVENT: &str = "sse-fanout-reset";
 
+/// One event of the history: its frame, and its id, session and name in one allocation.
 #[derive(Debug)]
 struct Entry {
     seq: u64,
-    id: Arc<str>,
-    session: Option<Arc<str>>,
-    event_name: Arc<str>,
+    /// The id's key in the index.
+    key: u64,
+    /// The id, then the session (if any), then the event name.
+    text: Box<str>,
+    id_len: u32,
+    session_len: Option<u32>,
     frame: Bytes,
     at: Instant,
+}
+
+impl Entry {
+    fn id(&self) -> &str {
+        &self.text[..self.id_len as usize]
+    }
+
+    fn session(&self) -> Option<&str> {
+        let start = self.id_len as usize;
+        self.session_len
+            .map(|len| &self.text[start..start + len as usize])
+    }
+
+    fn event_name(&self) -> &str {
+        let start = self.id_len as usize + self.session_len.unwrap_or(0) as usize;
+        &self.text[start..]
+    }
 }
 
 /// The history of one instance.
@@ -55,9 +76,32 @@ struct Entry {
 pub(crate) struct ReplayLog {
     config: ReplayConfig,
     entries: VecDeque<Entry>,
-    index: HashMap<Arc<str>, u64>,
+    /// From a keyed 64-bit hash of an id to its entry's sequence number; a lookup checks the
+    /// entry's id, so a collision (astronomically rare) reads as an unknown id, never a wrong one.
+    index: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
+    hasher: RandomState,
     next_seq: u64,
     bytes: usize,
+}
+
+/// The index's keys are hashes already.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// What a reconnecting stream gets from the log.
@@ -74,7 +118,8 @@ impl ReplayLog {
         ReplayLog {
             config,
             entries: VecDeque::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            hasher: RandomState::new(),
             next_seq: 0,
             bytes: 0,
         }
@@ -91,16 +136,29 @@ impl ReplayLog {
         if self.config.max_events == 0 {
             return;
         }
-        let id: Arc<str> = Arc::from(id);
+        let (Ok(id_len), Ok(session_len)) = (
+            u32::try_from(id.len()),
+            session.map(|s| u32::try_from(s.len())).transpose(),
+        ) else {
+            // Ids and sessions of 4 GiB do not get here (the broker refuses them first).
+            return;
+        };
+        let mut text =
+            String::with_capacity(id.len() + session.map_or(0, str::len) + event_name.len());
+        text.push_str(id);
+        text.push_str(session.unwrap_or(""));
+        text.push_str(event_name);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.index.insert(id.clone(), seq);
+        let key = self.hasher.hash_one(id);
+        self.index.insert(key, seq);
         self.bytes += frame.len();
         self.entries.push_back(Entry {
             seq,
-            id,
-            session: session.map(Arc::from),
-            event_name: Arc::from(event_name),
+            key,
+            text: text.into_boxed_str(),
+            id_len,
+            session_len,
             frame: frame.clone(),
             at: now,
         });
@@ -117,8 +175,8 @@ impl ReplayLog {
             }
             if let Some(old) = self.entries.pop_front() {
                 self.bytes -= old.frame.len();
-                if self.index.get(&old.id) == Some(&old.seq) {
-                    self.index.remove(&old.id);
+                if self.index.get(&old.key) == Some(&old.seq) {
+                    self.index.remove(&old.key);
                 }
             }
         }
@@ -133,19 +191,26 @@ impl ReplayLog {
         now: Instant,
     ) -> Replay {
         self.evict(now);
-        let Some(&seq) = self.index.get(last_id) else {
+        let Some(&seq) = self.index.get(&self.hasher.hash_one(last_id)) else {
             return Replay::Unknown;
         };
         let first = self.entries.front().map_or(0, |e| e.seq);
-        let start = usize::try_from(seq + 1 - first).unwrap_or(usize::MAX);
+        let Some(found) = usize::try_from(seq - first)
+            .ok()
+            .and_then(|at| self.entries.get(at))
+            .filter(|e| e.id() == last_id)
+        else {
+            return Replay::Unknown;
+        };
+        let start = usize::try_from(found.seq + 1 - first).unwrap_or(usize::MAX);
         Replay::Frames(
             self.entries
                 .range(start.min(self.entries.len())..)
-                .filter(|e| match &e.session {
+                .filter(|e| match e.session() {
                     None => true,
-                    Some(target) => session == Some(&**target),
+                    Some(target) => session == Some(target),
                 })
-                .filter(|e| events.matches(&e.event_name))
+                .filter(|e| events.matches(e.event_name()))
                 .map(|e| e.frame.clone())
                 .collect(),
         )
@@ -235,6 +300,29 @@ mod tests {
         assert_eq!(
             l.since("new", None, &EventFilter::Any, later),
             Replay::Frames(vec![])
+        );
+    }
+
+    #[test]
+    fn entries_keep_their_id_session_and_name_apart() {
+        let now = Instant::now();
+        let mut l = log(10);
+        l.push("id-1", Some("sess"), "name", &frame("a"), now);
+        l.push("id-2", None, "other", &frame("b"), now);
+        let e = &l.entries[0];
+        assert_eq!(
+            (e.id(), e.session(), e.event_name()),
+            ("id-1", Some("sess"), "name")
+        );
+        let e = &l.entries[1];
+        assert_eq!(
+            (e.id(), e.session(), e.event_name()),
+            ("id-2", None, "other")
+        );
+        // A prefix of a stored id is not that id.
+        assert_eq!(
+            l.since("id-", Some("sess"), &EventFilter::Any, now),
+            Replay::Unknown
         );
     }
 

@@ -1,6 +1,7 @@
 //! Counters of what a hub did, cheap to bump on the hot path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -24,6 +25,7 @@ pub(crate) struct Stats {
     closed_timeout: AtomicU64,
     closed_slow_client: AtomicU64,
     closed_shutdown: AtomicU64,
+    pub(crate) publish_latency: Latency,
 }
 
 /// A copy of a hub's counters at one moment.
@@ -99,5 +101,80 @@ impl Stats {
             closed_slow_client: get(&self.closed_slow_client),
             closed_shutdown: get(&self.closed_shutdown),
         }
+    }
+}
+
+/// Upper bounds, in seconds, of the publish latency histogram's buckets: 0.5 ms to 5 s.
+pub const PUBLISH_LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A latency histogram in atomics: what a publish costs is a few additions, nothing allocated.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    /// One counter per bucket of [`PUBLISH_LATENCY_BUCKETS`], then one for larger values.
+    buckets: [AtomicU64; PUBLISH_LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    pub(crate) fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = PUBLISH_LATENCY_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(PUBLISH_LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> LatencySnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(PUBLISH_LATENCY_BUCKETS.len());
+        for (le, counter) in PUBLISH_LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += counter.load(Ordering::Relaxed);
+            buckets.push((*le, cumulative));
+        }
+        let count =
+            cumulative + self.buckets[PUBLISH_LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        LatencySnapshot {
+            buckets,
+            count,
+            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// How long publishing took, as a Prometheus-style histogram. Read it with
+/// [`Hub::publish_latency`](crate::Hub::publish_latency).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LatencySnapshot {
+    /// For each upper bound in seconds, how many publishes took at most that long.
+    pub buckets: Vec<(f64, u64)>,
+    /// Publishes measured.
+    pub count: u64,
+    /// Their total duration.
+    pub sum_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let latency = Latency::default();
+        for ms in [0, 2, 2, 40, 9000] {
+            latency.record(Duration::from_millis(ms));
+        }
+        let s = latency.snapshot();
+        assert_eq!(s.count, 5);
+        assert_eq!(s.buckets[0], (0.0005, 1));
+        assert_eq!(s.buckets[2], (0.0025, 3));
+        assert_eq!(s.buckets[6], (0.05, 4));
+        assert_eq!(s.buckets[12], (5.0, 4));
+        assert!((s.sum_seconds - 9.044).abs() < 1e-9);
     }
 }

@@ -1,41 +1,25 @@
 //! Prometheus metrics: [`render`] the exposition text of a hub and its router, or let the router
 //! serve it (see [`RouterConfig::metrics_path`](crate::RouterConfig::metrics_path)).
 //!
-//! Counters are read from the hub's and router's own atomic counters when rendered, so the hot
-//! path pays nothing for them; the publish latency histogram is recorded by the hub through the
-//! `metrics` facade. The Prometheus recorder is installed once per process (the first call), unless
-//! the application installed a `metrics` recorder of its own; every series carries the hub's
-//! `instance` label.
+//! Everything is read from the hub's and router's own atomics when rendered (the publish latency
+//! histogram too), so the hot path pays nothing for metrics. The Prometheus recorder is installed
+//! once per process (the first call), unless the application installed a `metrics` recorder of its
+//! own; every series carries the hub's `instance` label.
 
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sse_core::Hub;
+use sse_core::{Hub, LatencySnapshot};
 
 use crate::router::RouterStats;
-
-/// Buckets of `sse_publish_duration_seconds`, from 0.5 ms to 5 s.
-const PUBLISH_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
 
 /// The process's Prometheus recorder, installed on first use; `None` when another recorder is
 /// installed already.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(
-                        "sse_publish_duration_seconds".into(),
-                    ),
-                    PUBLISH_BUCKETS,
-                )
-                .ok()?;
-            builder.install_recorder().ok()
-        })
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
         .as_ref()
 }
 
@@ -82,5 +66,55 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     }
     counter!("sse_events_replayed_total", "instance" => i()).absolute(s.replayed);
     counter!("sse_replay_unknown_total", "instance" => i()).absolute(s.replay_unknown);
-    Some(handle.render())
+    let mut text = handle.render();
+    write_histogram(
+        &mut text,
+        "sse_publish_duration_seconds",
+        &instance,
+        &hub.publish_latency(),
+    );
+    Some(text)
+}
+
+/// Appends a histogram in the Prometheus text format.
+fn write_histogram(text: &mut String, name: &str, instance: &str, h: &LatencySnapshot) {
+    use std::fmt::Write;
+    let instance = escape_label(instance);
+    let _ = writeln!(text, "# TYPE {name} histogram");
+    for (le, count) in &h.buckets {
+        let _ = writeln!(
+            text,
+            "{name}_bucket{{instance=\"{instance}\",le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "{name}_bucket{{instance=\"{instance}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        text,
+        "{name}_sum{{instance=\"{instance}\"}} {}",
+        h.sum_seconds
+    );
+    let _ = writeln!(text, "{name}_count{{instance=\"{instance}\"}} {}", h.count);
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+    }
 }
