@@ -360,6 +360,11 @@ impl Emitter {
         Poll::Pending
     }
 
+    /// The next frame if one is waiting; never waits (and never registers a waker).
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.shared.queue().frames.pop_front()
+    }
+
     /// Frames waiting for the client.
     pub fn queued(&self) -> usize {
         self.shared.queue().frames.len()

@@ -32,10 +32,14 @@ pub struct EventStream {
     ended: bool,
 }
 
+/// A heartbeat goes out when nothing did for `every`. The timer is not moved for every frame
+/// (that would touch the timer wheel once per event per stream): it fires, and is put back to
+/// `last_sent + every` if a frame went out meanwhile.
 #[derive(Debug)]
 struct Heartbeat {
     every: Duration,
     sleep: Pin<Box<Sleep>>,
+    last_sent: Instant,
 }
 
 /// The heartbeat frame, built once.
@@ -58,6 +62,7 @@ impl EventStream {
             heartbeat: heartbeat.map(|every| Heartbeat {
                 every,
                 sleep: Box::pin(tokio::time::sleep_until(now + every)),
+                last_sent: now,
             }),
             deadline: timeout.map(|t| Box::pin(tokio::time::sleep_until(now + t))),
             stats,
@@ -68,6 +73,36 @@ impl EventStream {
     /// Why the stream ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.emitter.close_reason()
+    }
+
+    /// The next frame if one is ready now (the opening and replayed frames, then queued events);
+    /// never waits and never registers a waker. Lets an HTTP layer write several frames at once.
+    /// Heartbeats and the end of the stream come only through polling.
+    pub fn try_next(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        if let Some(frame) = self.pop_prelude() {
+            return Some(frame);
+        }
+        let frame = self.emitter.try_recv()?;
+        self.sent_frame();
+        Some(frame)
+    }
+
+    fn pop_prelude(&mut self) -> Option<Bytes> {
+        let frame = self.prelude.pop_front()?;
+        if self.prelude.is_empty() {
+            // Opened and replayed: the prelude's memory is not needed again.
+            self.prelude = VecDeque::new();
+        }
+        Some(frame)
+    }
+
+    fn sent_frame(&mut self) {
+        if let Some(hb) = &mut self.heartbeat {
+            hb.last_sent = Instant::now();
+        }
     }
 
     fn end(&mut self, reason: CloseReason) -> Poll<Option<Bytes>> {
@@ -85,14 +120,12 @@ impl Stream for EventStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(frame) = this.prelude.pop_front() {
+        if let Some(frame) = this.pop_prelude() {
             return Poll::Ready(Some(frame));
         }
         match this.emitter.poll_recv(cx) {
             Poll::Ready(Some(frame)) => {
-                if let Some(hb) = &mut this.heartbeat {
-                    hb.sleep.as_mut().reset(Instant::now() + hb.every);
-                }
+                this.sent_frame();
                 return Poll::Ready(Some(frame));
             }
             // The repository let go of the stream: slow client or shutdown, already recorded.
@@ -112,14 +145,21 @@ impl Stream for EventStream {
         {
             return this.end(CloseReason::Timeout);
         }
-        if let Some(hb) = &mut this.heartbeat
-            && hb.sleep.as_mut().poll(cx).is_ready()
-        {
-            let next = hb.sleep.deadline() + hb.every;
-            hb.sleep.as_mut().reset(next.max(Instant::now()));
-            // Register the new deadline's waker.
-            let _ = hb.sleep.as_mut().poll(cx);
-            return Poll::Ready(Some(HEARTBEAT));
+        if let Some(hb) = &mut this.heartbeat {
+            while hb.sleep.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let due = hb.last_sent + hb.every;
+                if due > now {
+                    // A frame went out since the timer was set: wait for a whole idle interval.
+                    hb.sleep.as_mut().reset(due);
+                    continue;
+                }
+                hb.last_sent = now;
+                hb.sleep.as_mut().reset(now + hb.every);
+                // Register the new deadline's waker.
+                let _ = hb.sleep.as_mut().poll(cx);
+                return Poll::Ready(Some(HEARTBEAT));
+            }
         }
         Poll::Pending
     }

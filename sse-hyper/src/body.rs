@@ -47,6 +47,17 @@ impl SseBody {
     }
 }
 
+impl SseBody {
+    /// The next frame if one is ready now, without waiting or registering a waker (see
+    /// [`EventStream::try_next`]).
+    pub(crate) fn try_frame(&mut self) -> Option<Bytes> {
+        match &mut self.kind {
+            Kind::Full(_) => None,
+            Kind::Stream(stream) => stream.try_next(),
+        }
+    }
+}
+
 impl Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;

@@ -12,10 +12,11 @@
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::FutureExt;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -148,21 +149,26 @@ async fn respond(
     }
     // The response head goes out with whatever is ready at once: the opening comment and any
     // replayed events.
-    let ended = take_ready(&mut body, &mut out, chunked);
-    socket.write_all(&out).await?;
+    take_ready(&mut body, &mut out, chunked);
+    write_all(socket, &mut [IoSlice::new(&out)], abort).await?;
     drop(out);
-    if ended {
-        return finish(socket, chunked).await;
-    }
     loop {
-        let frame = tokio::select! {
-            biased;
-            // Closed as too slow: drop the connection now rather than wait for a stalled socket.
-            () = abort.cancelled() => return Ok(()),
-            frame = body.frame() => frame,
-            readable = socket.readable() => {
-                readable?;
-                // Nothing more is expected from the client: its end (EOF) or junk.
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Next::Frame(frame));
+            }
+            socket.poll_read_ready(cx).map(Next::Readable)
+        })
+        .await;
+        let data = match next {
+            Next::Frame(None) => return finish(socket, chunked, abort).await,
+            Next::Frame(Some(frame)) => match data(frame) {
+                Some(data) => data,
+                None => continue,
+            },
+            Next::Readable(ready) => {
+                ready?;
+                // Nothing more is expected from the client: its end (EOF), or bytes to ignore.
                 match socket.try_read(&mut [0; 64]) {
                     Ok(0) => return Ok(()),
                     Ok(_) => continue,
@@ -171,52 +177,34 @@ async fn respond(
                 }
             }
         };
-        let Some(frame) = frame else {
-            return finish(socket, chunked).await;
-        };
-        let Some(data) = data(frame) else {
-            continue;
-        };
-        let write = async {
-            // Several frames waiting (a burst, or a client that reads slowly): one write for all.
-            let mut batch = BytesMut::new();
-            let ended = take_ready(&mut body, &mut batch, chunked);
-            if batch.is_empty() {
-                write_chunk(socket, &data, chunked).await?;
-            } else {
-                let mut all = BytesMut::with_capacity(data.len() + 16 + batch.len());
-                put_chunk(&mut all, &data, chunked);
-                all.unsplit(batch);
-                socket.write_all(&all).await?;
-            }
-            io::Result::Ok(ended)
-        };
-        let ended = tokio::select! {
-            biased;
-            () = abort.cancelled() => return Ok(()),
-            ended = write => ended?,
-        };
-        if ended {
-            return finish(socket, chunked).await;
+        // Several frames waiting (a burst, or a client that reads slowly): one write for all.
+        let mut more = BytesMut::new();
+        take_ready(&mut body, &mut more, chunked);
+        if more.is_empty() {
+            write_chunk(socket, &data, chunked, abort).await?;
+        } else {
+            let mut all = BytesMut::with_capacity(data.len() + 24 + more.len());
+            put_chunk(&mut all, &data, chunked);
+            all.unsplit(more);
+            write_all(socket, &mut [IoSlice::new(&all)], abort).await?;
         }
     }
 }
 
-/// Appends the frames that are ready without waiting (up to [`MAX_BATCH`] bytes); `true` when the
-/// body has ended.
-fn take_ready(body: &mut SseBody, out: &mut BytesMut, chunked: bool) -> bool {
+/// What the stream loop woke up for.
+enum Next {
+    Frame(Option<Result<http_body::Frame<Bytes>, Infallible>>),
+    Readable(io::Result<()>),
+}
+
+/// Appends the frames that are ready now, up to [`MAX_BATCH`] bytes.
+fn take_ready(body: &mut SseBody, out: &mut BytesMut, chunked: bool) {
     while out.len() < MAX_BATCH {
-        match body.frame().now_or_never() {
-            None => return false,
-            Some(None) => return true,
-            Some(Some(frame)) => {
-                if let Some(data) = data(frame) {
-                    put_chunk(out, &data, chunked);
-                }
-            }
+        match body.try_frame() {
+            Some(data) => put_chunk(out, &data, chunked),
+            None => return,
         }
     }
-    false
 }
 
 /// The bytes of a body frame (an [`SseBody`] has no trailers and no errors).
@@ -228,9 +216,13 @@ fn data(frame: Result<http_body::Frame<Bytes>, Infallible>) -> Option<Bytes> {
 }
 
 /// The last chunk, then the connection is closed.
-async fn finish(socket: &mut TcpStream, chunked: bool) -> io::Result<()> {
+async fn finish(
+    socket: &mut TcpStream,
+    chunked: bool,
+    abort: &CancellationToken,
+) -> io::Result<()> {
     if chunked {
-        socket.write_all(b"0\r\n\r\n").await?;
+        write_all(socket, &mut [IoSlice::new(b"0\r\n\r\n")], abort).await?;
     }
     socket.shutdown().await
 }
@@ -295,12 +287,17 @@ fn put_chunk(out: &mut BytesMut, data: &[u8], chunked: bool) {
 }
 
 /// Writes one frame without copying it.
-async fn write_chunk(socket: &mut TcpStream, data: &Bytes, chunked: bool) -> io::Result<()> {
+async fn write_chunk(
+    socket: &mut TcpStream,
+    data: &Bytes,
+    chunked: bool,
+    abort: &CancellationToken,
+) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
     if !chunked {
-        return socket.write_all(data).await;
+        return write_all(socket, &mut [IoSlice::new(data)], abort).await;
     }
     let mut line = [0; 20];
     let mut slices = [
@@ -308,13 +305,32 @@ async fn write_chunk(socket: &mut TcpStream, data: &Bytes, chunked: bool) -> io:
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];
-    let mut slices = &mut slices[..];
+    write_all(socket, &mut slices, abort).await
+}
+
+/// Writes every slice. Tries at once (a socket with room in its buffer, the usual case, costs one
+/// system call and nothing else); only a full socket waits, and then also for `abort`: a stream
+/// closed as too slow drops its connection rather than wait for a socket that no longer drains.
+async fn write_all(
+    socket: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+    abort: &CancellationToken,
+) -> io::Result<()> {
     while !slices.is_empty() {
-        let n = socket.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        match socket.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    () = abort.cancelled() => {
+                        return Err(io::Error::other("closed as a slow client"));
+                    }
+                    writable = socket.writable() => writable?,
+                }
+            }
+            Err(error) => return Err(error),
         }
-        IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
 }
