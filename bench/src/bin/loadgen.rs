@@ -1,0 +1,1102 @@
+//! The load tool: drives any SSE server over real loopback sockets and prints one JSON line per run.
+//!
+//! ```sh
+//! cargo build --release -p sse-fanout-bench
+//! target/release/loadgen idle --url http://127.0.0.1:8080 --streams 19000 --server-pid "$PID"
+//! target/release/loadgen broadcast --url http://127.0.0.1:8080 --streams 10000
+//! target/release/loadgen targeted --url http://127.0.0.1:8092 --pump-url http://127.0.0.1:8093 --streams 1000 --rate 100000
+//! target/release/loadgen publish --url http://127.0.0.1:8080 --streams 1000
+//! target/release/loadgen cross --backend redis --backend-url redis://127.0.0.1:6379 --url http://127.0.0.1:8081
+//! target/release/loadgen broker-rtt --backend redis --backend-url redis://127.0.0.1:6379
+//! ```
+//!
+//! Streams are held by single-threaded worker processes (this binary again, `loadgen worker`), at
+//! most `--per-proc` each, because one process may hold at most 20 000 open files here; their sockets
+//! are bound to source addresses 127.0.0.2, 127.0.0.3, ... so that more connections can be opened
+//! than one address has ephemeral ports. Stream `i` asks for `eventName=bench,x{i%4}` and, with
+//! `--sessions S`, `sessionId=s{i%S}`. Every event carries its publish time (`{"t": µs, "n": seq}`);
+//! latency is arrival minus publish time.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sse_fanout::{FanoutBackend, Hub, SendSseEvent};
+use sse_fanout_bench::client::{Publisher, Server, open_stream};
+use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
+use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
+use sse_fanout_bench::sys::{now_micros, raise_fd_limit, rss_kib};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Drives SSE servers over loopback and reports percentiles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Scenario 1: N idle streams; the server's resident memory per stream and the connect rate.
+    Idle(IdleArgs),
+    /// Scenario 2: one event to N streams, repeated; the time until all N have it.
+    Broadcast(BroadcastArgs),
+    /// Scenario 3: events to distinct sessions at a fixed rate, published inside the server.
+    Targeted(TargetedArgs),
+    /// The HTTP publish path on its own: keep-alive connections POSTing as fast as answered.
+    Publish(PublishArgs),
+    /// Scenario 4: publish on instance A (a hub in this process), stream from instance B.
+    Cross(CrossArgs),
+    /// The broker's own round trip, measured with its plain client crate.
+    BrokerRtt(BrokerRttArgs),
+    /// Internal: holds streams for the other commands.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Where the streams go and how they are spread.
+#[derive(Debug, Clone, Args)]
+struct StreamArgs {
+    /// The SSE server, `http://host:port`.
+    #[arg(long)]
+    url: String,
+    /// The event-stream path.
+    #[arg(long, default_value = "/sse/event-stream")]
+    path: String,
+    /// Streams to open.
+    #[arg(long)]
+    streams: usize,
+    /// Spread the streams over this many sessions (0: no session).
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    /// Streams per worker process at most (each holds its streams' sockets, and one process
+    /// may hold at most 20 000 open files here).
+    #[arg(long, default_value_t = 5000)]
+    per_proc: usize,
+    /// Source addresses (127.0.0.2 onwards) the connections are spread over.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Connects in flight per worker.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// A name for the server in the JSON line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// The server's process id, to read its resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seconds to wait after the last stream opened before reading the memory.
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+}
+
+#[derive(Debug, Args)]
+struct BroadcastArgs {
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// Events to broadcast (after 3 for warm-up).
+    #[arg(long, default_value_t = 30)]
+    events: u64,
+    /// Milliseconds between them.
+    #[arg(long, default_value_t = 300)]
+    interval_ms: u64,
+    /// The publish path.
+    #[arg(long, default_value = "/sse/publish")]
+    publish_path: String,
+}
+
+#[derive(Debug, Args)]
+struct TargetedArgs {
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// Events per second.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Where the server's `POST /bench/pump` is (default: `--url`).
+    #[arg(long)]
+    pump_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// Keep-alive publishing connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The publish path.
+    #[arg(long, default_value = "/sse/publish")]
+    publish_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Redis,
+    Nats,
+    Rabbit,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Args)]
+struct BrokerArgs {
+    /// The broker.
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Its address (as the hub's `--backend-url`).
+    #[arg(long)]
+    backend_url: String,
+    /// The channel, subject, exchange or topic.
+    #[arg(long, default_value = "bench.sse")]
+    channel: String,
+    /// Events per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+#[derive(Debug, Args)]
+struct CrossArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// The app name of the hubs.
+    #[arg(long, default_value = "sse-fanout")]
+    app_name: String,
+}
+
+#[derive(Debug, Args)]
+struct BrokerRttArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct WorkerArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    path: String,
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    count: usize,
+    #[arg(long)]
+    sessions: usize,
+    #[arg(long)]
+    sources: u8,
+    #[arg(long)]
+    concurrency: usize,
+    #[arg(long)]
+    per_event: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    raise_fd_limit();
+    let cli = Cli::parse();
+    let runtime = match &cli.command {
+        // A worker is one thread: several worker processes use the cores with no cross-thread
+        // wake-ups inside any of them, and leave the most CPU to the server being measured.
+        Cmd::Worker(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let line = match cli.command {
+        Cmd::Idle(args) => idle(args).await?,
+        Cmd::Broadcast(args) => broadcast(args).await?,
+        Cmd::Targeted(args) => targeted(args).await?,
+        Cmd::Publish(args) => publish(args).await?,
+        Cmd::Cross(args) => cross(args).await?,
+        Cmd::BrokerRtt(args) => broker_rtt(args).await?,
+        Cmd::Worker(args) => return worker(args).await,
+    };
+    println!("{line}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers: processes that hold streams and record what arrives.
+
+/// What a worker says once every stream it was given is open or has failed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ready {
+    open: usize,
+    failed: usize,
+    connect_secs: f64,
+    error: Option<String>,
+}
+
+/// What a worker answers to `snapshot`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerSnapshot {
+    snapshot: Snapshot,
+    ended: u64,
+}
+
+/// The query of stream `i`.
+fn stream_query(path: &str, i: usize, sessions: usize) -> String {
+    let mut q = format!("{path}?eventName=bench,x{}", i % 4);
+    if sessions > 0 {
+        q.push_str(&format!("&sessionId=s{}", i % sessions));
+    }
+    q
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let server = Server::parse(&args.url)?;
+    let recorder = Arc::new(Mutex::new(Recorder::new(args.per_event)));
+    let ended = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let started = Instant::now();
+    for i in args.first..args.first + args.count {
+        let (server, recorder, ended, permits, done) = (
+            server.clone(),
+            recorder.clone(),
+            ended.clone(),
+            permits.clone(),
+            done_tx.clone(),
+        );
+        let query = stream_query(&args.path, i, args.sessions);
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(args.sources.max(1))) as u8);
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            let mut events = loop {
+                let permit = permits.acquire().await;
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    open_stream(&server, Some(source), &query),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no response head within 30 s")));
+                drop(permit);
+                match opened {
+                    Ok(events) => break events,
+                    Err(error) if attempt >= 2 => {
+                        let _ = done.send(Err(format!("{error:#}")));
+                        return;
+                    }
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            };
+            let _ = done.send(Ok(()));
+            drop(done);
+            let record = |event: &sse_fanout_bench::sse::Event| {
+                if let Some((t, n)) = pump::parse_payload(&event.data) {
+                    let latency = now_micros().saturating_sub(t);
+                    lock(&recorder).record(n, latency);
+                }
+            };
+            while let Ok(true) = events.next_events(record).await {}
+            ended.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    drop(done_tx);
+    let mut ready = Ready::default();
+    while let Some(result) = done_rx.recv().await {
+        match result {
+            Ok(()) => ready.open += 1,
+            Err(error) => {
+                ready.failed += 1;
+                ready.error.get_or_insert(error);
+            }
+        }
+    }
+    ready.connect_secs = started.elapsed().as_secs_f64();
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("{}\n", serde_json::to_string(&ready)?).as_bytes())
+        .await?;
+    out.flush().await?;
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        let answer = {
+            let mut recorder = recorder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match command.trim() {
+                "snapshot" => serde_json::to_string(&WorkerSnapshot {
+                    snapshot: recorder.snapshot(),
+                    ended: ended.load(Ordering::Relaxed),
+                })?,
+                "clear" => {
+                    recorder.clear();
+                    "{}".to_owned()
+                }
+                _ => break,
+            }
+        };
+        out.write_all(format!("{answer}\n").as_bytes()).await?;
+        out.flush().await?;
+    }
+    // Exit without closing the streams one by one: the kernel resets them all.
+    std::process::exit(0);
+}
+
+/// The worker processes of one run.
+struct Workers {
+    procs: Vec<(Child, ChildStdin, tokio::io::Lines<BufReader<ChildStdout>>)>,
+}
+
+impl Workers {
+    /// Starts workers for `args.streams` streams and waits until every stream is open or failed.
+    async fn start(args: &StreamArgs, per_event: bool) -> anyhow::Result<(Workers, Ready)> {
+        let exe = std::env::current_exe()?;
+        let per_proc = args.per_proc.max(1);
+        let mut procs = Vec::new();
+        let mut first = 0;
+        while first < args.streams {
+            let count = per_proc.min(args.streams - first);
+            let mut command = Command::new(&exe);
+            command
+                .arg("worker")
+                .args(["--url", &args.url, "--path", &args.path])
+                .args(["--first", &first.to_string(), "--count", &count.to_string()])
+                .args(["--sessions", &args.sessions.to_string()])
+                .args(["--sources", &args.sources.to_string()])
+                .args(["--concurrency", &args.concurrency.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true);
+            if per_event {
+                command.arg("--per-event");
+            }
+            let mut child = command.spawn().context("starting a worker")?;
+            let stdin = child.stdin.take().context("worker stdin")?;
+            let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+            procs.push((child, stdin, stdout));
+            first += count;
+        }
+        let mut workers = Workers { procs };
+        let mut ready = Ready::default();
+        for (_, _, lines) in &mut workers.procs {
+            let line = lines
+                .next_line()
+                .await?
+                .context("a worker ended before it was ready")?;
+            let r: Ready = serde_json::from_str(&line)?;
+            ready.open += r.open;
+            ready.failed += r.failed;
+            ready.connect_secs = ready.connect_secs.max(r.connect_secs);
+            if ready.error.is_none() {
+                ready.error = r.error;
+            }
+        }
+        Ok((workers, ready))
+    }
+
+    async fn ask(&mut self, command: &str) -> anyhow::Result<Vec<String>> {
+        let mut answers = Vec::new();
+        for (_, stdin, _) in &mut self.procs {
+            stdin.write_all(format!("{command}\n").as_bytes()).await?;
+            stdin.flush().await?;
+        }
+        for (_, _, lines) in &mut self.procs {
+            answers.push(lines.next_line().await?.context("a worker ended")?);
+        }
+        Ok(answers)
+    }
+
+    /// Forgets what was recorded (after a warm-up).
+    async fn clear(&mut self) -> anyhow::Result<()> {
+        self.ask("clear").await.map(drop)
+    }
+
+    /// Everything recorded, merged; and how many streams ended early.
+    async fn snapshot(&mut self) -> anyhow::Result<(Merged, u64)> {
+        let mut snapshots = Vec::new();
+        let mut ended = 0;
+        for answer in self.ask("snapshot").await? {
+            let s: WorkerSnapshot = serde_json::from_str(&answer)?;
+            ended += s.ended;
+            snapshots.push(s.snapshot);
+        }
+        Ok((Merged::new(&snapshots), ended))
+    }
+
+    /// Stops every worker (their streams are reset by the kernel).
+    async fn stop(mut self) {
+        for (child, stdin, _) in &mut self.procs {
+            let _ = stdin.write_all(b"exit\n").await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+}
+
+fn check_ready(ready: &Ready, wanted: usize) -> anyhow::Result<()> {
+    if ready.open == 0 {
+        bail!(
+            "no stream opened: {}",
+            ready.error.as_deref().unwrap_or("no error reported")
+        );
+    }
+    if ready.open < wanted {
+        eprintln!(
+            "loadgen: only {} of {wanted} streams opened; first error: {}",
+            ready.open,
+            ready.error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Waits until `received` stops growing (or `max` passes).
+async fn until_quiet(workers: &mut Workers, max: Duration) -> anyhow::Result<(Merged, u64)> {
+    let deadline = Instant::now() + max;
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (merged, ended) = workers.snapshot().await?;
+        if merged.received == last || Instant::now() > deadline {
+            return Ok((merged, ended));
+        }
+        last = merged.received;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
+    let s = &args.streams;
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let (workers, ready) = Workers::start(s, false).await?;
+    check_ready(&ready, s.streams)?;
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let rss_open = args.server_pid.and_then(rss_kib);
+    let server_streams = server_streams(&s.url).await;
+    workers.stop().await;
+    let per_stream = match (rss_before, rss_open) {
+        (Some(before), Some(open)) if ready.open > 0 => {
+            Some(round((open as f64 - before as f64) / ready.open as f64, 2))
+        }
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "idle",
+        "server": s.label,
+        "streams": ready.open,
+        "failed": ready.failed,
+        "server_reports_streams": server_streams,
+        "connect_secs": round(ready.connect_secs, 3),
+        "connects_per_sec": round(ready.open as f64 / ready.connect_secs.max(1e-9), 0),
+        "rss_before_kib": rss_before,
+        "rss_open_kib": rss_open,
+        "kib_per_stream": per_stream,
+    }))
+}
+
+/// The `streams` the server's `/healthz` reports, where it has one.
+async fn server_streams(url: &str) -> Option<u64> {
+    let server = Server::parse(url).ok()?;
+    let mut publisher = Publisher::connect(&server).await.ok()?;
+    let (_, body) = publisher.get("/healthz").await.ok()?;
+    serde_json::from_slice::<Value>(&body).ok()?["streams"].as_u64()
+}
+
+async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
+    let s = &args.streams;
+    let server = Server::parse(&s.url)?;
+    let (mut workers, ready) = Workers::start(s, true).await?;
+    check_ready(&ready, s.streams)?;
+    let mut publisher = Publisher::connect(&server).await?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let send = |n: u64| {
+        Bytes::from(json!({"eventName": "bench", "payload": pump::payload(n)}).to_string())
+    };
+    for warm in 0..3 {
+        publisher
+            .post(&args.publish_path, send(u64::MAX - warm))
+            .await?;
+        tokio::time::sleep(interval).await;
+    }
+    until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.clear().await?;
+    let started = Instant::now();
+    for n in 0..args.events {
+        let (status, body) = publisher.post(&args.publish_path, send(n)).await?;
+        if status != 202 {
+            bail!(
+                "publish answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
+    let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    workers.stop().await;
+    let mut until_all = histogram();
+    let mut incomplete = 0;
+    for n in 0..args.events {
+        match merged.per_event.get(&n) {
+            Some(&(count, max)) if count as usize >= ready.open => {
+                until_all.saturating_record(max.max(1));
+            }
+            _ => incomplete += 1,
+        }
+    }
+    Ok(json!({
+        "scenario": "broadcast",
+        "server": s.label,
+        "streams": ready.open,
+        "events": args.events,
+        "time_until_all_ms": percentiles_ms(&until_all),
+        "events_not_reaching_all": incomplete,
+        "deliveries": merged.received,
+        "lost": (ready.open as u64 * args.events).saturating_sub(merged.received),
+        "delivery_ms": percentiles_ms(&merged.deliveries),
+        "streams_ended": ended,
+        "seconds": round(elapsed, 2),
+    }))
+}
+
+async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
+    let s = &args.streams;
+    let sessions = if s.sessions == 0 {
+        s.streams
+    } else {
+        s.sessions
+    };
+    let mut stream_args = s.clone();
+    stream_args.sessions = sessions;
+    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
+    check_ready(&ready, s.streams)?;
+    let pump_server = Server::parse(args.pump_url.as_deref().unwrap_or(&s.url))?;
+    let mut control = Publisher::connect(&pump_server).await?;
+    let spec = |rate: u64, seconds: f64| PumpSpec {
+        rate,
+        seconds,
+        sessions,
+        session_prefix: "s".to_owned(),
+        event_name: "bench".to_owned(),
+    };
+    let run = |spec: PumpSpec| Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+    // Warm-up, then the measured run.
+    control
+        .post("/bench/pump", run(spec(args.rate.min(5000), 0.5)))
+        .await?;
+    until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.clear().await?;
+    let (status, body) = control
+        .post("/bench/pump", run(spec(args.rate, args.seconds)))
+        .await?;
+    if status != 200 {
+        bail!("pump answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let report: PumpReport = serde_json::from_slice(&body)?;
+    let lost_in_backend = serde_json::from_slice::<Value>(&body)?["lostInBackend"].as_u64();
+    let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.stop().await;
+    Ok(json!({
+        "scenario": "targeted",
+        "server": s.label,
+        "streams": ready.open,
+        "sessions": sessions,
+        "rate": args.rate,
+        "published": report.published,
+        "publish_failed": report.failed,
+        "publish_secs": round(report.seconds, 3),
+        "delivered": merged.received,
+        "lost": report.published.saturating_sub(merged.received),
+        "lost_in_backend": lost_in_backend,
+        "delivered_per_sec": round(merged.received as f64 / report.seconds.max(1e-9), 0),
+        "latency_ms": percentiles_ms(&merged.deliveries),
+        "streams_ended": ended,
+    }))
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
+    let s = &args.streams;
+    let sessions = if s.sessions == 0 {
+        s.streams
+    } else {
+        s.sessions
+    };
+    let mut stream_args = s.clone();
+    stream_args.sessions = sessions;
+    let server = Server::parse(&s.url)?;
+    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
+    check_ready(&ready, s.streams)?;
+    let next = Arc::new(AtomicU64::new(0));
+    let run = |seconds: f64| {
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|_| {
+                let (server, next, path) =
+                    (server.clone(), next.clone(), args.publish_path.clone());
+                tokio::spawn(async move {
+                    let mut publisher = Publisher::connect(&server).await?;
+                    let mut latencies = histogram();
+                    let mut refused = 0u64;
+                    let until = Instant::now() + Duration::from_secs_f64(seconds);
+                    while Instant::now() < until {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let body = json!({
+                            "eventName": "bench",
+                            "sessionId": format!("s{}", n % sessions as u64),
+                            "payload": pump::payload(n),
+                        });
+                        let sent = Instant::now();
+                        let (status, _) =
+                            publisher.post(&path, Bytes::from(body.to_string())).await?;
+                        latencies.saturating_record(sent.elapsed().as_micros() as u64);
+                        if status != 202 {
+                            refused += 1;
+                        }
+                    }
+                    anyhow::Ok((latencies, refused))
+                })
+            })
+            .collect();
+        async move {
+            let mut latencies = histogram();
+            let mut refused = 0;
+            for task in tasks {
+                let (h, r) = task.await??;
+                latencies.add(&h)?;
+                refused += r;
+            }
+            anyhow::Ok((latencies, refused))
+        }
+    };
+    run(0.5).await?;
+    until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.clear().await?;
+    let started = Instant::now();
+    let (requests, refused) = run(args.seconds).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.stop().await;
+    let accepted = requests.len() - refused;
+    Ok(json!({
+        "scenario": "publish",
+        "server": s.label,
+        "streams": ready.open,
+        "connections": args.connections,
+        "requests": requests.len(),
+        "refused": refused,
+        "requests_per_sec": round(requests.len() as f64 / elapsed, 0),
+        "request_ms": percentiles_ms(&requests),
+        "delivered": merged.received,
+        "lost": accepted.saturating_sub(merged.received),
+        "delivery_ms": percentiles_ms(&merged.deliveries),
+        "streams_ended": ended,
+    }))
+}
+
+async fn connect_backend(
+    broker: &BrokerArgs,
+    instance: &str,
+    app: &str,
+) -> anyhow::Result<Arc<dyn FanoutBackend>> {
+    let url = broker.backend_url.as_str();
+    let channel = broker.channel.as_str();
+    Ok(match broker.backend {
+        Backend::Redis => Arc::new(sse_fanout::redis::RedisBackend::connect(url, channel).await?),
+        Backend::Nats => Arc::new(sse_fanout::nats::NatsBackend::connect(url, channel).await?),
+        Backend::Rabbit => {
+            use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
+            let queue = format!("{app}.{instance}");
+            Arc::new(RabbitBackend::connect(url, RabbitConfig::new(channel, queue)).await?)
+        }
+        Backend::Kafka => {
+            use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
+            let config = KafkaConfig::new(url, channel, app.to_owned()).create_topic(3, 1);
+            Arc::new(KafkaBackend::connect(config).await?)
+        }
+    })
+}
+
+async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
+    let s = &args.streams;
+    let broker = &args.broker;
+    let sessions = if s.sessions == 0 {
+        s.streams
+    } else {
+        s.sessions
+    };
+    let mut stream_args = s.clone();
+    stream_args.sessions = sessions;
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, &args.app_name).await?;
+    let hub = Hub::builder_arc(backend)
+        .app_name(args.app_name.clone())
+        .instance_id(instance)
+        .replay(None)
+        .start()
+        .await?;
+    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
+    check_ready(&ready, s.streams)?;
+    let spec = |rate: u64, seconds: f64| PumpSpec {
+        rate,
+        seconds,
+        sessions,
+        session_prefix: "s".to_owned(),
+        event_name: "bench".to_owned(),
+    };
+    let publish = |spec: PumpSpec| {
+        let hub = hub.clone();
+        async move {
+            pump::run(&spec, 256, |n| {
+                let mut event = SendSseEvent::new(spec.event_name.clone(), pump::payload(n));
+                event.session_id = spec.session(n);
+                let hub = hub.clone();
+                async move { hub.publish(event).await.is_ok() }
+            })
+            .await
+        }
+    };
+    publish(spec(100, 1.0)).await;
+    until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.clear().await?;
+    let report = publish(spec(broker.rate, broker.seconds)).await;
+    let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.stop().await;
+    hub.shutdown().await.ok();
+    Ok(json!({
+        "scenario": "cross",
+        "server": s.label,
+        "backend": format!("{:?}", broker.backend).to_lowercase(),
+        "streams": ready.open,
+        "rate": broker.rate,
+        "published": report.published,
+        "publish_failed": report.failed,
+        "delivered": merged.received,
+        "lost": report.published.saturating_sub(merged.received),
+        "latency_ms": percentiles_ms(&merged.deliveries),
+        "streams_ended": ended,
+    }))
+}
+
+async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
+    let broker = &args.broker;
+    let recorder = Arc::new(Mutex::new(Recorder::new(false)));
+    let channel = format!("{}.rtt", broker.channel);
+    let publish_fn: plain::PublishFn = match broker.backend {
+        Backend::Redis => plain::redis(&broker.backend_url, &channel, recorder.clone()).await?,
+        Backend::Nats => plain::nats(&broker.backend_url, &channel, recorder.clone()).await?,
+        Backend::Rabbit => plain::rabbit(&broker.backend_url, &channel, recorder.clone()).await?,
+        Backend::Kafka => plain::kafka(&broker.backend_url, &channel, recorder.clone()).await?,
+    };
+    // The same bytes the hub would carry: an envelope around the timestamped payload.
+    let message = |n: u64| {
+        let mut event = SendSseEvent::new("bench", pump::payload(n));
+        event.session_id = Some(format!("s{}", n % 1000));
+        sse_fanout::Envelope::from_event(&event, "sse-fanout", "loadgen")
+            .and_then(|e| e.encode())
+            .map(|b| b.to_vec())
+            .unwrap_or_default()
+    };
+    let spec = |rate: u64, seconds: f64| PumpSpec {
+        rate,
+        seconds,
+        sessions: 0,
+        session_prefix: String::new(),
+        event_name: String::new(),
+    };
+    pump::run(&spec(100, 1.0), 256, |n| publish_fn(message(n))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock(&recorder).clear();
+    let report = pump::run(&spec(broker.rate, broker.seconds), 256, |n| {
+        publish_fn(message(n))
+    })
+    .await;
+    let mut last = u64::MAX;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let received = lock(&recorder).snapshot().received;
+        if received == last {
+            break;
+        }
+        last = received;
+    }
+    let merged = Merged::new([&lock(&recorder).snapshot()]);
+    Ok(json!({
+        "scenario": "broker_rtt",
+        "backend": format!("{:?}", broker.backend).to_lowercase(),
+        "rate": broker.rate,
+        "published": report.published,
+        "publish_failed": report.failed,
+        "delivered": merged.received,
+        "lost": report.published.saturating_sub(merged.received),
+        "latency_ms": percentiles_ms(&merged.deliveries),
+    }))
+}
+
+fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
+    recorder
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records a message carrying an envelope whose payload is a timestamp.
+fn record_envelope(recorder: &Mutex<Recorder>, bytes: &[u8]) {
+    let arrived = now_micros();
+    if let Ok(envelope) = sse_fanout::Envelope::decode(bytes)
+        && let Some((t, n)) = pump::parse_payload(envelope.payload.get())
+    {
+        lock(recorder).record(n, arrived.saturating_sub(t));
+    }
+}
+
+/// Each broker's plain client: a subscriber that records, and a publish function.
+mod plain {
+    use super::*;
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
+
+    pub(super) type PublishFn = Box<dyn Fn(Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>;
+
+    pub(super) async fn redis(
+        url: &str,
+        channel: &str,
+        recorder: Arc<Mutex<Recorder>>,
+    ) -> anyhow::Result<PublishFn> {
+        let client = ::redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        tokio::spawn(async move {
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                record_envelope(&recorder, message.get_payload_bytes());
+            }
+        });
+        let connection = client.get_multiplexed_async_connection().await?;
+        let channel = channel.to_owned();
+        Ok(Box::new(move |bytes| {
+            let mut connection = connection.clone();
+            let channel = channel.clone();
+            async move {
+                ::redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(bytes)
+                    .query_async::<i64>(&mut connection)
+                    .await
+                    .is_ok()
+            }
+            .boxed()
+        }))
+    }
+
+    pub(super) async fn nats(
+        url: &str,
+        subject: &str,
+        recorder: Arc<Mutex<Recorder>>,
+    ) -> anyhow::Result<PublishFn> {
+        let client = async_nats::connect(url).await?;
+        let mut subscriber = client.subscribe(subject.to_owned()).await?;
+        client.flush().await?;
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                record_envelope(&recorder, &message.payload);
+            }
+        });
+        let subject = subject.to_owned();
+        Ok(Box::new(move |bytes| {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                client.publish(subject, bytes.into()).await.is_ok() && client.flush().await.is_ok()
+            }
+            .boxed()
+        }))
+    }
+
+    pub(super) async fn rabbit(
+        url: &str,
+        exchange: &str,
+        recorder: Arc<Mutex<Recorder>>,
+    ) -> anyhow::Result<PublishFn> {
+        use lapin::options::{
+            BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+            QueueDeclareOptions,
+        };
+        use lapin::types::FieldTable;
+        use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let options = ExchangeDeclareOptions {
+            auto_delete: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.to_owned().into(),
+                ExchangeKind::Fanout,
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.to_owned().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let options = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "loadgen".into(),
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+        tokio::spawn(async move {
+            let _connection = connection;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                record_envelope(&recorder, &delivery.data);
+            }
+        });
+        let exchange = exchange.to_owned();
+        Ok(Box::new(move |bytes| {
+            let channel = channel.clone();
+            let exchange = exchange.clone();
+            async move {
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &bytes,
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .is_ok()
+            }
+            .boxed()
+        }))
+    }
+
+    pub(super) async fn kafka(
+        brokers: &str,
+        topic: &str,
+        recorder: Arc<Mutex<Recorder>>,
+    ) -> anyhow::Result<PublishFn> {
+        use rdkafka::ClientConfig;
+        use rdkafka::Message;
+        use rdkafka::Offset;
+        use rdkafka::TopicPartitionList;
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let config = |pairs: &[(&str, &str)]| {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", brokers);
+            c.set("socket.nagle.disable", "true");
+            for (k, v) in pairs {
+                c.set(*k, *v);
+            }
+            c
+        };
+        let admin: AdminClient<_> = config(&[]).create()?;
+        let _ = admin
+            .create_topics(
+                [&NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await?;
+        let group = format!("loadgen-{}", uuid::Uuid::new_v4());
+        let consumer: StreamConsumer = config(&[
+            ("group.id", &group),
+            ("fetch.wait.max.ms", "5"),
+            ("enable.auto.commit", "false"),
+        ])
+        .create()?;
+        let timeout = Duration::from_secs(10);
+        let mut waited = 0;
+        let high = loop {
+            match consumer.fetch_watermarks(topic, 0, timeout) {
+                Ok((_, high)) => break high,
+                Err(error) if waited >= 50 => return Err(error.into()),
+                Err(_) => {
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, Offset::Offset(high))?;
+        consumer.assign(&assignment)?;
+        tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(message) => {
+                        if let Some(payload) = message.payload() {
+                            record_envelope(&recorder, payload);
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        let producer: FutureProducer = config(&[("linger.ms", "0")]).create()?;
+        let topic = topic.to_owned();
+        Ok(Box::new(move |bytes| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::<(), [u8]>::to(&topic).payload(&bytes),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .is_ok()
+            }
+            .boxed()
+        }))
+    }
+}
