@@ -48,3 +48,28 @@ async fn bad_urls_are_typed_errors() {
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
 }
+
+/// `subscribe` returns only once the server holds the subscription, every time: an event
+/// published on another connection right after it is received. (A flush alone does not prove it:
+/// `Client::flush` only writes out the buffer, and 16 of 300 such events were lost that way.)
+#[tokio::test]
+async fn subscribe_holds_before_it_returns_every_time() {
+    use futures_util::StreamExt;
+    let _shared = common::brokers::shared().await;
+    let Some(url) = common::brokers::url(Broker::Nats).await else {
+        return;
+    };
+    let subject = common::unique("ready");
+    let publisher = NatsBackend::connect(&url, &subject).await.unwrap();
+    for round in 0..200 {
+        let subscriber = NatsBackend::connect(&url, &subject).await.unwrap();
+        let mut stream = subscriber.subscribe().await.unwrap();
+        let envelope = sse_core::testkit::envelope("ready", serde_json::json!(round));
+        publisher.publish(envelope.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the event was missed"));
+        assert_eq!(got, Some(envelope), "round {round}");
+        subscriber.close().await.unwrap();
+    }
+}
