@@ -61,6 +61,8 @@ enum Cmd {
     Cross(CrossArgs),
     /// The broker's own round trip, measured with its plain client crate.
     BrokerRtt(BrokerRttArgs),
+    /// Turns the JSON lines of a benchmark run into BENCHMARKS.md's table.
+    Report(ReportArgs),
     /// Internal: holds streams for the other commands.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -88,8 +90,9 @@ struct StreamArgs {
     /// Source addresses (127.0.0.2 onwards) the connections are spread over.
     #[arg(long, default_value_t = 8)]
     sources: u8,
-    /// Connects in flight per worker.
-    #[arg(long, default_value_t = 256)]
+    /// Connects in flight per worker (64 stays within the accept backlog of a server that keeps
+    /// tokio's default; more measures SYN retransmission more than the server).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// A name for the server in the JSON line.
     #[arg(long, default_value = "")]
@@ -197,6 +200,12 @@ struct BrokerRttArgs {
     broker: BrokerArgs,
 }
 
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The JSON lines, one run each (what `scripts/bench.sh` collects).
+    file: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone, Args)]
 struct WorkerArgs {
     #[arg(long)]
@@ -239,6 +248,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Publish(args) => publish(args).await?,
         Cmd::Cross(args) => cross(args).await?,
         Cmd::BrokerRtt(args) => broker_rtt(args).await?,
+        Cmd::Report(args) => {
+            print!("{}", report::table(&std::fs::read_to_string(&args.file)?)?);
+            return Ok(());
+        }
         Cmd::Worker(args) => return worker(args).await,
     };
     println!("{line}");
@@ -524,12 +537,18 @@ async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
     }))
 }
 
-/// The `streams` the server's `/healthz` reports, where it has one.
+/// The `streams` the server's `/healthz` reports, where it has one (within a second).
 async fn server_streams(url: &str) -> Option<u64> {
-    let server = Server::parse(url).ok()?;
-    let mut publisher = Publisher::connect(&server).await.ok()?;
-    let (_, body) = publisher.get("/healthz").await.ok()?;
-    serde_json::from_slice::<Value>(&body).ok()?["streams"].as_u64()
+    let ask = async {
+        let server = Server::parse(url).ok()?;
+        let mut publisher = Publisher::connect(&server).await.ok()?;
+        let (_, body) = publisher.get("/healthz").await.ok()?;
+        serde_json::from_slice::<Value>(&body).ok()?["streams"].as_u64()
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
@@ -610,9 +629,10 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
         event_name: "bench".to_owned(),
     };
     let run = |spec: PumpSpec| Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
-    // Warm-up, then the measured run.
+    // Warm-up at the measured rate (steady state, not the first second of a cold server), then
+    // the measured run.
     control
-        .post("/bench/pump", run(spec(args.rate.min(5000), 0.5)))
+        .post("/bench/pump", run(spec(args.rate, 1.0)))
         .await?;
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
@@ -809,7 +829,7 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
 async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
     let broker = &args.broker;
     let recorder = Arc::new(Mutex::new(Recorder::new(false)));
-    let channel = format!("{}.rtt", broker.channel);
+    let channel = format!("{}.rtt3", broker.channel);
     let publish_fn: plain::PublishFn = match broker.backend {
         Backend::Redis => plain::redis(&broker.backend_url, &channel, recorder.clone()).await?,
         Backend::Nats => plain::nats(&broker.backend_url, &channel, recorder.clone()).await?,
@@ -1032,19 +1052,28 @@ mod plain {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::producer::{FutureProducer, FutureRecord};
+        // The settings the sse-fanout Kafka backend uses, so that only the client code differs.
         let config = |pairs: &[(&str, &str)]| {
             let mut c = ClientConfig::new();
             c.set("bootstrap.servers", brokers);
             c.set("socket.nagle.disable", "true");
+            c.set("reconnect.backoff.ms", "50");
+            c.set("reconnect.backoff.max.ms", "1000");
             for (k, v) in pairs {
                 c.set(*k, *v);
             }
             c
         };
+        // The topic as the backend lays it out: 3 partitions, records keyed by session.
+        const PARTITIONS: i32 = 3;
         let admin: AdminClient<_> = config(&[]).create()?;
         let _ = admin
             .create_topics(
-                [&NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                [&NewTopic::new(
+                    topic,
+                    PARTITIONS,
+                    TopicReplication::Fixed(1),
+                )],
                 &AdminOptions::new(),
             )
             .await?;
@@ -1052,23 +1081,26 @@ mod plain {
         let consumer: StreamConsumer = config(&[
             ("group.id", &group),
             ("fetch.wait.max.ms", "5"),
+            ("fetch.error.backoff.ms", "50"),
             ("enable.auto.commit", "false"),
         ])
         .create()?;
         let timeout = Duration::from_secs(10);
-        let mut waited = 0;
-        let high = loop {
-            match consumer.fetch_watermarks(topic, 0, timeout) {
-                Ok((_, high)) => break high,
-                Err(error) if waited >= 50 => return Err(error.into()),
-                Err(_) => {
-                    waited += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, 0, Offset::Offset(high))?;
+        for partition in 0..PARTITIONS {
+            let mut waited = 0;
+            let high = loop {
+                match consumer.fetch_watermarks(topic, partition, timeout) {
+                    Ok((_, high)) => break high,
+                    Err(error) if waited >= 50 => return Err(error.into()),
+                    Err(_) => {
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+        }
         consumer.assign(&assignment)?;
         tokio::spawn(async move {
             loop {
@@ -1088,9 +1120,15 @@ mod plain {
             let producer = producer.clone();
             let topic = topic.clone();
             async move {
+                let key = sse_fanout::Envelope::decode_ref(&bytes)
+                    .ok()
+                    .and_then(|e| e.session_id().map(str::to_owned))
+                    .unwrap_or_default();
                 producer
                     .send(
-                        FutureRecord::<(), [u8]>::to(&topic).payload(&bytes),
+                        FutureRecord::<str, [u8]>::to(&topic)
+                            .key(&key)
+                            .payload(&bytes),
                         Duration::from_secs(5),
                     )
                     .await
@@ -1098,5 +1136,266 @@ mod plain {
             }
             .boxed()
         }))
+    }
+}
+
+/// BENCHMARKS.md's table from the JSON lines of one run.
+mod report {
+    use std::fmt::Write;
+
+    use serde_json::Value;
+
+    /// The servers compared, by the labels `scripts/bench.sh` gives them.
+    const OURS: &str = "sse-fanout";
+    const BASELINE: &str = "baseline";
+    const FLOOR: &str = "floor";
+
+    struct Runs(Vec<Value>);
+
+    impl Runs {
+        fn find(
+            &self,
+            scenario: &str,
+            server: &str,
+            matches: impl Fn(&Value) -> bool,
+        ) -> Option<&Value> {
+            self.0
+                .iter()
+                .find(|r| r["scenario"] == scenario && r["server"] == server && matches(r))
+        }
+    }
+
+    fn num(v: Option<&Value>, path: &[&str]) -> Option<f64> {
+        let mut v = v?;
+        for key in path {
+            v = v.get(key)?;
+        }
+        v.as_f64()
+    }
+
+    fn fmt(x: Option<f64>) -> String {
+        match x {
+            None => "–".to_owned(),
+            Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+            Some(x) if x >= 1000.0 => format!("{:.0}", x),
+            Some(x) if x >= 100.0 => format!("{x:.0}"),
+            Some(x) if x >= 10.0 => format!("{x:.1}"),
+            Some(x) => format!("{x:.2}"),
+        }
+    }
+
+    fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+        match (ours, theirs) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "–".to_owned(),
+        }
+    }
+
+    /// The table, in Markdown.
+    pub(super) fn table(lines: &str) -> anyhow::Result<String> {
+        let runs = Runs(
+            lines
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()?,
+        );
+        let any = |_: &Value| true;
+        let mut out = String::new();
+        writeln!(
+            out,
+            "| scenario | figure | sse-fanout | baseline (axum) | sse-fanout / baseline | floor | target |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
+        let mut row = |scenario: &str,
+                       figure: &str,
+                       ours: Option<f64>,
+                       base: Option<f64>,
+                       floor: Option<f64>,
+                       target: &str| {
+            let _ = writeln!(
+                out,
+                "| {scenario} | {figure} | {} | {} | {} | {} | {target} |",
+                fmt(ours),
+                fmt(base),
+                ratio(ours, base),
+                fmt(floor)
+            );
+        };
+        // 1. Idle capacity.
+        let idle = |server| runs.find("idle", server, any);
+        let streams = num(idle(OURS), &["streams"]).unwrap_or(0.0);
+        let name = format!("1. idle, {streams:.0} streams");
+        row(
+            &name,
+            "KiB resident per stream",
+            num(idle(OURS), &["kib_per_stream"]),
+            num(idle(BASELINE), &["kib_per_stream"]),
+            num(idle(FLOOR), &["kib_per_stream"]),
+            "≤ 8; < baseline",
+        );
+        row(
+            &name,
+            "connects per second",
+            num(idle(OURS), &["connects_per_sec"]),
+            num(idle(BASELINE), &["connects_per_sec"]),
+            num(idle(FLOOR), &["connects_per_sec"]),
+            "",
+        );
+        // 2. Broadcast.
+        let bc = |server| runs.find("broadcast", server, any);
+        let streams = num(bc(OURS), &["streams"]).unwrap_or(0.0);
+        let name = format!("2. broadcast to {streams:.0}");
+        for (figure, path, target) in [
+            (
+                "time until all have it, p50 ms",
+                ["time_until_all_ms", "p50"],
+                "",
+            ),
+            (
+                "time until all have it, p99 ms",
+                ["time_until_all_ms", "p99"],
+                "< 50; < baseline",
+            ),
+            (
+                "time until all have it, max ms",
+                ["time_until_all_ms", "max"],
+                "",
+            ),
+            ("one delivery, p50 ms", ["delivery_ms", "p50"], ""),
+            ("one delivery, p99 ms", ["delivery_ms", "p99"], ""),
+        ] {
+            row(
+                &name,
+                figure,
+                num(bc(OURS), &path),
+                num(bc(BASELINE), &path),
+                num(bc(FLOOR), &path),
+                target,
+            );
+        }
+        // 3. Targeted, published inside the server, at each rate that was run.
+        let mut rates: Vec<u64> = runs
+            .0
+            .iter()
+            .filter(|r| r["scenario"] == "targeted")
+            .filter_map(|r| r["rate"].as_u64())
+            .collect();
+        rates.sort_unstable();
+        rates.dedup();
+        for rate in rates {
+            let at = |r: &Value| r["rate"].as_u64() == Some(rate);
+            let tg = |server| runs.find("targeted", server, at);
+            let name = format!("3. targeted, {rate}/s in-process");
+            let target = if rate >= 100_000 { "≥ 100 000" } else { "" };
+            row(
+                &name,
+                "delivered per second",
+                num(tg(OURS), &["delivered_per_sec"]),
+                num(tg(BASELINE), &["delivered_per_sec"]),
+                None,
+                target,
+            );
+            row(
+                &name,
+                "lost",
+                num(tg(OURS), &["lost"]),
+                num(tg(BASELINE), &["lost"]),
+                None,
+                "0",
+            );
+            let target = if rate >= 100_000 { "< 10" } else { "" };
+            for (figure, key, target) in [
+                ("latency p50 ms", "p50", ""),
+                ("latency p99 ms", "p99", target),
+                ("latency p99.9 ms", "p999", ""),
+            ] {
+                row(
+                    &name,
+                    figure,
+                    num(tg(OURS), &["latency_ms", key]),
+                    num(tg(BASELINE), &["latency_ms", key]),
+                    None,
+                    target,
+                );
+            }
+        }
+        // The HTTP publish path.
+        let hp = |server| runs.find("publish", server, any);
+        let conns = num(hp(OURS), &["connections"]).unwrap_or(0.0);
+        let name = format!("HTTP publish, {conns:.0} keep-alive connections");
+        row(
+            &name,
+            "requests per second",
+            num(hp(OURS), &["requests_per_sec"]),
+            num(hp(BASELINE), &["requests_per_sec"]),
+            None,
+            "",
+        );
+        row(
+            &name,
+            "request p50 ms",
+            num(hp(OURS), &["request_ms", "p50"]),
+            num(hp(BASELINE), &["request_ms", "p50"]),
+            None,
+            "",
+        );
+        row(
+            &name,
+            "request p99 ms",
+            num(hp(OURS), &["request_ms", "p99"]),
+            num(hp(BASELINE), &["request_ms", "p99"]),
+            None,
+            "",
+        );
+        row(
+            &name,
+            "publish to arrival p99 ms",
+            num(hp(OURS), &["delivery_ms", "p99"]),
+            num(hp(BASELINE), &["delivery_ms", "p99"]),
+            None,
+            "",
+        );
+        // 4. Cross-instance, against the broker's own round trip.
+        writeln!(out)?;
+        writeln!(
+            out,
+            "| 4. cross-instance | rate | sse-fanout A→B p50 / p99 ms | broker's own round trip p50 / p99 ms | added by sse-fanout p50 / p99 ms | lost | target |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
+        for backend in ["redis", "nats", "rabbit", "kafka"] {
+            let by = |r: &Value| r["backend"] == backend;
+            let cross = runs.0.iter().find(|r| r["scenario"] == "cross" && by(r));
+            let rtt = runs
+                .0
+                .iter()
+                .find(|r| r["scenario"] == "broker_rtt" && by(r));
+            if cross.is_none() && rtt.is_none() {
+                continue;
+            }
+            let p = |v: Option<&Value>, q: &str| num(v, &["latency_ms", q]);
+            let added = |q: &str| match (p(cross, q), p(rtt, q)) {
+                (Some(a), Some(b)) => format!("{:.2}", a - b),
+                _ => "–".to_owned(),
+            };
+            let target = if matches!(backend, "redis" | "nats") {
+                "p50 < 1 ms"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "| {backend} | {}/s | {} / {} | {} / {} | {} / {} | {} | {target} |",
+                fmt(num(cross, &["rate"])),
+                fmt(p(cross, "p50")),
+                fmt(p(cross, "p99")),
+                fmt(p(rtt, "p50")),
+                fmt(p(rtt, "p99")),
+                added("p50"),
+                added("p99"),
+                fmt(num(cross, &["lost"])),
+            )?;
+        }
+        Ok(out)
     }
 }
