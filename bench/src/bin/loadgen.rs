@@ -1153,15 +1153,46 @@ mod report {
     struct Runs(Vec<Value>);
 
     impl Runs {
-        fn find(
+        fn matching(
             &self,
             scenario: &str,
             server: &str,
             matches: impl Fn(&Value) -> bool,
-        ) -> Option<&Value> {
+        ) -> Vec<&Value> {
             self.0
                 .iter()
-                .find(|r| r["scenario"] == scenario && r["server"] == server && matches(r))
+                .filter(|r| r["scenario"] == scenario && r["server"] == server && matches(r))
+                .collect()
+        }
+
+        /// Of the runs of `scenario` on `server` that `matches`, the one with the median `key`
+        /// (the table shows a typical run when a scenario was run several times).
+        fn median(
+            &self,
+            scenario: &str,
+            server: &str,
+            matches: impl Fn(&Value) -> bool,
+            key: &[&str],
+        ) -> Option<&Value> {
+            let mut runs = self.matching(scenario, server, matches);
+            runs.sort_by(|a, b| {
+                let (a, b) = (num(Some(a), key), num(Some(b), key));
+                a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+            });
+            runs.get(runs.len().saturating_sub(1) / 2).copied()
+        }
+
+        fn count(&self, scenario: &str, server: &str, matches: impl Fn(&Value) -> bool) -> usize {
+            self.matching(scenario, server, matches).len()
+        }
+    }
+
+    /// ", median of N runs" when there were several.
+    fn runs_note(n: usize) -> String {
+        if n > 1 {
+            format!(", median of {n} runs")
+        } else {
+            String::new()
         }
     }
 
@@ -1223,7 +1254,7 @@ mod report {
             );
         };
         // 1. Idle capacity.
-        let idle = |server| runs.find("idle", server, any);
+        let idle = |server| runs.median("idle", server, any, &["kib_per_stream"]);
         let streams = num(idle(OURS), &["streams"]).unwrap_or(0.0);
         let name = format!("1. idle, {streams:.0} streams");
         row(
@@ -1243,9 +1274,12 @@ mod report {
             "",
         );
         // 2. Broadcast.
-        let bc = |server| runs.find("broadcast", server, any);
+        let bc = |server| runs.median("broadcast", server, any, &["time_until_all_ms", "p99"]);
         let streams = num(bc(OURS), &["streams"]).unwrap_or(0.0);
-        let name = format!("2. broadcast to {streams:.0}");
+        let name = format!(
+            "2. broadcast to {streams:.0}{}",
+            runs_note(runs.count("broadcast", OURS, any))
+        );
         for (figure, path, target) in [
             (
                 "time until all have it, p50 ms",
@@ -1285,8 +1319,11 @@ mod report {
         rates.dedup();
         for rate in rates {
             let at = |r: &Value| r["rate"].as_u64() == Some(rate);
-            let tg = |server| runs.find("targeted", server, at);
-            let name = format!("3. targeted, {rate}/s in-process");
+            let tg = |server| runs.median("targeted", server, at, &["latency_ms", "p99"]);
+            let name = format!(
+                "3. targeted, {rate}/s in-process{}",
+                runs_note(runs.count("targeted", OURS, at))
+            );
             let target = if rate >= 100_000 { "≥ 100 000" } else { "" };
             row(
                 &name,
@@ -1321,7 +1358,7 @@ mod report {
             }
         }
         // The HTTP publish path.
-        let hp = |server| runs.find("publish", server, any);
+        let hp = |server| runs.median("publish", server, any, &["request_ms", "p99"]);
         let conns = num(hp(OURS), &["connections"]).unwrap_or(0.0);
         let name = format!("HTTP publish, {conns:.0} keep-alive connections");
         row(
