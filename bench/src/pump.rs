@@ -34,6 +34,18 @@ fn default_prefix() -> String {
 }
 
 impl PumpSpec {
+    /// `rate` events per second named `bench` for `seconds`, to sessions `s0`..`s{sessions-1}`
+    /// in turn (0: broadcasts).
+    pub fn new(rate: u64, seconds: f64, sessions: usize) -> Self {
+        PumpSpec {
+            rate,
+            seconds,
+            sessions,
+            session_prefix: default_prefix(),
+            event_name: "bench".to_owned(),
+        }
+    }
+
     /// The session of event `n`, or `None` for a broadcast.
     pub fn session(&self, n: u64) -> Option<String> {
         (self.sessions > 0).then(|| format!("{}{}", self.session_prefix, n % self.sessions as u64))

@@ -99,6 +99,17 @@ struct StreamArgs {
     label: String,
 }
 
+impl StreamArgs {
+    /// These streams with one session each, unless `--sessions` says otherwise.
+    fn one_session_each(&self) -> StreamArgs {
+        let mut args = self.clone();
+        if args.sessions == 0 {
+            args.sessions = args.streams;
+        }
+        args
+    }
+}
+
 #[derive(Debug, Args)]
 struct IdleArgs {
     #[command(flatten)]
@@ -431,6 +442,13 @@ impl Workers {
         Ok((workers, ready))
     }
 
+    /// [`start`](Self::start), failing when no stream opened and saying when some did not.
+    async fn open(args: &StreamArgs, per_event: bool) -> anyhow::Result<(Workers, Ready)> {
+        let (workers, ready) = Self::start(args, per_event).await?;
+        check_ready(&ready, args.streams)?;
+        Ok((workers, ready))
+    }
+
     async fn ask(&mut self, command: &str) -> anyhow::Result<Vec<String>> {
         let mut answers = Vec::new();
         for (_, stdin, _) in &mut self.procs {
@@ -511,8 +529,7 @@ async fn until_quiet(workers: &mut Workers, max: Duration) -> anyhow::Result<(Me
 async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let rss_before = args.server_pid.and_then(rss_kib);
-    let (workers, ready) = Workers::start(s, false).await?;
-    check_ready(&ready, s.streams)?;
+    let (workers, ready) = Workers::open(s, false).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_open = args.server_pid.and_then(rss_kib);
     let server_streams = server_streams(&s.url).await;
@@ -554,8 +571,7 @@ async fn server_streams(url: &str) -> Option<u64> {
 async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let server = Server::parse(&s.url)?;
-    let (mut workers, ready) = Workers::start(s, true).await?;
-    check_ready(&ready, s.streams)?;
+    let (mut workers, ready) = Workers::open(s, true).await?;
     let mut publisher = Publisher::connect(&server).await?;
     let interval = Duration::from_millis(args.interval_ms);
     let send = |n: u64| {
@@ -610,24 +626,12 @@ async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
 
 async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
-    let sessions = if s.sessions == 0 {
-        s.streams
-    } else {
-        s.sessions
-    };
-    let mut stream_args = s.clone();
-    stream_args.sessions = sessions;
-    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
-    check_ready(&ready, s.streams)?;
+    let stream_args = s.one_session_each();
+    let sessions = stream_args.sessions;
+    let (mut workers, ready) = Workers::open(&stream_args, false).await?;
     let pump_server = Server::parse(args.pump_url.as_deref().unwrap_or(&s.url))?;
     let mut control = Publisher::connect(&pump_server).await?;
-    let spec = |rate: u64, seconds: f64| PumpSpec {
-        rate,
-        seconds,
-        sessions,
-        session_prefix: "s".to_owned(),
-        event_name: "bench".to_owned(),
-    };
+    let spec = |rate, seconds| PumpSpec::new(rate, seconds, sessions);
     let run = |spec: PumpSpec| Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
     // Warm-up at the measured rate (steady state, not the first second of a cold server), then
     // the measured run.
@@ -666,16 +670,10 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
 
 async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
-    let sessions = if s.sessions == 0 {
-        s.streams
-    } else {
-        s.sessions
-    };
-    let mut stream_args = s.clone();
-    stream_args.sessions = sessions;
+    let stream_args = s.one_session_each();
+    let sessions = stream_args.sessions;
     let server = Server::parse(&s.url)?;
-    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
-    check_ready(&ready, s.streams)?;
+    let (mut workers, ready) = Workers::open(&stream_args, false).await?;
     let next = Arc::new(AtomicU64::new(0));
     let run = |seconds: f64| {
         let tasks: Vec<_> = (0..args.connections)
@@ -768,13 +766,8 @@ async fn connect_backend(
 async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let broker = &args.broker;
-    let sessions = if s.sessions == 0 {
-        s.streams
-    } else {
-        s.sessions
-    };
-    let mut stream_args = s.clone();
-    stream_args.sessions = sessions;
+    let stream_args = s.one_session_each();
+    let sessions = stream_args.sessions;
     let instance = format!("loadgen-{}", std::process::id());
     let backend = connect_backend(broker, &instance, &args.app_name).await?;
     let hub = Hub::builder_arc(backend)
@@ -783,15 +776,8 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
         .replay(None)
         .start()
         .await?;
-    let (mut workers, ready) = Workers::start(&stream_args, false).await?;
-    check_ready(&ready, s.streams)?;
-    let spec = |rate: u64, seconds: f64| PumpSpec {
-        rate,
-        seconds,
-        sessions,
-        session_prefix: "s".to_owned(),
-        event_name: "bench".to_owned(),
-    };
+    let (mut workers, ready) = Workers::open(&stream_args, false).await?;
+    let spec = |rate, seconds| PumpSpec::new(rate, seconds, sessions);
     let publish = |spec: PumpSpec| {
         let hub = hub.clone();
         async move {
@@ -845,13 +831,7 @@ async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
             .map(|b| b.to_vec())
             .unwrap_or_default()
     };
-    let spec = |rate: u64, seconds: f64| PumpSpec {
-        rate,
-        seconds,
-        sessions: 0,
-        session_prefix: String::new(),
-        event_name: String::new(),
-    };
+    let spec = |rate, seconds| PumpSpec::new(rate, seconds, 0);
     pump::run(&spec(100, 1.0), 256, |n| publish_fn(message(n))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     lock(&recorder).clear();
@@ -1222,6 +1202,31 @@ mod report {
         }
     }
 
+    /// One row of the table: a figure at `path` in each server's run.
+    type Figure<'a> = (&'a str, &'a [&'a str], &'a str);
+
+    /// The rows of one scenario, from the runs of sse-fanout, the baseline and the floor.
+    fn section(
+        out: &mut String,
+        name: &str,
+        runs: [Option<&Value>; 3],
+        figures: &[Figure<'_>],
+    ) -> std::fmt::Result {
+        let [ours, base, floor] = runs;
+        for (figure, path, target) in figures {
+            let (a, b) = (num(ours, path), num(base, path));
+            writeln!(
+                out,
+                "| {name} | {figure} | {} | {} | {} | {} | {target} |",
+                fmt(a),
+                fmt(b),
+                ratio(a, b),
+                fmt(num(floor, path))
+            )?;
+        }
+        Ok(())
+    }
+
     /// The table, in Markdown.
     pub(super) fn table(lines: &str) -> anyhow::Result<String> {
         let runs = Runs(
@@ -1238,76 +1243,50 @@ mod report {
             "| scenario | figure | sse-fanout | baseline (axum) | sse-fanout / baseline | floor | target |"
         )?;
         writeln!(out, "|---|---|---|---|---|---|---|")?;
-        let mut row = |scenario: &str,
-                       figure: &str,
-                       ours: Option<f64>,
-                       base: Option<f64>,
-                       floor: Option<f64>,
-                       target: &str| {
-            let _ = writeln!(
-                out,
-                "| {scenario} | {figure} | {} | {} | {} | {} | {target} |",
-                fmt(ours),
-                fmt(base),
-                ratio(ours, base),
-                fmt(floor)
-            );
-        };
         // 1. Idle capacity.
         let idle = |server| runs.median("idle", server, any, &["kib_per_stream"]);
         let streams = num(idle(OURS), &["streams"]).unwrap_or(0.0);
-        let name = format!("1. idle, {streams:.0} streams");
-        row(
-            &name,
-            "KiB resident per stream",
-            num(idle(OURS), &["kib_per_stream"]),
-            num(idle(BASELINE), &["kib_per_stream"]),
-            num(idle(FLOOR), &["kib_per_stream"]),
-            "≤ 8; < baseline",
-        );
-        row(
-            &name,
-            "connects per second",
-            num(idle(OURS), &["connects_per_sec"]),
-            num(idle(BASELINE), &["connects_per_sec"]),
-            num(idle(FLOOR), &["connects_per_sec"]),
-            "",
-        );
+        section(
+            &mut out,
+            &format!("1. idle, {streams:.0} streams"),
+            [idle(OURS), idle(BASELINE), idle(FLOOR)],
+            &[
+                (
+                    "KiB resident per stream",
+                    &["kib_per_stream"],
+                    "≤ 8; < baseline",
+                ),
+                ("connects per second", &["connects_per_sec"], ""),
+            ],
+        )?;
         // 2. Broadcast.
         let bc = |server| runs.median("broadcast", server, any, &["time_until_all_ms", "p99"]);
         let streams = num(bc(OURS), &["streams"]).unwrap_or(0.0);
-        let name = format!(
-            "2. broadcast to {streams:.0}{}",
-            runs_note(runs.count("broadcast", OURS, any))
-        );
-        for (figure, path, target) in [
-            (
-                "time until all have it, p50 ms",
-                ["time_until_all_ms", "p50"],
-                "",
-            ),
-            (
-                "time until all have it, p99 ms",
-                ["time_until_all_ms", "p99"],
-                "< 50; < baseline",
-            ),
-            (
-                "time until all have it, max ms",
-                ["time_until_all_ms", "max"],
-                "",
-            ),
-            ("one delivery, p50 ms", ["delivery_ms", "p50"], ""),
-            ("one delivery, p99 ms", ["delivery_ms", "p99"], ""),
-        ] {
-            row(
-                &name,
-                figure,
-                num(bc(OURS), &path),
-                num(bc(BASELINE), &path),
-                num(bc(FLOOR), &path),
-                target,
-            );
-        }
+        let note = runs_note(runs.count("broadcast", OURS, any));
+        section(
+            &mut out,
+            &format!("2. broadcast to {streams:.0}{note}"),
+            [bc(OURS), bc(BASELINE), bc(FLOOR)],
+            &[
+                (
+                    "time until all have it, p50 ms",
+                    &["time_until_all_ms", "p50"],
+                    "",
+                ),
+                (
+                    "time until all have it, p99 ms",
+                    &["time_until_all_ms", "p99"],
+                    "< 50; < baseline",
+                ),
+                (
+                    "time until all have it, max ms",
+                    &["time_until_all_ms", "max"],
+                    "",
+                ),
+                ("one delivery, p50 ms", &["delivery_ms", "p50"], ""),
+                ("one delivery, p99 ms", &["delivery_ms", "p99"], ""),
+            ],
+        )?;
         // 3. Targeted, published inside the server, at each rate that was run.
         let mut rates: Vec<u64> = runs
             .0
@@ -1320,79 +1299,39 @@ mod report {
         for rate in rates {
             let at = |r: &Value| r["rate"].as_u64() == Some(rate);
             let tg = |server| runs.median("targeted", server, at, &["latency_ms", "p99"]);
-            let name = format!(
-                "3. targeted, {rate}/s in-process{}",
-                runs_note(runs.count("targeted", OURS, at))
-            );
-            let target = if rate >= 100_000 { "≥ 100 000" } else { "" };
-            row(
-                &name,
-                "delivered per second",
-                num(tg(OURS), &["delivered_per_sec"]),
-                num(tg(BASELINE), &["delivered_per_sec"]),
-                None,
-                target,
-            );
-            row(
-                &name,
-                "lost",
-                num(tg(OURS), &["lost"]),
-                num(tg(BASELINE), &["lost"]),
-                None,
-                "0",
-            );
-            let target = if rate >= 100_000 { "< 10" } else { "" };
-            for (figure, key, target) in [
-                ("latency p50 ms", "p50", ""),
-                ("latency p99 ms", "p99", target),
-                ("latency p99.9 ms", "p999", ""),
-            ] {
-                row(
-                    &name,
-                    figure,
-                    num(tg(OURS), &["latency_ms", key]),
-                    num(tg(BASELINE), &["latency_ms", key]),
-                    None,
-                    target,
-                );
-            }
+            let note = runs_note(runs.count("targeted", OURS, at));
+            let (rate_target, p99_target) = if rate >= 100_000 {
+                ("≥ 100 000", "< 10")
+            } else {
+                ("", "")
+            };
+            section(
+                &mut out,
+                &format!("3. targeted, {rate}/s in-process{note}"),
+                [tg(OURS), tg(BASELINE), None],
+                &[
+                    ("delivered per second", &["delivered_per_sec"], rate_target),
+                    ("lost", &["lost"], "0"),
+                    ("latency p50 ms", &["latency_ms", "p50"], ""),
+                    ("latency p99 ms", &["latency_ms", "p99"], p99_target),
+                    ("latency p99.9 ms", &["latency_ms", "p999"], ""),
+                ],
+            )?;
         }
         // The HTTP publish path.
         let hp = |server| runs.median("publish", server, any, &["request_ms", "p99"]);
-        let conns = num(hp(OURS), &["connections"]).unwrap_or(0.0);
-        let name = format!("HTTP publish, {conns:.0} keep-alive connections");
-        row(
-            &name,
-            "requests per second",
-            num(hp(OURS), &["requests_per_sec"]),
-            num(hp(BASELINE), &["requests_per_sec"]),
-            None,
-            "",
-        );
-        row(
-            &name,
-            "request p50 ms",
-            num(hp(OURS), &["request_ms", "p50"]),
-            num(hp(BASELINE), &["request_ms", "p50"]),
-            None,
-            "",
-        );
-        row(
-            &name,
-            "request p99 ms",
-            num(hp(OURS), &["request_ms", "p99"]),
-            num(hp(BASELINE), &["request_ms", "p99"]),
-            None,
-            "",
-        );
-        row(
-            &name,
-            "publish to arrival p99 ms",
-            num(hp(OURS), &["delivery_ms", "p99"]),
-            num(hp(BASELINE), &["delivery_ms", "p99"]),
-            None,
-            "",
-        );
+        let connections = num(hp(OURS), &["connections"]).unwrap_or(0.0);
+        section(
+            &mut out,
+            &format!("HTTP publish, {connections:.0} keep-alive connections"),
+            [hp(OURS), hp(BASELINE), None],
+            &[
+                ("requests per second", &["requests_per_sec"], ""),
+                ("request p50 ms", &["request_ms", "p50"], ""),
+                ("request p99 ms", &["request_ms", "p99"], ""),
+                ("publish to arrival p99 ms", &["delivery_ms", "p99"], ""),
+            ],
+        )?;
         // 4. Cross-instance, against the broker's own round trip.
         writeln!(out)?;
         writeln!(
