@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(envelope_decode publish_body event_names encoder_roundtrip)
+[ ${#targets[@]} -gt 0 ] || targets=(envelope_decode publish_body event_names encoder_roundtrip request_head)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 status=0

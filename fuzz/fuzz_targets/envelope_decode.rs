@@ -6,7 +6,14 @@ use sse_core::Envelope;
 use sse_core::testkit::parse_event_stream;
 
 fuzz_target!(|data: &[u8]| {
+    // The hub reads envelopes borrowed: the same ones, with the same frame.
+    let borrowed = Envelope::decode_ref(data);
+    assert_eq!(borrowed.is_ok(), Envelope::decode(data).is_ok());
     if let Ok(envelope) = Envelope::decode(data) {
+        assert_eq!(
+            borrowed.expect("checked").to_sse().expect("encodes"),
+            envelope.to_sse().expect("encodes")
+        );
         let frame = envelope.to_sse().expect("a decoded envelope encodes");
         let parsed = parse_event_stream(std::str::from_utf8(&frame).expect("frames are UTF-8"));
         assert_eq!(parsed.events.len(), 1);

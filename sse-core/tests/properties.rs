@@ -84,7 +84,12 @@ proptest! {
     /// always encodes into one event whose name and id are the envelope's.
     #[test]
     fn envelope_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        // The hub reads envelopes borrowed; it must accept exactly what the owned reader does
+        // and make the same frame of it.
+        let borrowed = Envelope::decode_ref(&bytes);
+        prop_assert_eq!(borrowed.is_ok(), Envelope::decode(&bytes).is_ok());
         if let Ok(envelope) = Envelope::decode(&bytes) {
+            prop_assert_eq!(borrowed.unwrap().to_sse().unwrap(), envelope.to_sse().unwrap());
             let frame = envelope.to_sse().unwrap();
             let parsed = parse_event_stream(std::str::from_utf8(&frame).unwrap());
             prop_assert_eq!(parsed.events.len(), 1);

@@ -65,7 +65,7 @@ pub(crate) async fn peek_first_request(
 }
 
 /// Parses a complete request head that this module serves; `None` for anything else.
-pub(crate) fn parse_head(buf: &[u8], stream_path: &str) -> Option<(Parts, usize)> {
+pub fn parse_head(buf: &[u8], stream_path: &str) -> Option<(Parts, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = request.parse(buf).ok()? else {

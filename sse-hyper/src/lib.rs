@@ -25,3 +25,9 @@ pub use router::{
 };
 pub use serve::{ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, JwtSessions, SessionResolver};
+
+/// Internals reached by the fuzz targets and property tests; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::direct::parse_head;
+}

@@ -2,7 +2,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use proptest::prelude::*;
+use sse_hyper::__fuzz::parse_head;
 use sse_hyper::{RouterConfig, parse_event_names, parse_publish_body};
+
+const PATH: &str = "/sse/event-stream";
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
@@ -40,5 +43,38 @@ proptest! {
             Ok(_) => {}
             Err(error) => prop_assert_eq!(error.status.as_u16(), 400),
         }
+    }
+
+    /// Any first bytes of a connection: taken as an event-stream request or left to hyper, never
+    /// a panic; what is taken is a complete `GET` of the stream path, within the bytes given.
+    #[test]
+    fn request_heads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Some((parts, len)) = parse_head(&bytes, PATH) {
+            prop_assert!(len <= bytes.len());
+            prop_assert_eq!(parts.method, http::Method::GET);
+            prop_assert_eq!(parts.uri.path(), PATH);
+        }
+    }
+
+    /// What `EventSource` sends is taken, with its query and headers as they were.
+    #[test]
+    fn event_source_heads_are_taken(
+        names in "[a-z]{1,8}(,[a-z]{1,8}){0,3}",
+        last_id in proptest::option::of("[!-~]{1,40}"),
+        cookie in "[ -~]{0,200}",
+        extra in "[ -~]{0,40}",
+    ) {
+        let mut head = format!("GET {PATH}?eventName={names} HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = &last_id {
+            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        head.push_str(&format!("Cookie: {}\r\n\r\n", cookie.trim()));
+        let bytes = format!("{head}{extra}");
+        let (parts, len) = parse_head(bytes.as_bytes(), PATH).expect("taken");
+        prop_assert_eq!(len, head.len());
+        let query = format!("eventName={names}");
+        prop_assert_eq!(parts.uri.query(), Some(query.as_str()));
+        let got = parts.headers.get("last-event-id").map(|v| v.to_str().unwrap().to_owned());
+        prop_assert_eq!(got, last_id.map(|id| id.trim().to_owned()));
     }
 }
