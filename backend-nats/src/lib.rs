@@ -1,7 +1,8 @@
 //! NATS core pub/sub backend for sse-fanout.
 //!
 //! Every instance publishes envelopes to one subject (default `send.sse.event`) and subscribes to
-//! it. `publish` flushes, so `Ok` means the server has the message. async-nats reconnects by itself
+//! it. `publish` flushes, so `Ok` means the message is on the server's connection (core NATS
+//! acknowledges no publish: one lost with the connection is lost). async-nats reconnects by itself
 //! and subscribes again; [`health`](FanoutBackend::health) follows the connection state. Messages
 //! the client drops because a subscription fell behind (slow consumer) are counted and logged.
 //!
@@ -44,7 +45,7 @@ pub struct NatsConfig {
     pub subject: String,
     /// How long connecting may take.
     pub connect_timeout: Duration,
-    /// How long `publish` waits for the server to confirm (flush) before it gives up.
+    /// How long `publish` waits for the message to be written out (flush) before it gives up.
     pub publish_timeout: Duration,
     /// Messages the client buffers per subscription before it drops them as a slow consumer.
     pub subscription_capacity: usize,

@@ -923,7 +923,13 @@ mod plain {
     ) -> anyhow::Result<PublishFn> {
         let client = async_nats::connect(url).await?;
         let mut subscriber = client.subscribe(subject.to_owned()).await?;
+        // The server holds the SUB once a message to our own inbox, sent after it, comes back
+        // (`flush` only writes the buffer out).
+        let inbox = client.new_inbox();
+        let mut probe = client.subscribe(inbox.clone()).await?;
+        client.publish(inbox, Vec::new().into()).await?;
         client.flush().await?;
+        probe.next().await.context("NATS closed the connection")?;
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 record_envelope(&recorder, &message.payload);
