@@ -187,7 +187,7 @@ impl Envelope {
     }
 
     /// This envelope as an [`EnvelopeRef`] borrowing its fields.
-    pub fn as_ref(&self) -> EnvelopeRef<'_> {
+    fn borrowed(&self) -> EnvelopeRef<'_> {
         EnvelopeRef {
             v: self.v,
             id: Text(Cow::Borrowed(&self.id)),
@@ -206,7 +206,7 @@ impl Envelope {
 
     /// The SSE frame for this envelope, encoded once and shared by every recipient.
     pub fn to_sse(&self) -> Result<Bytes, EnvelopeError> {
-        self.as_ref().to_sse()
+        self.borrowed().to_sse()
     }
 }
 
@@ -283,11 +283,17 @@ impl<'a> EnvelopeRef<'a> {
     /// The SSE frame for this envelope, encoded once and shared by every recipient.
     pub fn to_sse(&self) -> Result<Bytes, EnvelopeError> {
         self.validate()?;
+        Ok(self.frame())
+    }
+
+    /// [`to_sse`](Self::to_sse) for an envelope already validated (as
+    /// [`Envelope::decode_ref`] does): the hub's receive path checks each envelope once.
+    pub(crate) fn frame(&self) -> Bytes {
         let data = data(self.payload);
-        Ok(encode::Event::new(&data)
+        encode::Event::new(&data)
             .id(self.id())
             .name(self.event_name())
-            .encode_checked())
+            .encode_checked()
     }
 }
 

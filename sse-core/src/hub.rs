@@ -561,14 +561,8 @@ impl Shared {
             );
             return;
         }
-        let frame = match envelope.to_sse() {
-            Ok(frame) => frame,
-            Err(error) => {
-                Stats::bump(&self.stats.malformed);
-                tracing::warn!(%error, "skipping an envelope that cannot be encoded");
-                return;
-            }
-        };
+        // `decode_ref` validated it: every field encodes.
+        let frame = envelope.frame();
         let _span = tracing::debug_span!(
             "deliver",
             event_id = envelope.id(),
