@@ -1,5 +1,6 @@
 //! The clients: event streams over real loopback sockets (HTTP/1.1 read straight from the socket,
-//! parsed by [`sse::Parser`](crate::sse::Parser)), and keep-alive publish connections (hyper).
+//! parsed by sse-core's spec-following [`EventStreamParser`]), and keep-alive publish connections
+//! (hyper).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -11,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::sse::{Event, Parser};
+use sse_core::testkit::{Dispatched, EventStreamParser, ParsedEvent};
 
 /// A server to load: its socket address and the `Host` to send.
 #[derive(Debug, Clone)]
@@ -53,14 +54,14 @@ impl Server {
 }
 
 /// One open event stream, read straight from its socket: the response head checked, the body
-/// de-chunked, and the events parsed by [`sse::Parser`](crate::sse::Parser). Lean on purpose: the
+/// de-chunked, and the events parsed by [`EventStreamParser`]. Lean on purpose: the
 /// load tool shares the machine with the server it measures.
 #[derive(Debug)]
 pub struct EventStream {
     socket: TcpStream,
     buf: BytesMut,
     body: Framing,
-    parser: Parser,
+    parser: EventStreamParser,
 }
 
 /// How the response body is delimited.
@@ -118,7 +119,7 @@ pub async fn open_stream(
             } else {
                 Framing::UntilClose
             },
-            parser: Parser::new(),
+            parser: EventStreamParser::new(),
         });
     }
 }
@@ -126,7 +127,10 @@ pub async fn open_stream(
 impl EventStream {
     /// Waits for more of the stream and calls `on_event` for every event it completes; `false`
     /// once the stream has ended.
-    pub async fn next_events(&mut self, mut on_event: impl FnMut(&Event)) -> anyhow::Result<bool> {
+    pub async fn next_events(
+        &mut self,
+        mut on_event: impl FnMut(&ParsedEvent),
+    ) -> anyhow::Result<bool> {
         loop {
             let before = self.buf.len();
             self.decode(&mut on_event)?;
@@ -146,13 +150,13 @@ impl EventStream {
     }
 
     /// Takes every complete piece of body out of the buffer.
-    fn decode(&mut self, on_event: &mut impl FnMut(&Event)) -> anyhow::Result<()> {
+    fn decode(&mut self, on_event: &mut impl FnMut(&ParsedEvent)) -> anyhow::Result<()> {
         loop {
             match &mut self.body {
                 Framing::Ended => return Ok(()),
                 Framing::UntilClose => {
                     let data = self.buf.split();
-                    self.parser.feed(&data, &mut *on_event);
+                    feed(&mut self.parser, &data, on_event);
                     return Ok(());
                 }
                 Framing::Chunked(None) => {
@@ -181,7 +185,7 @@ impl EventStream {
                         let take = (*data).min(self.buf.len());
                         *data -= take;
                         let piece = self.buf.split_to(take);
-                        self.parser.feed(&piece, &mut *on_event);
+                        feed(&mut self.parser, &piece, on_event);
                     } else {
                         let take = (*crlf).min(self.buf.len());
                         *crlf -= take;
@@ -242,4 +246,14 @@ impl Publisher {
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
+}
+
+/// Feeds `bytes` to `parser`, passing on the events (the comments are the stream's opening and
+/// its heartbeats).
+fn feed(parser: &mut EventStreamParser, bytes: &[u8], on_event: &mut impl FnMut(&ParsedEvent)) {
+    parser.feed(bytes, |dispatched| {
+        if let Dispatched::Event(event) = dispatched {
+            on_event(event);
+        }
+    });
 }

@@ -7,5 +7,4 @@
 pub mod client;
 pub mod pump;
 pub mod record;
-pub mod sse;
 pub mod sys;

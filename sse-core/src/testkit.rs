@@ -1,4 +1,5 @@
-//! The conformance suite every [`FanoutBackend`] runs (feature `testkit`).
+//! The conformance suite every [`FanoutBackend`] runs, and a spec-following SSE parser to read
+//! what a hub writes ([`EventStreamParser`], [`parse_event_stream`]); feature `testkit`.
 //!
 //! Each check is a plain `async fn` that panics with a message saying what broke. Give it a
 //! [`Factory`]: something that connects a new instance of your backend to one shared channel
@@ -18,6 +19,10 @@
 //! # }
 //! ```
 #![allow(clippy::unwrap_used, clippy::panic)]
+
+mod parse;
+
+pub use parse::{Dispatched, EventStreamParser, ParsedEvent, ParsedStream, parse_event_stream};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -270,86 +275,4 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// One event as a spec-following client dispatches it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedEvent {
-    /// The event type (`message` when the stream named none).
-    pub event_type: String,
-    /// The data, lines joined with LF.
-    pub data: String,
-    /// The last event id at the time of dispatch.
-    pub last_event_id: String,
-}
-
-/// What a client makes of a whole event stream: the WHATWG HTML "Server-sent events" parsing and
-/// dispatch algorithm, step by step, as a reference to check the encoder against.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ParsedStream {
-    /// Events dispatched, in order.
-    pub events: Vec<ParsedEvent>,
-    /// The last `retry:` value accepted, in milliseconds.
-    pub retry: Option<u64>,
-    /// Comment lines seen (without the colon).
-    pub comments: Vec<String>,
-}
-
-/// Parses `stream` as a browser's `EventSource` would.
-pub fn parse_event_stream(stream: &str) -> ParsedStream {
-    let mut out = ParsedStream::default();
-    let stream = stream.strip_prefix('\u{feff}').unwrap_or(stream);
-    let (mut data, mut event_type, mut last_id) = (String::new(), String::new(), String::new());
-    let mut rest = stream;
-    // Only complete lines count: an unterminated last line is never processed.
-    while let Some(end) = rest.find(['\r', '\n']) {
-        let line = &rest[..end];
-        let skip = if rest[end..].starts_with("\r\n") {
-            2
-        } else {
-            1
-        };
-        rest = &rest[end + skip..];
-        if line.is_empty() {
-            if data.is_empty() {
-                event_type.clear();
-                continue;
-            }
-            if data.ends_with('\n') {
-                data.pop();
-            }
-            out.events.push(ParsedEvent {
-                event_type: if event_type.is_empty() {
-                    "message".into()
-                } else {
-                    event_type.clone()
-                },
-                data: std::mem::take(&mut data),
-                last_event_id: last_id.clone(),
-            });
-            event_type.clear();
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix(':') {
-            out.comments.push(comment.to_owned());
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => event_type = value.to_owned(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-            }
-            "id" if !value.contains('\0') => last_id = value.to_owned(),
-            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                out.retry = value.parse().ok();
-            }
-            _ => {}
-        }
-    }
-    out
 }

@@ -339,7 +339,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             };
             let _ = done.send(Ok(()));
             drop(done);
-            let record = |event: &sse_fanout_bench::sse::Event| {
+            let record = |event: &sse_core::testkit::ParsedEvent| {
                 if let Some((t, n)) = pump::parse_payload(&event.data) {
                     let latency = now_micros().saturating_sub(t);
                     lock(&recorder).record(n, latency);
