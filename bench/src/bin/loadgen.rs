@@ -822,13 +822,13 @@ async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
         Backend::Rabbit => plain::rabbit(&broker.backend_url, &channel, recorder.clone()).await?,
         Backend::Kafka => plain::kafka(&broker.backend_url, &channel, recorder.clone()).await?,
     };
-    // The same bytes the hub would carry: an envelope around the timestamped payload.
+    // The same bytes the hub would carry, made and read as the hub does: an envelope around the
+    // timestamped payload.
     let message = |n: u64| {
         let mut event = SendSseEvent::new("bench", pump::payload(n));
         event.session_id = Some(format!("s{}", n % 1000));
-        sse_fanout::Envelope::from_event(&event, "sse-fanout", "loadgen")
-            .and_then(|e| e.encode())
-            .map(|b| b.to_vec())
+        sse_fanout::Envelope::encode_event(&event, "sse-fanout", "loadgen")
+            .map(|(_, bytes)| bytes.to_vec())
             .unwrap_or_default()
     };
     let spec = |rate, seconds| PumpSpec::new(rate, seconds, 0);
@@ -870,8 +870,8 @@ fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
 /// Records a message carrying an envelope whose payload is a timestamp.
 fn record_envelope(recorder: &Mutex<Recorder>, bytes: &[u8]) {
     let arrived = now_micros();
-    if let Ok(envelope) = sse_fanout::Envelope::decode(bytes)
-        && let Some((t, n)) = pump::parse_payload(envelope.payload.get())
+    if let Ok(envelope) = sse_fanout::Envelope::decode_ref(bytes)
+        && let Some((t, n)) = pump::parse_payload(envelope.payload().get())
     {
         lock(recorder).record(n, arrived.saturating_sub(t));
     }
