@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use sse_fanout::{Hub, SendSseEvent};
 use tokio::time::MissedTickBehavior;
 
 use crate::sys::now_micros;
@@ -49,6 +50,13 @@ impl PumpSpec {
     /// The session of event `n`, or `None` for a broadcast.
     pub fn session(&self, n: u64) -> Option<String> {
         (self.sessions > 0).then(|| format!("{}{}", self.session_prefix, n % self.sessions as u64))
+    }
+
+    /// Event `n`: this spec's name and session, with a payload stamped now.
+    pub fn event(&self, n: u64) -> SendSseEvent {
+        let mut event = SendSseEvent::new(self.event_name.clone(), payload(n));
+        event.session_id = self.session(n);
+        event
     }
 }
 
@@ -133,6 +141,15 @@ where
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// [`run`] through [`Hub::publish`]: what the in-process side of a benchmark publishes.
+pub async fn through_hub(spec: &PumpSpec, hub: &Hub) -> PumpReport {
+    run(spec, 256, |n| {
+        let (hub, event) = (hub.clone(), spec.event(n));
+        async move { hub.publish(event).await.is_ok() }
+    })
+    .await
 }
 
 #[cfg(test)]

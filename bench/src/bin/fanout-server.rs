@@ -22,9 +22,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use clap::Parser;
 use serde_json::{Value, json};
-use sse_fanout::{
-    DevSessions, Hub, HubConfig, LocalBackend, ReplayConfig, SendSseEvent, SseRouter,
-};
+use sse_fanout::{DevSessions, Hub, HubConfig, LocalBackend, ReplayConfig, SseRouter};
 use sse_fanout_bench::pump::{self, PumpSpec};
 
 #[derive(Debug, Parser)]
@@ -45,13 +43,7 @@ async fn pump(
     Json(spec): Json<PumpSpec>,
 ) -> Json<Value> {
     let lagged = backend.lagged();
-    let report = pump::run(&spec, 256, |n| {
-        let mut event = SendSseEvent::new(spec.event_name.clone(), pump::payload(n));
-        event.session_id = spec.session(n);
-        let hub = hub.clone();
-        async move { hub.publish(event).await.is_ok() }
-    })
-    .await;
+    let report = pump::through_hub(&spec, &hub).await;
     // Give the receiving side a moment, then say whether it fell behind the publisher.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut answer = json!(report);

@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sse_fanout::{FanoutBackend, Hub, SendSseEvent};
+use sse_fanout::{FanoutBackend, Hub};
 use sse_fanout_bench::client::{Publisher, Server, open_stream};
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
 use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
@@ -778,22 +778,10 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
         .await?;
     let (mut workers, ready) = Workers::open(&stream_args, false).await?;
     let spec = |rate, seconds| PumpSpec::new(rate, seconds, sessions);
-    let publish = |spec: PumpSpec| {
-        let hub = hub.clone();
-        async move {
-            pump::run(&spec, 256, |n| {
-                let mut event = SendSseEvent::new(spec.event_name.clone(), pump::payload(n));
-                event.session_id = spec.session(n);
-                let hub = hub.clone();
-                async move { hub.publish(event).await.is_ok() }
-            })
-            .await
-        }
-    };
-    publish(spec(100, 1.0)).await;
+    pump::through_hub(&spec(100, 1.0), &hub).await;
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
-    let report = publish(spec(broker.rate, broker.seconds)).await;
+    let report = pump::through_hub(&spec(broker.rate, broker.seconds), &hub).await;
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.stop().await;
     hub.shutdown().await.ok();
@@ -824,14 +812,13 @@ async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
     };
     // The same bytes the hub would carry, made and read as the hub does: an envelope around the
     // timestamped payload.
+    let spec = |rate, seconds| PumpSpec::new(rate, seconds, 1000);
+    let events = spec(0, 0.0);
     let message = |n: u64| {
-        let mut event = SendSseEvent::new("bench", pump::payload(n));
-        event.session_id = Some(format!("s{}", n % 1000));
-        sse_fanout::Envelope::encode_event(&event, "sse-fanout", "loadgen")
+        sse_fanout::Envelope::encode_event(&events.event(n), "sse-fanout", "loadgen")
             .map(|(_, bytes)| bytes.to_vec())
             .unwrap_or_default()
     };
-    let spec = |rate, seconds| PumpSpec::new(rate, seconds, 0);
     pump::run(&spec(100, 1.0), 256, |n| publish_fn(message(n))).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     lock(&recorder).clear();
