@@ -872,6 +872,20 @@ mod plain {
 
     pub(super) type PublishFn = Box<dyn Fn(Vec<u8>) -> BoxFuture<'static, bool> + Send + Sync>;
 
+    /// A [`PublishFn`] that gives `send` its own handle of `client` and the channel's name.
+    fn publisher<C, Fut>(
+        client: C,
+        channel: &str,
+        send: impl Fn(C, String, Vec<u8>) -> Fut + Send + Sync + 'static,
+    ) -> PublishFn
+    where
+        C: Clone + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let channel = channel.to_owned();
+        Box::new(move |bytes| send(client.clone(), channel.clone(), bytes).boxed())
+    }
+
     pub(super) async fn redis(
         url: &str,
         channel: &str,
@@ -887,20 +901,18 @@ mod plain {
             }
         });
         let connection = client.get_multiplexed_async_connection().await?;
-        let channel = channel.to_owned();
-        Ok(Box::new(move |bytes| {
-            let mut connection = connection.clone();
-            let channel = channel.clone();
-            async move {
+        Ok(publisher(
+            connection,
+            channel,
+            |mut connection, channel, bytes| async move {
                 ::redis::cmd("PUBLISH")
                     .arg(&channel)
                     .arg(bytes)
                     .query_async::<i64>(&mut connection)
                     .await
                     .is_ok()
-            }
-            .boxed()
-        }))
+            },
+        ))
     }
 
     pub(super) async fn nats(
@@ -922,15 +934,13 @@ mod plain {
                 record_envelope(&recorder, &message.payload);
             }
         });
-        let subject = subject.to_owned();
-        Ok(Box::new(move |bytes| {
-            let client = client.clone();
-            let subject = subject.clone();
-            async move {
+        Ok(publisher(
+            client,
+            subject,
+            |client, subject, bytes| async move {
                 client.publish(subject, bytes.into()).await.is_ok() && client.flush().await.is_ok()
-            }
-            .boxed()
-        }))
+            },
+        ))
     }
 
     pub(super) async fn rabbit(
@@ -993,11 +1003,10 @@ mod plain {
                 record_envelope(&recorder, &delivery.data);
             }
         });
-        let exchange = exchange.to_owned();
-        Ok(Box::new(move |bytes| {
-            let channel = channel.clone();
-            let exchange = exchange.clone();
-            async move {
+        Ok(publisher(
+            channel,
+            exchange,
+            |channel, exchange, bytes| async move {
                 channel
                     .basic_publish(
                         exchange.into(),
@@ -1008,9 +1017,8 @@ mod plain {
                     )
                     .await
                     .is_ok()
-            }
-            .boxed()
-        }))
+            },
+        ))
     }
 
     pub(super) async fn kafka(
@@ -1088,11 +1096,10 @@ mod plain {
             }
         });
         let producer: FutureProducer = config(&[("linger.ms", "0")]).create()?;
-        let topic = topic.to_owned();
-        Ok(Box::new(move |bytes| {
-            let producer = producer.clone();
-            let topic = topic.clone();
-            async move {
+        Ok(publisher(
+            producer,
+            topic,
+            |producer, topic, bytes| async move {
                 let key = sse_fanout::Envelope::decode_ref(&bytes)
                     .ok()
                     .and_then(|e| e.session_id().map(str::to_owned))
@@ -1106,9 +1113,8 @@ mod plain {
                     )
                     .await
                     .is_ok()
-            }
-            .boxed()
-        }))
+            },
+        ))
     }
 }
 
