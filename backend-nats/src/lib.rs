@@ -22,6 +22,18 @@
 //!
 //! A publish that times out while the connection is down may still be sent once it is back: the
 //! client keeps it in its outgoing buffer.
+//!
+//! # History
+//!
+//! With history on (the default, [`NatsConfig::history`]), the backend keeps a JetStream stream
+//! over the subject (named by [`NatsConfig::history_stream`], created or updated when it
+//! connects: limits by age, count and bytes from the [`ReplayConfig`], oldest discarded first,
+//! file storage), and publishes through JetStream: `Ok` means the stream stored the envelope,
+//! and the server delivered it to the subject's subscribers in the same step. A hub reads the
+//! stream when it starts (see [`sse_core::history`]) with an ephemeral pull consumer starting at
+//! a time, in batches, up to the messages pending when the read began. Anything published to the
+//! subject by any client (`nats pub send.sse.event '<envelope>'`) is captured by the stream too.
+//! The server must have JetStream enabled (`nats-server -js`); set `history` to `None` otherwise.
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,11 +41,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use async_nats::jetstream::{self, consumer, stream as js_stream};
 use async_nats::{Client, ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
+use sse_core::history::{BrokerHistory, HistoryStream};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 
 const NAME: &str = "nats";
 
@@ -49,24 +63,61 @@ pub struct NatsConfig {
     pub publish_timeout: Duration,
     /// Messages the client buffers per subscription before it drops them as a slow consumer.
     pub subscription_capacity: usize,
+    /// The history kept in a JetStream stream (see the crate docs); `None` keeps none and
+    /// publishes with core NATS. Give the hub the same bounds
+    /// ([`HubConfig::replay`](sse_core::HubConfig::replay)).
+    pub history: Option<ReplayConfig>,
+    /// The JetStream stream's name; default `SSE_FANOUT_` and the subject with every character
+    /// a stream name cannot hold replaced by `_`.
+    pub history_stream: String,
 }
 
 impl NatsConfig {
-    /// Defaults for `subject`: connect timeout 2 s, publish timeout 2 s, 65 536 buffered messages.
+    /// Defaults for `subject`: connect timeout 2 s, publish timeout 2 s, 65 536 buffered messages,
+    /// history with the default [`ReplayConfig`].
     pub fn new(subject: impl Into<String>) -> Self {
+        let subject = subject.into();
         NatsConfig {
-            subject: subject.into(),
+            history_stream: stream_name(&subject),
+            history: Some(ReplayConfig::default()),
+            subject,
             connect_timeout: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(2),
             subscription_capacity: 65_536,
         }
     }
+
+    /// Sets the history's bounds; `None` keeps no history.
+    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
+        self.history = history;
+        self
+    }
 }
+
+/// The default JetStream stream name for `subject`.
+fn stream_name(subject: &str) -> String {
+    let safe: String = subject
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SSE_FANOUT_{safe}")
+}
+
+/// Messages one fetch of a history read asks for.
+const PAGE: usize = 1000;
 
 /// Fans envelopes out over a NATS subject. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsBackend {
     client: Client,
+    /// Set when the backend keeps history.
+    jetstream: Option<jetstream::Context>,
     config: Arc<NatsConfig>,
     counters: Arc<Counters>,
 }
@@ -147,8 +198,13 @@ impl NatsBackend {
             })?
             .map_err(|e| BackendError::unavailable(NAME, e))?;
         counters.connected_once.store(true, Ordering::Relaxed);
+        let jetstream = match &config.history {
+            None => None,
+            Some(history) => Some(ensure_stream(&client, &config, history).await?),
+        };
         Ok(NatsBackend {
             client,
+            jetstream,
             config: Arc::new(config),
             counters,
         })
@@ -175,6 +231,44 @@ impl NatsBackend {
             after: self.config.publish_timeout,
         }
     }
+}
+
+/// Creates the history stream, or brings an existing one's limits up to date.
+async fn ensure_stream(
+    client: &Client,
+    config: &NatsConfig,
+    history: &ReplayConfig,
+) -> Result<jetstream::Context, BackendError> {
+    let context = jetstream::new(client.clone());
+    let stream = js_stream::Config {
+        name: config.history_stream.clone(),
+        subjects: vec![config.subject.clone()],
+        max_age: history.max_age,
+        max_messages: i64::try_from(history.max_events).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(history.max_bytes).unwrap_or(i64::MAX),
+        discard: js_stream::DiscardPolicy::Old,
+        storage: js_stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let created = tokio::time::timeout(
+        config.connect_timeout * 2,
+        context.create_or_update_stream(stream),
+    )
+    .await
+    .map_err(|_| BackendError::Timeout {
+        backend: NAME,
+        after: config.connect_timeout * 2,
+    })?;
+    created.map_err(|e| BackendError::Config {
+        backend: NAME,
+        message: format!(
+            "cannot create or update the JetStream stream `{}` over `{}` for the history \
+             (is JetStream enabled on the server? turn history off otherwise): {e}",
+            config.history_stream, config.subject
+        ),
+    })?;
+    Ok(context)
 }
 
 impl Counters {
@@ -222,6 +316,17 @@ impl FanoutBackend for NatsBackend {
             return Err(BackendError::unavailable(NAME, "not connected to NATS"));
         }
         let send = async {
+            if let Some(jetstream) = &self.jetstream {
+                // Stored in the history stream, and so delivered to the subject's subscribers.
+                let ack = jetstream
+                    .publish(self.config.subject.clone(), envelope)
+                    .await
+                    .map_err(|e| BackendError::unavailable(NAME, e))?;
+                return ack
+                    .await
+                    .map(drop)
+                    .map_err(|e| BackendError::unavailable(NAME, e));
+            }
             self.client
                 .publish(self.config.subject.clone(), envelope)
                 .await
@@ -262,6 +367,10 @@ impl FanoutBackend for NatsBackend {
         }
     }
 
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        self.jetstream.is_some().then_some(self as _)
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         if self.counters.closed.swap(true, Ordering::Relaxed) {
             return Ok(());
@@ -270,5 +379,84 @@ impl FanoutBackend for NatsBackend {
             .drain()
             .await
             .map_err(|e| BackendError::unavailable(NAME, e))
+    }
+}
+
+#[async_trait]
+impl BrokerHistory for NatsBackend {
+    async fn read_since(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<HistoryStream, BackendError> {
+        let Some(jetstream) = &self.jetstream else {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        };
+        let unavailable =
+            |e: &dyn std::fmt::Display| BackendError::unavailable(NAME, e.to_string());
+        let read = async {
+            let stream = jetstream
+                .get_stream(&self.config.history_stream)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                        start_time: time::OffsetDateTime::from(since),
+                    },
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(30),
+                    memory_storage: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let pending = consumer.cached_info().num_pending;
+            let name = consumer.cached_info().name.clone();
+            Ok::<_, BackendError>((stream, consumer, pending, name))
+        };
+        let (stream, consumer, pending, name) =
+            tokio::time::timeout(self.config.publish_timeout, read)
+                .await
+                .map_err(|_| self.timeout())??;
+        let timeout = self.config.publish_timeout;
+        let remaining = usize::try_from(pending).unwrap_or(usize::MAX);
+        Ok(sse_core::history::paged(
+            remaining,
+            move |remaining: usize| {
+                let (stream, consumer, name) = (stream.clone(), consumer.clone(), name.clone());
+                async move {
+                    let fetch = async {
+                        let mut batch = consumer
+                            .fetch()
+                            .max_messages(remaining.min(PAGE))
+                            .messages()
+                            .await
+                            .map_err(|e| BackendError::unavailable(NAME, e))?;
+                        let mut envelopes = Vec::new();
+                        while let Some(message) = batch.next().await {
+                            let message =
+                                message.map_err(|e| BackendError::unavailable(NAME, e))?;
+                            envelopes.push(message.payload.clone());
+                        }
+                        Ok::<_, BackendError>(envelopes)
+                    };
+                    let envelopes =
+                        tokio::time::timeout(timeout, fetch).await.map_err(|_| {
+                            BackendError::Timeout {
+                                backend: NAME,
+                                after: timeout,
+                            }
+                        })??;
+                    let left = remaining.saturating_sub(envelopes.len());
+                    // Done when every message pending at the start is read, or none came (the
+                    // oldest ones aged out meanwhile).
+                    let next = (left > 0 && !envelopes.is_empty()).then_some(left);
+                    if next.is_none() {
+                        let _ = stream.delete_consumer(&name).await;
+                    }
+                    Ok((envelopes, next))
+                }
+            },
+        ))
     }
 }

@@ -19,19 +19,37 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Redis pub/sub delivers to the subscribers connected at the moment of publishing: an event
-//! published while an instance's subscription is reconnecting does not reach that instance.
+//! # History
+//!
+//! With history on (the default, [`RedisConfig::history`]), every publish is one Lua script that
+//! appends the envelope to a Redis stream (key [`RedisConfig::history_key`], default
+//! `{channel}:history`: `XADD … MAXLEN ~ max_events`, then `XTRIM … MINID ~` the oldest id younger
+//! than `max_age`, and `PEXPIRE` of `max_age` so an unused stream goes away) and `PUBLISH`es it,
+//! atomically: subscribers and the stream see the same envelopes in the same order. A hub reads
+//! the stream with `XRANGE`, in pages, when it starts (see [`sse_core::history`]). Redis ≥ 6.2.
+//!
+//! Another program publishing to an app with history must write to both, atomically, e.g.
+//! `MULTI`, `XADD send.sse.event:history MAXLEN ~ 10000 * e '<envelope>'`,
+//! `PUBLISH send.sse.event '<envelope>'`, `EXEC`; a plain `PUBLISH` reaches the live streams but
+//! not the history.
+//!
+//! Redis pub/sub delivers to the subscribers connected at the moment of publishing. When an
+//! instance's subscription comes back after it was lost, the backend reads the stream from a few
+//! seconds before its last sign of life and hands those envelopes to the hub ahead of the live
+//! ones; the hub drops the ones it had, so nothing published meanwhile is lost (without history,
+//! what was published while the subscription was down does not reach that instance).
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use sse_core::backend::Reconnects;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
+use sse_core::history::{self, BrokerHistory, HistoryStream};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -53,14 +71,24 @@ pub struct RedisConfig {
     pub max_backoff: Duration,
     /// Messages buffered between the subscription connection and the hub.
     pub buffer: usize,
+    /// The history kept in a Redis stream (see the crate docs); `None` keeps none. Give the hub
+    /// the same bounds ([`HubConfig::replay`](sse_core::HubConfig::replay)): its replay log is
+    /// where the history is served from, and what recognises envelopes that arrive twice.
+    pub history: Option<ReplayConfig>,
+    /// The key of the history stream.
+    pub history_key: String,
 }
 
 impl RedisConfig {
     /// Defaults for `channel`: connect timeout 2 s, response timeout 2 s, ping every 5 s,
-    /// backoff up to 5 s, buffer of 4096 messages.
+    /// backoff up to 5 s, buffer of 4096 messages, history with the default [`ReplayConfig`] in
+    /// the stream `{channel}:history`.
     pub fn new(channel: impl Into<String>) -> Self {
+        let channel = channel.into();
         RedisConfig {
-            channel: channel.into(),
+            history: Some(ReplayConfig::default()),
+            history_key: format!("{channel}:history"),
+            channel,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(5),
@@ -68,7 +96,35 @@ impl RedisConfig {
             buffer: 4096,
         }
     }
+
+    /// Sets the history's bounds; `None` keeps no history.
+    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
+        self.history = history;
+        self
+    }
 }
+
+/// Appends the envelope (`ARGV[1]`) to the history stream (`KEYS[1]`), trims the stream to
+/// `ARGV[3]` entries and `ARGV[4]` milliseconds, and publishes it to the channel (`ARGV[2]`):
+/// one atomic step, so subscribers and the stream see the same order.
+const PUBLISH_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
+local oldest = now - tonumber(ARGV[4])
+if oldest > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('PUBLISH', ARGV[2], ARGV[1])
+";
+
+/// Entries one `XRANGE` reads.
+const PAGE: usize = 1000;
+
+/// How far before its last sign of life a restored subscription reads the history again: the
+/// clocks of this host and the Redis server may differ by this much.
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Fans envelopes out over Redis pub/sub. Cheap to clone.
 #[derive(Clone)]
@@ -80,6 +136,7 @@ struct Inner {
     client: redis::Client,
     publisher: ConnectionManager,
     config: RedisConfig,
+    script: redis::Script,
     /// Subscriptions currently down (a backend is healthy when this is 0 and publishing works).
     reconnects: Reconnects,
     closed: CancellationToken,
@@ -131,6 +188,7 @@ impl RedisBackend {
                 client,
                 publisher,
                 config,
+                script: redis::Script::new(PUBLISH_SCRIPT),
                 reconnects: Reconnects::default(),
                 closed: CancellationToken::new(),
             }),
@@ -184,12 +242,36 @@ impl FanoutBackend for RedisBackend {
             return Err(BackendError::Closed { backend: NAME });
         }
         let mut connection = self.inner.publisher.clone();
-        let result: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(&self.inner.config.channel)
-            .arg(envelope.as_ref())
-            .query_async(&mut connection)
-            .await;
+        let config = &self.inner.config;
+        let result: Result<i64, _> = match &config.history {
+            None => {
+                redis::cmd("PUBLISH")
+                    .arg(&config.channel)
+                    .arg(envelope.as_ref())
+                    .query_async(&mut connection)
+                    .await
+            }
+            Some(history) => {
+                self.inner
+                    .script
+                    .key(&config.history_key)
+                    .arg(envelope.as_ref())
+                    .arg(&config.channel)
+                    .arg(history.max_events.max(1))
+                    .arg(
+                        u64::try_from(history.max_age.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .invoke_async(&mut connection)
+                    .await
+            }
+        };
         result.map(drop).map_err(unavailable)
+    }
+
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        self.inner.config.history.is_some().then_some(self as _)
     }
 
     async fn subscribe(&self) -> Result<BackendStream, BackendError> {
@@ -233,6 +315,70 @@ impl FanoutBackend for RedisBackend {
     }
 }
 
+#[async_trait]
+impl BrokerHistory for RedisBackend {
+    async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
+        self.inner.read_since(since).await
+    }
+}
+
+impl Inner {
+    /// `XRANGE` from `since` up to the newest entry when the read begins, a page at a time.
+    async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
+        let mut connection = self.publisher.clone();
+        let key = self.config.history_key.clone();
+        let newest: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let Some((end, _)) = newest.into_iter().next() else {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        };
+        let first = format!("{}-0", history::unix_millis(since));
+        Ok(history::paged(first, move |start: String| {
+            let (mut connection, key, end) = (connection.clone(), key.clone(), end.clone());
+            async move {
+                let page: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg(&end)
+                    .arg("COUNT")
+                    .arg(PAGE)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                let next = match page.last() {
+                    Some((last, _)) if page.len() == PAGE && *last != end => {
+                        Some(format!("({last}"))
+                    }
+                    _ => None,
+                };
+                let envelopes = page
+                    .into_iter()
+                    .filter_map(|(_, fields)| envelope_field(fields))
+                    .collect();
+                Ok((envelopes, next))
+            }
+        }))
+    }
+}
+
+/// The envelope of a stream entry: the value of its `e` field.
+fn envelope_field(fields: Vec<Vec<u8>>) -> Option<Bytes> {
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if name == b"e" {
+            return Some(Bytes::from(value));
+        }
+    }
+    None
+}
+
 /// Forwards messages of one subscription; reconnects and subscribes again when the connection
 /// dies, until the backend is closed or the receiving side is dropped.
 async fn run_subscription(
@@ -243,6 +389,9 @@ async fn run_subscription(
     let mut connection = Some(first);
     let mut backoff = Duration::from_millis(50);
     let mut state = inner.reconnects.subscription();
+    // When this subscription last proved it was receiving (a message or a ping's answer).
+    let mut alive_at = SystemTime::now();
+    let mut lost = false;
     loop {
         let (mut sink, mut stream) = match connection.take() {
             Some(connection) => connection,
@@ -267,9 +416,24 @@ async fn run_subscription(
                 }
             }
         };
+        if std::mem::take(&mut lost) && inner.config.history.is_some() {
+            // Subscribed again: what was published while this subscription was down is in the
+            // history; the hub drops what it had already.
+            let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
+            match catch_up(&inner, since, &tx).await {
+                Ok(n) => tracing::info!(
+                    envelopes = n,
+                    "redis subscription caught up from the history"
+                ),
+                Err(CatchUp::Gone) => return,
+                Err(CatchUp::Failed(error)) => {
+                    tracing::warn!(%error, "reading the history after a reconnect failed; events published meanwhile may be missing");
+                }
+            }
+        }
         let mut ping = tokio::time::interval(inner.config.ping_interval);
         ping.tick().await;
-        let lost = loop {
+        let reason = loop {
             tokio::select! {
                 () = inner.closed.cancelled() => return,
                 message = stream.next() => match message {
@@ -278,6 +442,7 @@ async fn run_subscription(
                         if tx.send(bytes).await.is_err() {
                             return; // nobody is listening any more
                         }
+                        alive_at = SystemTime::now();
                     }
                     None => break "connection closed".to_owned(),
                 },
@@ -287,7 +452,7 @@ async fn run_subscription(
                         sink.ping::<redis::Value>(),
                     ).await;
                     match answer {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => alive_at = SystemTime::now(),
                         Ok(Err(error)) => break format!("ping failed: {error}"),
                         Err(_) => break "ping timed out".to_owned(),
                     }
@@ -295,8 +460,31 @@ async fn run_subscription(
             }
         };
         state.lost();
-        tracing::warn!(channel = %inner.config.channel, reason = %lost, "redis subscription lost; reconnecting");
+        lost = true;
+        tracing::warn!(channel = %inner.config.channel, %reason, "redis subscription lost; reconnecting");
     }
+}
+
+enum CatchUp {
+    /// The hub is gone.
+    Gone,
+    Failed(BackendError),
+}
+
+/// Hands the history since `since` to the subscription's receiver.
+async fn catch_up(
+    inner: &Inner,
+    since: SystemTime,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<usize, CatchUp> {
+    let mut stream = inner.read_since(since).await.map_err(CatchUp::Failed)?;
+    let mut n = 0;
+    while let Some(item) = stream.next().await {
+        let envelope = item.map_err(CatchUp::Failed)?;
+        tx.send(envelope).await.map_err(|_| CatchUp::Gone)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// rustls needs a process-wide crypto provider for `rediss://`; install ring's unless one is set.

@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::stream::BoxStream;
 
+use crate::history::BrokerHistory;
+
 /// A boxed error from a broker client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -238,6 +240,12 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     fn reconnects(&self) -> u64 {
         0
     }
+
+    /// The history this backend keeps in its broker, if it keeps one (see [`crate::history`]).
+    /// The default, `None`, leaves `Last-Event-ID` to each instance's own replay log.
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        None
+    }
 }
 
 #[async_trait]
@@ -260,6 +268,9 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
     fn reconnects(&self) -> u64 {
         (**self).reconnects()
     }
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        (**self).history()
+    }
 }
 
 #[async_trait]
@@ -281,5 +292,8 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
     }
     fn reconnects(&self) -> u64 {
         (**self).reconnects()
+    }
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        (**self).history()
     }
 }

@@ -196,6 +196,7 @@ impl Envelope {
             event_name: Text(Cow::Borrowed(&self.event_name)),
             session_id: self.session_id.as_deref().map(|s| Text(Cow::Borrowed(s))),
             payload: &self.payload,
+            ts: self.ts,
         }
     }
 
@@ -236,9 +237,16 @@ pub struct EnvelopeRef<'a> {
     session_id: Option<Text<'a>>,
     #[serde(borrow)]
     payload: &'a RawValue,
+    #[serde(default)]
+    ts: Option<u64>,
 }
 
 impl<'a> EnvelopeRef<'a> {
+    /// The publish time the publisher wrote, milliseconds since the Unix epoch.
+    pub fn ts(&self) -> Option<u64> {
+        self.ts
+    }
+
     /// The event id.
     pub fn id(&self) -> &str {
         &self.id.0

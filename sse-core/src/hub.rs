@@ -15,8 +15,9 @@ use crate::backend::{BackendError, BackendStream, FanoutBackend, Health};
 use crate::encode;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
+use crate::history;
 use crate::memory::InMemoryEmitterRepository;
-use crate::replay::{RESET_EVENT, Replay, ReplayConfig, ReplayLog};
+use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
 use crate::stats::{LatencySnapshot, Stats, StatsSnapshot};
 use crate::stream::EventStream;
@@ -108,6 +109,11 @@ pub enum PublishError {
     /// The event cannot be sent as it is (an event name or id with CR, LF or NUL, say).
     #[error("invalid event: {0}")]
     Invalid(#[from] EnvelopeError),
+    /// The event's id (chosen by the publisher) is one this instance's history holds already:
+    /// ids are unique, and a second event under one id would be taken for a redelivery of the
+    /// first and dropped by every instance.
+    #[error("an event with id `{0}` was published already; ids must be unique")]
+    DuplicateId(String),
     /// The backend did not take it.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -226,7 +232,9 @@ impl HubBuilder {
     }
 
     /// Subscribes to the backend and starts delivering. Returns once the subscription is in place,
-    /// so an event published after this returns reaches this instance's streams.
+    /// so an event published after this returns reaches this instance's streams, and, when the
+    /// backend keeps [history in the broker](crate::history) and the hub keeps a replay log, once
+    /// that history is loaded, so any `Last-Event-ID` the cluster still holds can be served.
     pub async fn start(self) -> Result<Hub, BackendError> {
         let stream = self.backend.subscribe().await?;
         let shared = Arc::new(Shared {
@@ -239,6 +247,9 @@ impl HubBuilder {
             config: self.config,
             stats: Arc::new(Stats::default()),
         });
+        if let (Some(history), Some(replay)) = (self.backend.history(), shared.config.replay) {
+            shared.load_history(history, replay.max_age).await?;
+        }
         let stop = CancellationToken::new();
         tokio::spawn(consume(shared.clone(), stream, stop.clone()));
         tracing::info!(
@@ -364,6 +375,11 @@ impl Hub {
 
     async fn publish_inner(&self, event: &SendSseEvent) -> Result<EventId, PublishError> {
         let config = &self.inner.shared.config;
+        if let (Some(id), Some(log)) = (&event.id, &self.inner.shared.replay)
+            && lock(log).contains(id)
+        {
+            return Err(PublishError::DuplicateId(id.clone()));
+        }
         let (id, bytes) = Envelope::encode_event(event, &config.app_name, &config.instance_id)?;
         let span = tracing::debug_span!(
             "publish",
@@ -424,7 +440,15 @@ impl Hub {
                     None => (shared.repository.register(subscription), Replay::Unknown),
                 };
                 match replay {
-                    Replay::Frames(frames) => {
+                    Replay::Frames {
+                        frames,
+                        from_broker,
+                    } => {
+                        Stats::bump(if from_broker {
+                            &shared.stats.replays_broker
+                        } else {
+                            &shared.stats.replays_local
+                        });
                         Stats::add(&shared.stats.replayed, frames.len());
                         prelude.extend(frames);
                     }
@@ -505,6 +529,11 @@ impl Hub {
         self.inner.shared.stats.publish_latency.snapshot()
     }
 
+    /// How long reading the broker's history took, as a histogram (for `/metrics`).
+    pub fn history_read_latency(&self) -> LatencySnapshot {
+        self.inner.shared.stats.history_read_latency.snapshot()
+    }
+
     /// Ends every open stream (each after its queued frames), as for shutdown. Streams opened
     /// later are not affected.
     pub fn close_streams(&self) {
@@ -530,7 +559,7 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
             message = stream.next() => message,
         };
         match message {
-            Some(bytes) => shared.receive(&bytes),
+            Some(bytes) => shared.receive(&bytes, Source::Live),
             None => {
                 tracing::error!(
                     "the backend's subscription ended; this instance receives no more events"
@@ -542,8 +571,44 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
 }
 
 impl Shared {
-    fn receive(&self, bytes: &[u8]) {
-        Stats::bump(&self.stats.received);
+    /// Reads the broker's history of the last `max_age` into the replay log (see
+    /// [`crate::history`]); what arrives live afterwards under an id read here is a duplicate.
+    async fn load_history(
+        &self,
+        history: &dyn history::BrokerHistory,
+        max_age: Duration,
+    ) -> Result<(), BackendError> {
+        let since = std::time::SystemTime::now()
+            .checked_sub(max_age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let read = history::read_into(history, since, |bytes| {
+            self.receive(bytes, Source::Broker);
+        })
+        .await;
+        Stats::bump(&self.stats.history_reads);
+        match read {
+            Ok(report) => {
+                self.stats.history_read_latency.record(report.took);
+                tracing::info!(
+                    envelopes = report.envelopes,
+                    took = ?report.took,
+                    instance = %self.config.instance_id,
+                    "history loaded from the broker"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                Stats::bump(&self.stats.history_read_failed);
+                Err(error)
+            }
+        }
+    }
+
+    fn receive(&self, bytes: &[u8], source: Source) {
+        Stats::bump(match source {
+            Source::Live => &self.stats.received,
+            Source::Broker => &self.stats.history_loaded,
+        });
         let envelope = match Envelope::decode_ref(bytes) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -575,8 +640,18 @@ impl Shared {
         let target = session.map_or(Target::Broadcast, Target::Session);
         let report = match &self.replay {
             Some(log) => {
+                let at = match source {
+                    Source::Live => Instant::now(),
+                    Source::Broker => published_at(envelope.ts()),
+                };
                 let mut log = lock(log);
-                log.push(envelope.id(), session, event_name, &frame, Instant::now());
+                if log.push(envelope.id(), session, event_name, &frame, source, at)
+                    == Pushed::Duplicate
+                {
+                    Stats::bump(&self.stats.duplicates);
+                    tracing::debug!(event_id = envelope.id(), "already delivered; skipped");
+                    return;
+                }
                 self.repository.deliver(target, event_name, &frame)
             }
             None => self.repository.deliver(target, event_name, &frame),
@@ -584,6 +659,15 @@ impl Shared {
         Stats::add(&self.stats.delivered, report.queued);
         tracing::debug!(queued = report.queued, "delivered");
     }
+}
+
+/// The monotonic time at which an envelope read from history was published, from the `ts` its
+/// publisher wrote (now when it has none, or claims the future).
+fn published_at(ts: Option<u64>) -> Instant {
+    let now = Instant::now();
+    let Some(ts) = ts else { return now };
+    let age = history::unix_millis(std::time::SystemTime::now()).saturating_sub(ts);
+    now.checked_sub(Duration::from_millis(age)).unwrap_or(now)
 }
 
 #[cfg(test)]

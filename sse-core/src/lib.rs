@@ -5,6 +5,8 @@
 //! - [`encode`]: the spec-exact SSE encoder; one event is encoded once into shared [`bytes::Bytes`].
 //! - [`EmitterRepository`] and [`InMemoryEmitterRepository`]: the open streams of one instance.
 //! - [`FanoutBackend`] and [`LocalBackend`]: how envelopes travel between instances.
+//! - [`history`]: the optional history a backend keeps in its broker, so `Last-Event-ID` works on
+//!   any instance, including one started after the event went by.
 //! - [`Hub`]: ties them together; the one handle business code keeps.
 //!
 //! # Testkit
@@ -16,6 +18,7 @@ pub mod backend;
 pub mod encode;
 pub mod envelope;
 pub mod event;
+pub mod history;
 mod hub;
 mod local;
 mod memory;
@@ -29,6 +32,7 @@ pub mod testkit;
 pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
 pub use event::{EventId, SendSseEvent};
+pub use history::{BrokerHistory, HistoryStream};
 pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};
 pub use local::LocalBackend;
 pub use memory::InMemoryEmitterRepository;

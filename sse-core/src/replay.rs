@@ -50,6 +50,8 @@ struct Entry {
     text: Box<str>,
     id_len: u32,
     session_len: Option<u32>,
+    /// Read from the broker's history rather than received live.
+    from_broker: bool,
     frame: Bytes,
     at: Instant,
 }
@@ -107,10 +109,34 @@ impl Hasher for Prehashed {
 /// What a reconnecting stream gets from the log.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Replay {
-    /// The frames after the last event id that match the stream, in order.
-    Frames(Vec<Bytes>),
+    /// The frames after the last event id that match the stream, in order; `from_broker` when
+    /// that id came from the broker's history (this instance had not seen it live).
+    Frames {
+        frames: Vec<Bytes>,
+        from_broker: bool,
+    },
     /// The id is not in the log.
     Unknown,
+}
+
+/// Where an envelope pushed into the log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Received live from the backend's subscription.
+    Live,
+    /// Read from the broker's history; published at `at`.
+    Broker,
+}
+
+/// What [`ReplayLog::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Pushed {
+    /// The envelope is new: deliver it.
+    New,
+    /// An envelope with this id is in the log already (the same event arriving twice, e.g. from
+    /// the broker's history and live at once): do not deliver it again.
+    Duplicate,
 }
 
 impl ReplayLog {
@@ -125,24 +151,30 @@ impl ReplayLog {
         }
     }
 
+    /// Appends an envelope's frame, published at `at`; refuses one whose id the log holds.
     pub(crate) fn push(
         &mut self,
         id: &str,
         session: Option<&str>,
         event_name: &str,
         frame: &Bytes,
-        now: Instant,
-    ) {
+        source: Source,
+        at: Instant,
+    ) -> Pushed {
         if self.config.max_events == 0 {
-            return;
+            return Pushed::New;
         }
         let (Ok(id_len), Ok(session_len)) = (
             u32::try_from(id.len()),
             session.map(|s| u32::try_from(s.len())).transpose(),
         ) else {
             // Ids and sessions of 4 GiB do not get here (the broker refuses them first).
-            return;
+            return Pushed::New;
         };
+        let key = self.hasher.hash_one(id);
+        if self.find(key, id).is_some() {
+            return Pushed::Duplicate;
+        }
         let mut text =
             String::with_capacity(id.len() + session.map_or(0, str::len) + event_name.len());
         text.push_str(id);
@@ -150,7 +182,6 @@ impl ReplayLog {
         text.push_str(event_name);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let key = self.hasher.hash_one(id);
         self.index.insert(key, seq);
         self.bytes += frame.len();
         self.entries.push_back(Entry {
@@ -159,10 +190,27 @@ impl ReplayLog {
             text: text.into_boxed_str(),
             id_len,
             session_len,
+            from_broker: source == Source::Broker,
             frame: frame.clone(),
-            at: now,
+            at,
         });
-        self.evict(now);
+        self.evict(at);
+        Pushed::New
+    }
+
+    /// The entry with this id, through the index.
+    fn find(&self, key: u64, id: &str) -> Option<&Entry> {
+        let &seq = self.index.get(&key)?;
+        let first = self.entries.front().map_or(0, |e| e.seq);
+        usize::try_from(seq.checked_sub(first)?)
+            .ok()
+            .and_then(|at| self.entries.get(at))
+            .filter(|e| e.id() == id)
+    }
+
+    /// Whether an event with this id is in the log.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.find(self.hasher.hash_one(id), id).is_some()
     }
 
     fn evict(&mut self, now: Instant) {
@@ -191,29 +239,26 @@ impl ReplayLog {
         now: Instant,
     ) -> Replay {
         self.evict(now);
-        let Some(&seq) = self.index.get(&self.hasher.hash_one(last_id)) else {
+        let Some(found) = self.find(self.hasher.hash_one(last_id), last_id) else {
             return Replay::Unknown;
         };
         let first = self.entries.front().map_or(0, |e| e.seq);
-        let Some(found) = usize::try_from(seq - first)
-            .ok()
-            .and_then(|at| self.entries.get(at))
-            .filter(|e| e.id() == last_id)
-        else {
-            return Replay::Unknown;
-        };
         let start = usize::try_from(found.seq + 1 - first).unwrap_or(usize::MAX);
-        Replay::Frames(
-            self.entries
-                .range(start.min(self.entries.len())..)
-                .filter(|e| match e.session() {
-                    None => true,
-                    Some(target) => session == Some(target),
-                })
-                .filter(|e| events.matches(e.event_name()))
-                .map(|e| e.frame.clone())
-                .collect(),
-        )
+        let from_broker = found.from_broker;
+        let frames = self
+            .entries
+            .range(start.min(self.entries.len())..)
+            .filter(|e| match e.session() {
+                None => true,
+                Some(target) => session == Some(target),
+            })
+            .filter(|e| events.matches(e.event_name()))
+            .map(|e| e.frame.clone())
+            .collect();
+        Replay::Frames {
+            frames,
+            from_broker,
+        }
     }
 
     #[cfg(test)]
@@ -231,6 +276,13 @@ mod tests {
         Bytes::from(s.to_owned())
     }
 
+    fn frames(frames: Vec<Bytes>) -> Replay {
+        Replay::Frames {
+            frames,
+            from_broker: false,
+        }
+    }
+
     fn log(max_events: usize) -> ReplayLog {
         ReplayLog::new(ReplayConfig {
             max_events,
@@ -242,26 +294,23 @@ mod tests {
     fn replays_what_came_after_for_the_session_and_broadcasts() {
         let now = Instant::now();
         let mut l = log(100);
-        l.push("1", Some("s1"), "e", &frame("a"), now);
-        l.push("2", Some("s2"), "e", &frame("b"), now);
-        l.push("3", None, "e", &frame("c"), now);
-        l.push("4", Some("s1"), "other", &frame("d"), now);
-        l.push("5", Some("s1"), "e", &frame("e"), now);
+        let _ = l.push("1", Some("s1"), "e", &frame("a"), Source::Live, now);
+        let _ = l.push("2", Some("s2"), "e", &frame("b"), Source::Live, now);
+        let _ = l.push("3", None, "e", &frame("c"), Source::Live, now);
+        let _ = l.push("4", Some("s1"), "other", &frame("d"), Source::Live, now);
+        let _ = l.push("5", Some("s1"), "e", &frame("e"), Source::Live, now);
         let any = EventFilter::Any;
         let only_e = EventFilter::parse("e").unwrap();
         assert_eq!(
             l.since("1", Some("s1"), &any, now),
-            Replay::Frames(vec![frame("c"), frame("d"), frame("e")])
+            frames(vec![frame("c"), frame("d"), frame("e")])
         );
         assert_eq!(
             l.since("1", Some("s1"), &only_e, now),
-            Replay::Frames(vec![frame("c"), frame("e")])
+            frames(vec![frame("c"), frame("e")])
         );
-        assert_eq!(
-            l.since("2", None, &any, now),
-            Replay::Frames(vec![frame("c")])
-        );
-        assert_eq!(l.since("5", Some("s1"), &any, now), Replay::Frames(vec![]));
+        assert_eq!(l.since("2", None, &any, now), frames(vec![frame("c")]));
+        assert_eq!(l.since("5", Some("s1"), &any, now), frames(vec![]));
         assert_eq!(l.since("nope", Some("s1"), &any, now), Replay::Unknown);
     }
 
@@ -270,14 +319,14 @@ mod tests {
         let now = Instant::now();
         let mut l = log(3);
         for i in 0..10 {
-            l.push(&i.to_string(), None, "e", &frame("x"), now);
+            let _ = l.push(&i.to_string(), None, "e", &frame("x"), Source::Live, now);
         }
         assert_eq!(l.len(), 3);
         assert_eq!(l.index.len(), 3);
         assert_eq!(l.since("6", None, &EventFilter::Any, now), Replay::Unknown);
         assert_eq!(
             l.since("7", None, &EventFilter::Any, now),
-            Replay::Frames(vec![frame("x"), frame("x")])
+            frames(vec![frame("x"), frame("x")])
         );
 
         let mut l = ReplayLog::new(ReplayConfig {
@@ -285,21 +334,21 @@ mod tests {
             ..ReplayConfig::default()
         });
         for i in 0..5 {
-            l.push(&i.to_string(), None, "e", &frame("1234"), now);
+            let _ = l.push(&i.to_string(), None, "e", &frame("1234"), Source::Live, now);
         }
         assert_eq!(l.len(), 2);
 
         let mut l = log(100);
-        l.push("old", None, "e", &frame("x"), now);
+        let _ = l.push("old", None, "e", &frame("x"), Source::Live, now);
         let later = now + Duration::from_secs(301);
-        l.push("new", None, "e", &frame("y"), later);
+        let _ = l.push("new", None, "e", &frame("y"), Source::Live, later);
         assert_eq!(
             l.since("old", None, &EventFilter::Any, later),
             Replay::Unknown
         );
         assert_eq!(
             l.since("new", None, &EventFilter::Any, later),
-            Replay::Frames(vec![])
+            frames(vec![])
         );
     }
 
@@ -307,8 +356,8 @@ mod tests {
     fn entries_keep_their_id_session_and_name_apart() {
         let now = Instant::now();
         let mut l = log(10);
-        l.push("id-1", Some("sess"), "name", &frame("a"), now);
-        l.push("id-2", None, "other", &frame("b"), now);
+        let _ = l.push("id-1", Some("sess"), "name", &frame("a"), Source::Live, now);
+        let _ = l.push("id-2", None, "other", &frame("b"), Source::Live, now);
         let e = &l.entries[0];
         assert_eq!(
             (e.id(), e.session(), e.event_name()),
@@ -330,7 +379,35 @@ mod tests {
     fn a_zero_sized_log_keeps_nothing() {
         let now = Instant::now();
         let mut l = log(0);
-        l.push("1", None, "e", &frame("x"), now);
+        let _ = l.push("1", None, "e", &frame("x"), Source::Live, now);
         assert_eq!(l.since("1", None, &EventFilter::Any, now), Replay::Unknown);
+    }
+
+    #[test]
+    fn an_id_already_held_is_a_duplicate() {
+        let now = Instant::now();
+        let mut l = log(10);
+        assert_eq!(
+            l.push("a", None, "e", &frame("1"), Source::Broker, now),
+            Pushed::New
+        );
+        assert_eq!(
+            l.push("a", None, "e", &frame("1"), Source::Live, now),
+            Pushed::Duplicate
+        );
+        assert_eq!(
+            l.push("b", None, "e", &frame("2"), Source::Live, now),
+            Pushed::New
+        );
+        assert!(l.contains("a") && l.contains("b") && !l.contains("c"));
+        // Replaying after an id read from the broker says so.
+        assert_eq!(
+            l.since("a", None, &EventFilter::Any, now),
+            Replay::Frames {
+                frames: vec![frame("2")],
+                from_broker: true
+            }
+        );
+        assert_eq!(l.len(), 2);
     }
 }

@@ -19,6 +19,12 @@ pub(crate) struct Stats {
     pub(crate) streams_opened: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replay_unknown: AtomicU64,
+    pub(crate) replays_local: AtomicU64,
+    pub(crate) replays_broker: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) history_reads: AtomicU64,
+    pub(crate) history_read_failed: AtomicU64,
+    pub(crate) history_loaded: AtomicU64,
     pub(crate) rejected_instance_limit: AtomicU64,
     pub(crate) rejected_session_limit: AtomicU64,
     closed_client_gone: AtomicU64,
@@ -26,6 +32,7 @@ pub(crate) struct Stats {
     closed_slow_client: AtomicU64,
     closed_shutdown: AtomicU64,
     pub(crate) publish_latency: Latency,
+    pub(crate) history_read_latency: Latency,
 }
 
 /// A copy of a hub's counters at one moment.
@@ -50,6 +57,19 @@ pub struct StatsSnapshot {
     pub replayed: u64,
     /// Resuming streams whose `Last-Event-ID` was not in the history (sent the reset event).
     pub replay_unknown: u64,
+    /// Resuming streams served from history this instance had received live.
+    pub replays_local: u64,
+    /// Resuming streams whose `Last-Event-ID` this instance knows only from the broker's
+    /// history (it was not running, or not subscribed, when that event went by).
+    pub replays_broker: u64,
+    /// Envelopes received a second time under an id the history holds, not delivered again.
+    pub duplicates: u64,
+    /// Reads of the broker's history (one when the hub starts).
+    pub history_reads: u64,
+    /// Reads of the broker's history that failed.
+    pub history_read_failed: u64,
+    /// Envelopes read from the broker's history.
+    pub history_loaded: u64,
     /// Streams refused because the instance was at its stream limit.
     pub rejected_instance_limit: u64,
     /// Streams refused because their session was at its stream limit.
@@ -94,6 +114,12 @@ impl Stats {
             streams_opened: get(&self.streams_opened),
             replayed: get(&self.replayed),
             replay_unknown: get(&self.replay_unknown),
+            replays_local: get(&self.replays_local),
+            replays_broker: get(&self.replays_broker),
+            duplicates: get(&self.duplicates),
+            history_reads: get(&self.history_reads),
+            history_read_failed: get(&self.history_read_failed),
+            history_loaded: get(&self.history_loaded),
             rejected_instance_limit: get(&self.rejected_instance_limit),
             rejected_session_limit: get(&self.rejected_session_limit),
             closed_client_gone: get(&self.closed_client_gone),

@@ -20,6 +20,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+pub mod history;
 mod parse;
 
 pub use parse::{Dispatched, EventStreamParser, ParsedEvent, ParsedStream, parse_event_stream};
@@ -59,7 +60,8 @@ where
     }
 }
 
-/// Runs every check that needs no broker outage.
+/// Runs every check that needs no broker outage, the [`history`] checks included (they pass at
+/// once for a backend without history).
 pub async fn run_all(factory: &dyn Factory) {
     health_is_up(factory).await;
     every_instance_receives_every_event(factory).await;
@@ -67,6 +69,7 @@ pub async fn run_all(factory: &dyn Factory) {
     no_duplicates_and_per_publisher_order(factory).await;
     large_payloads_arrive_intact(factory).await;
     a_malformed_message_is_skipped_and_counted(factory).await;
+    history::run_all(factory).await;
 }
 
 /// An envelope carrying `payload`, as the hub would publish it.

@@ -61,17 +61,34 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     for (reason, value) in [
         ("other_app", s.dropped_other_app),
         ("malformed", s.malformed),
+        ("duplicate", s.duplicates),
     ] {
         counter!("sse_events_dropped_total", "instance" => i(), "reason" => reason).absolute(value);
     }
     counter!("sse_events_replayed_total", "instance" => i()).absolute(s.replayed);
     counter!("sse_replay_unknown_total", "instance" => i()).absolute(s.replay_unknown);
+    for (source, value) in [
+        ("local", s.replays_local),
+        ("broker", s.replays_broker),
+        ("reset", s.replay_unknown),
+    ] {
+        counter!("sse_replays_total", "instance" => i(), "source" => source).absolute(value);
+    }
+    counter!("sse_history_reads_total", "instance" => i()).absolute(s.history_reads);
+    counter!("sse_history_read_failed_total", "instance" => i()).absolute(s.history_read_failed);
+    counter!("sse_history_events_loaded_total", "instance" => i()).absolute(s.history_loaded);
     let mut text = handle.render();
     write_histogram(
         &mut text,
         "sse_publish_duration_seconds",
         &instance,
         &hub.publish_latency(),
+    );
+    write_histogram(
+        &mut text,
+        "sse_history_read_duration_seconds",
+        &instance,
+        &hub.history_read_latency(),
     );
     Some(text)
 }

@@ -426,6 +426,11 @@ impl SseRouter {
                 ))
             }
             Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
+            Err(error @ PublishError::DuplicateId(_)) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_id",
+                error.to_string(),
+            )),
             Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
