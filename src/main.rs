@@ -92,6 +92,11 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_REPLAY_BYTES", default_value_t = 64 * 1024 * 1024)]
     replay_bytes: usize,
 
+    /// Keep the replay history in the broker too (Redis stream, JetStream stream), with the same
+    /// bounds, so an instance started later can serve `Last-Event-ID`: `on` or `off`.
+    #[arg(long, env = "SSE_FANOUT_BROKER_HISTORY", default_value = "on", value_parser = parse_switch)]
+    broker_history: bool,
+
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
     #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
     max_streams: usize,
@@ -187,6 +192,14 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
+}
+
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -215,7 +228,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(id) = &args.instance_id {
         config.instance_id = id.clone();
     }
-    let backend = connect_backend(&args, &config.instance_id).await?;
+    config.replay = (args.replay_events > 0).then(|| {
+        let mut replay = ReplayConfig::default();
+        replay.max_events = args.replay_events;
+        replay.max_age = args.replay_age;
+        replay.max_bytes = args.replay_bytes;
+        replay
+    });
+    let history = config.replay.filter(|_| args.broker_history);
+    let backend = connect_backend(&args, &config.instance_id, history).await?;
     config.accept_apps = if args.accept_apps.iter().any(|a| a == "*") {
         AcceptApps::Any
     } else if args.accept_apps.is_empty() {
@@ -229,13 +250,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.emitter_timeout = nonzero(args.emitter_timeout);
     config.queue_size = args.queue_size.max(1);
     config.retry = nonzero(args.retry);
-    config.replay = (args.replay_events > 0).then(|| {
-        let mut replay = ReplayConfig::default();
-        replay.max_events = args.replay_events;
-        replay.max_age = args.replay_age;
-        replay.max_bytes = args.replay_bytes;
-        replay
-    });
     config.max_streams = (args.max_streams > 0).then_some(args.max_streams);
     config.max_streams_per_session =
         (args.max_streams_per_session > 0).then_some(args.max_streams_per_session);
@@ -243,7 +257,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .config(config)
         .start()
         .await
-        .map_err(|e| anyhow::anyhow!("could not subscribe: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("could not start the hub: {e}"))?;
 
     let mut router_config = RouterConfig::default();
     router_config.stream_path = args.path.clone();
@@ -283,20 +297,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_backend(args: &Args, instance_id: &str) -> anyhow::Result<Arc<dyn FanoutBackend>> {
+/// Connects the chosen backend; `history` is what it keeps in the broker (`None`: nothing).
+async fn connect_backend(
+    args: &Args,
+    instance_id: &str,
+    history: Option<ReplayConfig>,
+) -> anyhow::Result<Arc<dyn FanoutBackend>> {
     let url = args.backend_url.as_deref();
     let channel = args.channel.as_str();
     let backend: Arc<dyn FanoutBackend> = match args.backend {
         BackendKind::Local => Arc::new(LocalBackend::new()),
         #[cfg(feature = "redis")]
         BackendKind::Redis => {
+            use sse_fanout::redis::{RedisBackend, RedisConfig};
             let url = url.unwrap_or("redis://127.0.0.1:6379");
-            Arc::new(sse_fanout::redis::RedisBackend::connect(url, channel).await?)
+            let config = RedisConfig::new(channel).history(history);
+            Arc::new(RedisBackend::connect_with(url, config).await?)
         }
         #[cfg(feature = "nats")]
         BackendKind::Nats => {
+            use sse_fanout::nats::{NatsBackend, NatsConfig};
             let url = url.unwrap_or("nats://127.0.0.1:4222");
-            Arc::new(sse_fanout::nats::NatsBackend::connect(url, channel).await?)
+            let config = NatsConfig::new(channel).history(history);
+            let options = sse_fanout::nats::ConnectOptions::new();
+            Arc::new(NatsBackend::connect_with(url, config, options).await?)
         }
         #[cfg(feature = "rabbit")]
         BackendKind::Rabbit => {
@@ -321,7 +345,7 @@ async fn connect_backend(args: &Args, instance_id: &str) -> anyhow::Result<Arc<d
         }
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (url, channel, instance_id);
+            let _ = (url, channel, instance_id, history);
             let feature = format!("{other:?}").to_lowercase();
             anyhow::bail!(
                 "this build has no {feature} backend; rebuild with `--features {feature}`"

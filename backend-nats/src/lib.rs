@@ -42,12 +42,15 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer, stream as js_stream};
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sse_core::history::{BrokerHistory, HistoryStream};
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+
+/// The client's connect options, for [`NatsBackend::connect_with`].
+pub use async_nats::ConnectOptions;
 
 const NAME: &str = "nats";
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 pub mod brokers;
+pub mod cluster;
 pub mod fanout;
 
 use std::net::SocketAddr;

@@ -1,0 +1,274 @@
+//! Hub processes (the real binary), a load balancer whose instances change while it runs, and a
+//! client that reconnects with `Last-Event-ID` as a browser's EventSource does: the parts of the
+//! tests where instances come and go.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::client;
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A hub process on a loopback port, killed when dropped (a failing test leaves none behind).
+pub struct HubProcess {
+    pub port: u16,
+    child: Child,
+}
+
+impl HubProcess {
+    /// Starts the `sse-fanout` binary on `port` with `args` (backend, channel, ...).
+    pub fn start(port: u16, args: &[String]) -> HubProcess {
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+            .args(["--listen", &listen])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        HubProcess { port, child }
+    }
+
+    /// Starts a hub and waits until `/healthz` answers 200.
+    pub async fn ready(port: u16, args: &[String]) -> HubProcess {
+        let hub = HubProcess::start(port, args);
+        wait_healthy(port).await;
+        hub
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until the hub holds `n` open streams (its `/healthz` says so).
+    pub async fn wait_streams(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let streams = match client().get(self.url("/healthz")).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["streams"].as_u64()),
+                Err(_) => None,
+            };
+            if streams == Some(n) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hub on {} holds {streams:?} streams, not {n}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (the graceful drain).
+    pub fn terminate(mut self) {
+        signal(&self.child, "-TERM");
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "hub on {} exited with {exit}", self.port);
+    }
+
+    /// SIGKILL: a crash, no drain.
+    pub fn kill(mut self) {
+        signal(&self.child, "-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the hub on `port` answers `/healthz` with 200.
+pub async fn wait_healthy(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub on {port} not healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP load balancer over a set of instances that may change while it runs: each connection
+/// goes to the next instance in turn, or the one after it when that one refuses.
+#[derive(Clone)]
+pub struct Balancer {
+    pub addr: SocketAddr,
+    instances: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Balancer {
+    pub async fn start(instances: Vec<SocketAddr>) -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let instances = Arc::new(Mutex::new(instances));
+        let shared = instances.clone();
+        tokio::spawn(async move {
+            let mut turn = 0usize;
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                turn += 1;
+                let mut order = shared.lock().unwrap().clone();
+                if !order.is_empty() {
+                    let at = turn % order.len();
+                    order.rotate_left(at);
+                }
+                tokio::spawn(async move {
+                    for instance in order {
+                        if let Ok(mut outbound) = TcpStream::connect(instance).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer { addr, instances }
+    }
+
+    pub fn add(&self, instance: SocketAddr) {
+        self.instances.lock().unwrap().push(instance);
+    }
+
+    pub fn remove(&self, instance: SocketAddr) {
+        self.instances.lock().unwrap().retain(|i| *i != instance);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// One event as a reconnecting client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+/// A client that keeps an event stream open as a browser's EventSource does: when the stream
+/// ends or breaks, it reconnects after a short delay with `Last-Event-ID` set to the last id it
+/// received. Everything it receives is kept, in order.
+pub struct Reconnecting {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connects: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Reconnecting {
+    /// Connects to `url` (through a balancer, say), reconnecting every `retry` after a loss.
+    pub fn spawn(url: String, retry: Duration) -> Reconnecting {
+        Self::spawn_after(url, retry, None)
+    }
+
+    /// As [`spawn`](Self::spawn), first connecting with `Last-Event-ID: last`.
+    pub fn spawn_after(url: String, retry: Duration, last: Option<String>) -> Reconnecting {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let connects: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (seen_in, connects_in) = (seen.clone(), connects.clone());
+        let task = tokio::spawn(async move {
+            let mut last_id = last;
+            let http = client();
+            loop {
+                let mut request = http.get(&url).header("accept", "text/event-stream");
+                if let Some(id) = &last_id {
+                    request = request.header("last-event-id", id);
+                }
+                if let Ok(response) = request.send().await
+                    && response.status() == 200
+                {
+                    connects_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut events = response.bytes_stream().eventsource();
+                    while let Some(Ok(event)) = events.next().await {
+                        if !event.id.is_empty() {
+                            last_id = Some(event.id.clone());
+                        }
+                        seen_in.lock().unwrap().push(Seen {
+                            id: event.id,
+                            event: event.event,
+                            data: event.data,
+                        });
+                    }
+                }
+                tokio::time::sleep(retry).await;
+            }
+        });
+        Reconnecting {
+            seen,
+            connects,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many times a stream was opened.
+    pub fn connects(&self) -> usize {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `done` holds for what was seen, or panics after `within` saying what was.
+    pub async fn wait_until(&self, within: Duration, what: &str, done: impl Fn(&[Seen]) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if done(&self.seen()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {within:?}; seen {:?}",
+                self.seen()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
