@@ -7,7 +7,8 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # librdkafka (the Kafka backend) is built from its bundled sources: it needs a C toolchain, make,
 # pkg-config, and the OpenSSL and zlib headers.
 needed=()
-# The browser test drives Debian's Chromium with playwright-core (no browser download).
+# The browser test drives Debian's Chromium with playwright-core (no browser download); the
+# history tests use Node's `eventsource` package as a client.
 for pkg in build-essential pkg-config libssl-dev zlib1g-dev chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || needed+=("$pkg")
 done
@@ -19,6 +20,6 @@ if [ ${#needed[@]} -gt 0 ] && command -v apt-get >/dev/null; then
 fi
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
+if [ ! -d "$here/tests/browser/node_modules/playwright-core" ] || [ ! -d "$here/tests/browser/node_modules/eventsource" ]; then
   npm ci --prefix "$here/tests/browser" --no-audit --no-fund >/dev/null
 fi

@@ -9,101 +9,31 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use common::brokers::{self, Broker};
+use common::cluster::{Balancer, HubProcess, free_port, wait_healthy};
 use common::{client, unique};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A hub process, killed when dropped (a failing test leaves none behind).
-struct HubProcess(Child);
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A hub process on `port`, sharing `channel` on Redis.
 fn start_hub(port: u16, redis: &str, channel: &str) -> HubProcess {
-    let listen = format!("127.0.0.1:{port}");
-    HubProcess(
-        Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
-            .args([
-                "--listen",
-                &listen,
-                "--backend",
-                "redis",
-                "--backend-url",
-                redis,
-            ])
-            .args(["--channel", channel, "--app-name", "e2e"])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_healthy(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let ok = client()
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hub on {port} not healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn terminate(hub: &mut HubProcess) {
-    let child = &mut hub.0;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "hub exited with {exit}");
-}
-
-/// A TCP load balancer: each connection goes to the first backend that accepts it.
-async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                for backend in backends {
-                    if let Ok(mut outbound) = TcpStream::connect(backend).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    let args: Vec<String> = [
+        "--backend",
+        "redis",
+        "--backend-url",
+        redis,
+        "--channel",
+        channel,
+        "--app-name",
+        "e2e",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    HubProcess::start(port, &args)
 }
 
 struct Page {
@@ -179,15 +109,13 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
     }
     let channel = unique("e2e");
     let (port_a, port_b) = (free_port(), free_port());
-    let mut hub_a = start_hub(port_a, &redis, &channel);
-    let mut hub_b = start_hub(port_b, &redis, &channel);
+    let hub_a = start_hub(port_a, &redis, &channel);
+    let hub_b = start_hub(port_b, &redis, &channel);
     wait_healthy(port_a).await;
     wait_healthy(port_b).await;
-    let lb = balancer(vec![
-        SocketAddr::from(([127, 0, 0, 1], port_a)),
-        SocketAddr::from(([127, 0, 0, 1], port_b)),
-    ])
-    .await;
+    let lb = Balancer::in_order(vec![hub_a.addr(), hub_b.addr()])
+        .await
+        .addr;
     let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-e2e.png");
     let mut page = Page::open(
         &format!("http://{lb}/?eventName=demo&sessionId=s1"),
@@ -209,12 +137,12 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
     page.expect("SEEN 2").await;
 
     // Hub A goes down under the page; events keep coming through B.
-    terminate(&mut hub_a);
+    hub_a.terminate();
     publish(3).await;
     publish(4).await;
     page.expect("SEEN 4").await;
     // A is back; the page stays on B until its next reconnect.
-    let mut hub_a = start_hub(port_a, &redis, &channel);
+    let hub_a = start_hub(port_a, &redis, &channel);
     wait_healthy(port_a).await;
     publish(5).await;
     writeln!(page.stdin, "DONE 5").unwrap();
@@ -226,6 +154,6 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
     );
     assert!(screenshot.exists());
     eprintln!("screenshot: {}", screenshot.display());
-    terminate(&mut hub_a);
-    terminate(&mut hub_b);
+    hub_a.terminate();
+    hub_b.terminate();
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::brokers::{self, Broker};
-use common::cluster::{Balancer, HubProcess, Reconnecting, Seen, free_port};
+use common::cluster::{Balancer, HubProcess, NodeEventSource, Reconnecting, Seen, free_port};
 use common::fanout::{Connect, RawPublish};
 use common::unique;
 use serde_json::json;
@@ -196,14 +196,18 @@ async fn replace_every_instance(cluster: Cluster, stop: Stop) {
     );
 }
 
-/// One hub, no balancer: the client is on hub A; A stops and starts again on the same port while
-/// three events are published through hub B; the client comes back to the new A with
-/// `Last-Event-ID` and gets the three.
+/// One hub, no balancer: a Node `eventsource` client is on hub A; A stops and starts again on
+/// the same port while three events are published through hub B; the client comes back to the
+/// new A by itself, with `Last-Event-ID`, and gets the three.
 async fn restart_in_place(cluster: Cluster) {
     let port = free_port();
     let a = HubProcess::ready(port, &cluster.hub_args(&[])).await;
     let b = cluster.hub().await;
-    let client = Reconnecting::spawn(a.url("/sse/event-stream?eventName=e&sessionId=s1"), RETRY);
+    let Some(mut client) =
+        NodeEventSource::open(&a.url("/sse/event-stream?eventName=e&sessionId=s1"), "e")
+    else {
+        return;
+    };
     let publish = |n: u32| {
         let url = b.url("/sse/publish");
         async move {
@@ -216,18 +220,16 @@ async fn restart_in_place(cluster: Cluster) {
             assert_eq!(r.status(), 202);
         }
     };
+    client.opened().await;
     a.wait_streams(1).await;
     publish(0).await;
-    client.wait_until(WITHIN, "event 0", |s| s.len() == 1).await;
+    client.events(1).await;
     a.terminate();
     for n in 1..=3 {
         publish(n).await;
     }
     let _a = HubProcess::ready(port, &cluster.hub_args(&[])).await;
-    client
-        .wait_until(WITHIN, "events 1-3", |s| s.len() >= 4)
-        .await;
-    let seen = client.seen();
+    let seen = client.events(4).await.to_vec();
     let data: Vec<&str> = seen.iter().map(|s| s.data.as_str()).collect();
     assert_eq!(data, ["0", "1", "2", "3"], "{seen:?}");
     assert_eq!(resets(&seen), 0);

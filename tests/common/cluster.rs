@@ -130,7 +130,8 @@ pub async fn wait_healthy(port: u16) {
 }
 
 /// A TCP load balancer over a set of instances that may change while it runs: each connection
-/// goes to the next instance in turn, or the one after it when that one refuses.
+/// goes to the next instance in turn (or, [`in_order`](Self::in_order), to the first), or the
+/// one after it when that one refuses.
 #[derive(Clone)]
 pub struct Balancer {
     pub addr: SocketAddr,
@@ -138,7 +139,17 @@ pub struct Balancer {
 }
 
 impl Balancer {
+    /// Round robin.
     pub async fn start(instances: Vec<SocketAddr>) -> Balancer {
+        Self::with(instances, true).await
+    }
+
+    /// Each connection to the first instance that accepts it.
+    pub async fn in_order(instances: Vec<SocketAddr>) -> Balancer {
+        Self::with(instances, false).await
+    }
+
+    async fn with(instances: Vec<SocketAddr>, rotate: bool) -> Balancer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let instances = Arc::new(Mutex::new(instances));
@@ -148,7 +159,7 @@ impl Balancer {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 turn += 1;
                 let mut order = shared.lock().unwrap().clone();
-                if !order.is_empty() {
+                if rotate && !order.is_empty() {
                     let at = turn % order.len();
                     order.rotate_left(at);
                 }
@@ -270,5 +281,87 @@ impl Reconnecting {
 impl Drop for Reconnecting {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Node's `eventsource` package (tests/browser/eventsource-client.mjs) as a client: it reconnects
+/// by itself, with `Last-Event-ID`, after the `retry:` the server sent, as a browser does.
+pub struct NodeEventSource {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub events: Vec<Seen>,
+}
+
+impl NodeEventSource {
+    /// Opens `url`, listening for `names`; `None` (after saying so) when Node or the package
+    /// is not installed (`bash scripts/setup.sh` installs them).
+    pub fn open(url: &str, names: &str) -> Option<NodeEventSource> {
+        use std::io::{BufRead, BufReader};
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        if !dir.join("node_modules/eventsource").exists() {
+            super::brokers::missing("Node's eventsource package (bash scripts/setup.sh)");
+            return None;
+        }
+        let mut child = Command::new("node")
+            .arg(dir.join("eventsource-client.mjs"))
+            .env("STREAM_URL", url)
+            .env("EVENT_NAMES", names)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Some(NodeEventSource {
+            child,
+            lines,
+            events: Vec::new(),
+        })
+    }
+
+    /// Waits for the next line starting with `OPEN` (a connection opened).
+    pub async fn opened(&mut self) {
+        while !self.line().await.starts_with("OPEN") {}
+    }
+
+    /// Waits until `n` events in all were received; returns them.
+    pub async fn events(&mut self, n: usize) -> &[Seen] {
+        while self.events.len() < n {
+            let line = self.line().await;
+            if let Some(json) = line.strip_prefix("EVENT ") {
+                let v: serde_json::Value = serde_json::from_str(json).unwrap();
+                self.events.push(Seen {
+                    id: v["id"].as_str().unwrap_or("").to_owned(),
+                    event: v["type"].as_str().unwrap_or("").to_owned(),
+                    data: v["data"].as_str().unwrap_or("").to_owned(),
+                });
+            }
+        }
+        &self.events
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(30), self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the eventsource client said nothing more; seen {:?}",
+                    self.events
+                )
+            })
+    }
+}
+
+impl Drop for NodeEventSource {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
