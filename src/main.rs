@@ -334,7 +334,8 @@ async fn connect_backend(
         BackendKind::Kafka => {
             use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
             let brokers = url.unwrap_or("127.0.0.1:9092");
-            let mut config = KafkaConfig::new(brokers, channel, args.app_name.clone());
+            let mut config =
+                KafkaConfig::new(brokers, channel, args.app_name.clone()).history(history);
             if args.create_topic {
                 config = config.create_topic(args.topic_partitions, args.topic_replication);
             }

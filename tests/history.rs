@@ -2,7 +2,7 @@
 //! processes, a load balancer whose instances are replaced under the clients, and clients that
 //! reconnect with `Last-Event-ID` as browsers do. Every backend with history runs every scenario:
 //! a rolling deploy, a crash, a restart in place, scale to zero, and retention.
-#![cfg(any(feature = "redis", feature = "nats"))]
+#![cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -324,14 +324,22 @@ async fn retention(cluster: Cluster) {
 }
 
 macro_rules! history_scenarios {
-    ($module:ident, $feature:literal, $broker:expr, $cluster:path) => {
+    ($module:ident, $feature:literal, $broker:expr, $extra:expr) => {
         #[cfg(feature = $feature)]
         mod $module {
             use super::*;
 
             async fn cluster() -> Option<Cluster> {
+                use common::backends::$module as backend;
                 let url = brokers::url($broker).await?;
-                Some($cluster(&url, &unique("history")))
+                let channel = unique("history");
+                let mut extra = vec!["--app-name", APP];
+                extra.extend_from_slice($extra);
+                Some(Cluster {
+                    args: common::backends::hub_args($feature, &url, &channel, &extra),
+                    connect: backend::connect(&url, &channel),
+                    raw: backend::raw(&url, &channel),
+                })
             }
 
             #[tokio::test]
@@ -382,96 +390,6 @@ macro_rules! history_scenarios {
     };
 }
 
-#[cfg(feature = "redis")]
-fn redis_cluster(url: &str, channel: &str) -> Cluster {
-    use common::fanout::boxed;
-    use sse_fanout::redis::RedisBackend;
-    let (u, c) = (url.to_owned(), channel.to_owned());
-    let connect: Connect = Arc::new(move || {
-        let (u, c) = (u.clone(), c.clone());
-        boxed(async move {
-            Arc::new(RedisBackend::connect(&u, &c).await.unwrap())
-                as Arc<dyn sse_fanout::FanoutBackend>
-        })
-    });
-    let (u, c) = (url.to_owned(), channel.to_owned());
-    // What README tells another service to do: XADD to the history and PUBLISH, in one MULTI.
-    let raw: RawPublish = Arc::new(move |bytes| {
-        let (u, c) = (u.clone(), c.clone());
-        boxed(async move {
-            let client = ::redis::Client::open(u).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let _: () = ::redis::pipe()
-                .atomic()
-                .cmd("XADD")
-                .arg(format!("{c}:history"))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(10_000)
-                .arg("*")
-                .arg("e")
-                .arg(bytes.as_ref())
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(&c)
-                .arg(bytes.as_ref())
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        })
-    });
-    Cluster {
-        args: args("redis", url, channel),
-        connect,
-        raw,
-    }
-}
-
-#[cfg(feature = "nats")]
-fn nats_cluster(url: &str, channel: &str) -> Cluster {
-    use common::fanout::boxed;
-    use sse_fanout::nats::NatsBackend;
-    let (u, c) = (url.to_owned(), channel.to_owned());
-    let connect: Connect = Arc::new(move || {
-        let (u, c) = (u.clone(), c.clone());
-        boxed(async move {
-            Arc::new(NatsBackend::connect(&u, &c).await.unwrap())
-                as Arc<dyn sse_fanout::FanoutBackend>
-        })
-    });
-    let (u, c) = (url.to_owned(), channel.to_owned());
-    // A plain core-NATS publish (`nats pub`): the JetStream stream over the subject keeps it.
-    let raw: RawPublish = Arc::new(move |bytes| {
-        let (u, c) = (u.clone(), c.clone());
-        boxed(async move {
-            let client = async_nats::connect(u).await.unwrap();
-            client.publish(c, bytes).await.unwrap();
-            client.flush().await.unwrap();
-        })
-    });
-    Cluster {
-        args: args("nats", url, channel),
-        connect,
-        raw,
-    }
-}
-
-fn args(backend: &str, url: &str, channel: &str) -> Vec<String> {
-    [
-        "--backend",
-        backend,
-        "--backend-url",
-        url,
-        "--channel",
-        channel,
-        "--app-name",
-        APP,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-history_scenarios!(redis, "redis", Broker::Redis, redis_cluster);
-history_scenarios!(nats, "nats", Broker::Nats, nats_cluster);
+history_scenarios!(redis, "redis", Broker::Redis, &[]);
+history_scenarios!(nats, "nats", Broker::Nats, &[]);
+history_scenarios!(kafka, "kafka", Broker::Kafka, &["--create-topic"]);

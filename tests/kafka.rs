@@ -9,58 +9,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::brokers::{self, Broker};
-use common::fanout::{self, Connect, RawPublish, boxed};
+use common::fanout::{self, Connect};
 use common::{TestServer, unique};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
+use sse_fanout::BackendError;
 use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
-use sse_fanout::{BackendError, FanoutBackend};
 
-fn config(brokers: &str, topic: &str) -> KafkaConfig {
-    let mut c = KafkaConfig::new(brokers, topic, "sse-test").create_topic(3, 1);
-    if let Ok(extra) = std::env::var("SSE_TEST_KAFKA_CONFIG") {
-        for kv in extra.split(',') {
-            if let Some((k, v)) = kv.split_once('=') {
-                c = c.set(k, v);
-            }
-        }
-    }
-    c
-}
-
-fn connect(brokers: &str, topic: &str) -> Connect {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    Arc::new(move || {
-        let config = config(&brokers, &topic);
-        boxed(async move {
-            Arc::new(KafkaBackend::connect(config).await.unwrap()) as Arc<dyn FanoutBackend>
-        })
-    })
-}
-
-/// A plain producer writing the envelope to the topic, as another service would.
-fn raw(brokers: &str, topic: &str) -> RawPublish {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    Arc::new(move |bytes: Bytes| {
-        let (brokers, topic) = (brokers.clone(), topic.clone());
-        boxed(async move {
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()
-                .unwrap();
-            producer
-                .send(
-                    FutureRecord::<(), [u8]>::to(&topic).payload(&bytes),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
-        })
-    })
-}
+use common::backends::kafka::{config, connect, raw};
 
 common::fanout::broker_suite!(Broker::Kafka);
 

@@ -5,37 +5,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::brokers::Broker;
-use common::fanout::{Connect, RawPublish, boxed};
 use sse_fanout::FanoutBackend;
 use sse_fanout::nats::NatsBackend;
 
-fn connect(url: &str, channel: &str) -> Connect {
-    let (url, channel) = (url.to_owned(), channel.to_owned());
-    Arc::new(move || {
-        let (url, channel) = (url.clone(), channel.clone());
-        boxed(async move {
-            Arc::new(NatsBackend::connect(&url, &channel).await.unwrap()) as Arc<dyn FanoutBackend>
-        })
-    })
-}
-
-/// `nats pub subject bytes` with the plain async-nats client.
-fn raw(url: &str, subject: &str) -> RawPublish {
-    let (url, subject) = (url.to_owned(), subject.to_owned());
-    Arc::new(move |bytes: Bytes| {
-        let (url, subject) = (url.clone(), subject.clone());
-        boxed(async move {
-            let client = async_nats::connect(url).await.unwrap();
-            client.publish(subject, bytes).await.unwrap();
-            client.flush().await.unwrap();
-        })
-    })
-}
+use common::backends::nats::{connect, raw};
 
 common::fanout::broker_suite!(Broker::Nats);
 common::fanout::restart_suite!(Broker::Nats, Duration::from_secs(5));

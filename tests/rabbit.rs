@@ -7,55 +7,13 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::brokers::{self, Broker};
-use common::fanout::{Connect, RawPublish, boxed};
 use common::unique;
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use sse_fanout::FanoutBackend;
 use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
 
-fn connect(url: &str, exchange: &str) -> Connect {
-    let (url, exchange) = (url.to_owned(), exchange.to_owned());
-    Arc::new(move || {
-        let (url, exchange) = (url.clone(), exchange.clone());
-        boxed(async move {
-            let config = RabbitConfig::new(exchange, unique("sse-test-queue"));
-            Arc::new(RabbitBackend::connect(&url, config).await.unwrap()) as Arc<dyn FanoutBackend>
-        })
-    })
-}
-
-/// A plain AMQP client publishing to the exchange, as a service in another language would.
-fn raw(url: &str, exchange: &str) -> RawPublish {
-    let (url, exchange) = (url.to_owned(), exchange.to_owned());
-    Arc::new(move |bytes: Bytes| {
-        let (url, exchange) = (url.clone(), exchange.clone());
-        boxed(async move {
-            let conn = Connection::connect(&url, ConnectionProperties::default())
-                .await
-                .unwrap();
-            let channel = conn.create_channel().await.unwrap();
-            channel
-                .basic_publish(
-                    exchange.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &bytes,
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            conn.close(200, "bye".into()).await.unwrap();
-        })
-    })
-}
+use common::backends::rabbit::{connect, raw};
 
 common::fanout::broker_suite!(Broker::Rabbit);
 common::fanout::restart_suite!(Broker::Rabbit, Duration::from_secs(10));

@@ -5,43 +5,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::brokers::{self, Broker};
-use common::fanout::{Connect, RawPublish, boxed};
 use common::unique;
 use sse_fanout::FanoutBackend;
 use sse_fanout::redis::RedisBackend;
 
-fn connect(url: &str, channel: &str) -> Connect {
-    let (url, channel) = (url.to_owned(), channel.to_owned());
-    Arc::new(move || {
-        let (url, channel) = (url.clone(), channel.clone());
-        boxed(async move {
-            Arc::new(RedisBackend::connect(&url, &channel).await.unwrap()) as Arc<dyn FanoutBackend>
-        })
-    })
-}
-
-/// `PUBLISH channel bytes` with the plain redis client, as `redis-cli PUBLISH` would.
-fn raw(url: &str, channel: &str) -> RawPublish {
-    let (url, channel) = (url.to_owned(), channel.to_owned());
-    Arc::new(move |bytes: Bytes| {
-        let (url, channel) = (url.clone(), channel.clone());
-        boxed(async move {
-            let client = redis::Client::open(url).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(bytes.as_ref())
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        })
-    })
-}
+use common::backends::redis::{connect, raw};
 
 common::fanout::broker_suite!(Broker::Redis);
 common::fanout::restart_suite!(Broker::Redis, Duration::from_secs(5));

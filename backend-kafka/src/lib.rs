@@ -19,6 +19,10 @@
 //!   `fetch.wait.max.ms=5` on the consumer (librdkafka's 500 ms default adds up to half a second
 //!   per hop), short reconnect backoffs.
 //!
+//! - **History.** The topic is the history: a hub reads its last minutes when it starts (see
+//!   the `history` module's notes and [`sse_core::history`]); keep the topic's retention at least
+//!   the hub's replay age (Kafka's default, 7 days, does).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use sse_core::Hub;
@@ -30,6 +34,8 @@
 //! # Ok(()) }
 //! ```
 
+mod history;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -39,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -48,7 +54,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
+use sse_core::history::BrokerHistory;
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +77,9 @@ pub struct KafkaConfig {
     pub timeout: Duration,
     /// librdkafka settings applied to producer, consumer and admin client, after the defaults.
     pub settings: Vec<(String, String)>,
+    /// Whether a hub reads the topic's last [`ReplayConfig::max_age`] when it starts (the topic
+    /// is the history: see the crate docs); `None` reads nothing.
+    pub history: Option<ReplayConfig>,
 }
 
 impl KafkaConfig {
@@ -86,7 +96,14 @@ impl KafkaConfig {
             create_topic: None,
             timeout: Duration::from_secs(5),
             settings: Vec::new(),
+            history: Some(ReplayConfig::default()),
         }
+    }
+
+    /// Sets the history read when a hub starts; `None` reads none.
+    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
+        self.history = history;
+        self
     }
 
     /// Creates the topic with `partitions` and `replication` when it does not exist.
@@ -125,6 +142,8 @@ pub struct KafkaBackend {
 
 struct Inner {
     config: KafkaConfig,
+    /// The largest envelope the topic takes (see [`Inner::max_envelope`]).
+    max_envelope: std::sync::atomic::AtomicUsize,
     producer: FutureProducer,
     closed: CancellationToken,
     consuming_ok: AtomicBool,
@@ -174,16 +193,75 @@ impl KafkaBackend {
             .map_err(|e| config_error(format!("producer: {e}")))?;
         let inner = Arc::new(Inner {
             config,
+            max_envelope: std::sync::atomic::AtomicUsize::new(
+                DEFAULT_MAX_MESSAGE_BYTES - BATCH_ROOM,
+            ),
             producer,
             closed: CancellationToken::new(),
             consuming_ok: AtomicBool::new(true),
         });
         inner.validate_topic().await?;
+        let max = inner.max_envelope().await;
+        inner.max_envelope.store(max, Ordering::Relaxed);
         Ok(KafkaBackend { inner })
     }
 }
 
+/// Kafka's default `max.message.bytes` (a topic's largest record batch).
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// Room left in a record batch for its own header, the record's and the key (a session id).
+const BATCH_ROOM: usize = 1024;
+
 impl Inner {
+    /// The largest envelope the topic takes: its `max.message.bytes` (Kafka counts the whole
+    /// record batch) less [`BATCH_ROOM`]; Kafka's default when the broker does not say.
+    async fn max_envelope(&self) -> usize {
+        let admin: Result<AdminClient<DefaultClientContext>, _> =
+            self.config.client_config(&[]).create();
+        let topic = self.config.topic.as_str();
+        let described = match admin {
+            Ok(admin) => {
+                let options = AdminOptions::new().request_timeout(Some(self.config.timeout));
+                admin
+                    .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+                    .await
+                    .ok()
+            }
+            Err(_) => None,
+        };
+        let limit = described
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|resource| {
+                resource
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        limit.saturating_sub(BATCH_ROOM).max(1)
+    }
+
+    fn too_large(&self, size: usize) -> BackendError {
+        let max = self.max_envelope.load(Ordering::Relaxed);
+        tracing::debug!(
+            topic = %self.config.topic,
+            size,
+            max,
+            "envelope over the topic's limit: raise the topic's max.message.bytes (and the \
+             broker's message.max.bytes, replica.fetch.max.bytes)"
+        );
+        BackendError::TooLarge {
+            backend: NAME,
+            size,
+            max,
+        }
+    }
+
     /// The topic's partition ids, or `None` when the broker does not know the topic.
     async fn partitions(&self) -> Result<Option<Vec<i32>>, BackendError> {
         let producer = self.producer.clone();
@@ -314,6 +392,9 @@ impl FanoutBackend for KafkaBackend {
         if self.inner.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
+        if envelope.len() > self.inner.max_envelope.load(Ordering::Relaxed) {
+            return Err(self.inner.too_large(envelope.len()));
+        }
         // A session's events share its partition (jEAP keys by session). A broadcast is keyed by
         // its publishing instance, so that one publisher's broadcasts keep their order too.
         let key = serde_json::from_slice::<Key<'_>>(&envelope)
@@ -329,11 +410,7 @@ impl FanoutBackend for KafkaBackend {
             .await
             .map(drop)
             .map_err(|(error, _)| match error.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::MessageSizeTooLarge) => BackendError::TooLarge {
-                    backend: NAME,
-                    size: envelope.len(),
-                    max: 0,
-                },
+                Some(RDKafkaErrorCode::MessageSizeTooLarge) => self.inner.too_large(envelope.len()),
                 Some(RDKafkaErrorCode::MessageTimedOut) => BackendError::Timeout {
                     backend: NAME,
                     after: self.inner.config.timeout,
@@ -362,6 +439,14 @@ impl FanoutBackend for KafkaBackend {
             Ok(None) => Health::down(format!("topic `{}` is missing", self.inner.config.topic)),
             Err(error) => Health::down(error.to_string()),
         }
+    }
+
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        self.inner.config.history.is_some().then_some(self as _)
+    }
+
+    fn max_envelope(&self) -> Option<usize> {
+        Some(self.inner.max_envelope.load(Ordering::Relaxed))
     }
 
     async fn close(&self) -> Result<(), BackendError> {

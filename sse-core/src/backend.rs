@@ -246,6 +246,13 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     fn history(&self) -> Option<&dyn BrokerHistory> {
         None
     }
+
+    /// The largest envelope, in bytes, the broker accepts, when the backend knows it; a larger
+    /// one is refused with [`BackendError::TooLarge`]. The conformance suite sends one of exactly
+    /// this size (1 MiB when `None`).
+    fn max_envelope(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[async_trait]
@@ -271,6 +278,9 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
     fn history(&self) -> Option<&dyn BrokerHistory> {
         (**self).history()
     }
+    fn max_envelope(&self) -> Option<usize> {
+        (**self).max_envelope()
+    }
 }
 
 #[async_trait]
@@ -295,5 +305,8 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
     }
     fn history(&self) -> Option<&dyn BrokerHistory> {
         (**self).history()
+    }
+    fn max_envelope(&self) -> Option<usize> {
+        (**self).max_envelope()
     }
 }

@@ -183,18 +183,31 @@ pub async fn no_duplicates_and_per_publisher_order(factory: &dyn Factory) {
     }
 }
 
-/// An envelope of exactly 1 MiB (the default message limit of NATS, for one) arrives byte for byte.
+/// An envelope of exactly the largest size the backend declares
+/// ([`FanoutBackend::max_envelope`]; 1 MiB, the default message limit of NATS, when it declares
+/// none) arrives byte for byte, and one byte more is refused as too large.
 pub async fn large_payloads_arrive_intact(factory: &dyn Factory) {
-    const SIZE: usize = 1024 * 1024;
     let backend = factory.instance().await;
+    let declared = backend.max_envelope();
+    let size = declared.unwrap_or(1024 * 1024);
     let mut stream = backend.subscribe().await.unwrap();
     let overhead = envelope("large", json!("")).len();
-    let text: String = (0..SIZE - overhead)
-        .map(|i| (b'a' + (i % 26) as u8) as char)
-        .collect();
-    let bytes = envelope("large", json!(text));
-    assert_eq!(bytes.len(), SIZE);
+    let large = |size: usize| {
+        let text: String = (0..size - overhead)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        envelope("large", json!(text))
+    };
+    let bytes = large(size);
+    assert_eq!(bytes.len(), size);
     backend.publish(bytes.clone()).await.unwrap();
+    if declared.is_some() {
+        let refused = backend.publish(large(size + 1)).await;
+        assert!(
+            matches!(refused, Err(crate::BackendError::TooLarge { max, .. }) if max == size),
+            "one byte over the declared limit of {size}: {refused:?}"
+        );
+    }
     let got = tokio::time::timeout(WAIT, stream.next())
         .await
         .expect("the large envelope did not arrive")

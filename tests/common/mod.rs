@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod backends;
 pub mod brokers;
 pub mod cluster;
 pub mod fanout;
