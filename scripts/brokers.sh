@@ -11,6 +11,8 @@ if [ ! -f "$ensure" ]; then
   echo "scripts/brokers.sh: no $ensure; using the SSE_TEST_* variables as set" >&2
   exit 0
 fi
+# Kafka: Nisshi (keeps its topics across restarts, as Kafka does), not the in-memory Tansu.
+[ $# -gt 0 ] || set -- redis rabbitmq nats nisshi
 out=$(bash "$ensure" "$@")
 status=$?
 printf '%s\n' "$out" >&2

@@ -328,7 +328,8 @@ async fn connect_backend(
             let url = url.unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
             // The instance's own queue, named so it can be declared again after a reconnect.
             let queue = format!("{}.{instance_id}", args.app_name);
-            Arc::new(RabbitBackend::connect(url, RabbitConfig::new(channel, queue)).await?)
+            let config = RabbitConfig::new(channel, queue).history(history);
+            Arc::new(RabbitBackend::connect(url, config).await?)
         }
         #[cfg(feature = "kafka")]
         BackendKind::Kafka => {

@@ -2,7 +2,12 @@
 //! processes, a load balancer whose instances are replaced under the clients, and clients that
 //! reconnect with `Last-Event-ID` as browsers do. Every backend with history runs every scenario:
 //! a rolling deploy, a crash, a restart in place, scale to zero, and retention.
-#![cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
+#![cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "kafka",
+    feature = "rabbit"
+))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -393,3 +398,4 @@ macro_rules! history_scenarios {
 history_scenarios!(redis, "redis", Broker::Redis, &[]);
 history_scenarios!(nats, "nats", Broker::Nats, &[]);
 history_scenarios!(kafka, "kafka", Broker::Kafka, &["--create-topic"]);
+history_scenarios!(rabbit, "rabbit", Broker::Rabbit, &[]);

@@ -16,6 +16,11 @@
 //! - `amqp://` and `amqps://` URLs, the vhost in the path (`/%2f` for `/`), and the heartbeat as
 //!   a query parameter (`?heartbeat=10`) work as lapin reads them.
 //!
+//! - **History** (on by default, [`RabbitConfig::history`]): a durable stream queue
+//!   (`{exchange}.history`) bound to the exchange keeps the last minutes, trimmed by age and
+//!   size; a hub reads it when it starts (see [`sse_core::history`] and the `history` module).
+//!   RabbitMQ >= 3.9.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use sse_core::Hub;
@@ -26,6 +31,8 @@
 //! let hub = Hub::builder(backend).app_name("orders").start().await?;
 //! # Ok(()) }
 //! ```
+
+mod history;
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +52,8 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use sse_core::backend::Reconnects;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
+use sse_core::history::BrokerHistory;
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -68,19 +76,35 @@ pub struct RabbitConfig {
     pub timeout: Duration,
     /// The longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// The history kept in a stream queue bound to the exchange (see the crate docs); `None`
+    /// keeps none. Give the hub the same bounds
+    /// ([`HubConfig::replay`](sse_core::HubConfig::replay)).
+    pub history: Option<ReplayConfig>,
+    /// The history stream queue's name; default `{exchange}.history`.
+    pub history_queue: String,
 }
 
 impl RabbitConfig {
-    /// Defaults: transient messages, prefetch 256, timeout 5 s, backoff up to 5 s.
+    /// Defaults: transient messages, prefetch 256, timeout 5 s, backoff up to 5 s, history with
+    /// the default [`ReplayConfig`] in the stream queue `{exchange}.history`.
     pub fn new(exchange: impl Into<String>, queue: impl Into<String>) -> Self {
+        let exchange = exchange.into();
         RabbitConfig {
-            exchange: exchange.into(),
+            history: Some(ReplayConfig::default()),
+            history_queue: format!("{exchange}.history"),
+            exchange,
             queue: queue.into(),
             persistent: false,
             prefetch: 256,
             timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
         }
+    }
+
+    /// Sets the history's bounds; `None` keeps no history.
+    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
+        self.history = history;
+        self
     }
 }
 
@@ -195,6 +219,12 @@ impl Inner {
                 .await
                 .map_err(unavailable)?;
             self.declare_exchange(&channel).await?;
+            if let Some(history) = &self.config.history {
+                let declaring = connection.create_channel().await.map_err(unavailable)?;
+                self.declare_history(&connection, &declaring, history)
+                    .await?;
+                let _ = declaring.close(200, "declared".into()).await;
+            }
             Ok(channel)
         })
         .await
@@ -347,6 +377,10 @@ impl FanoutBackend for RabbitBackend {
             Ok(_) => Health::up(),
             Err(error) => Health::down(error.to_string()),
         }
+    }
+
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        self.inner.config.history.is_some().then_some(self as _)
     }
 
     async fn close(&self) -> Result<(), BackendError> {
