@@ -334,62 +334,70 @@ macro_rules! history_scenarios {
         mod $module {
             use super::*;
 
-            async fn cluster() -> Option<Cluster> {
-                use common::backends::$module as backend;
+            use common::backends::$module as backend;
+
+            /// The backend on a channel of the test's own, and what to forget afterwards.
+            async fn cluster() -> Option<(Cluster, String, String)> {
                 let url = brokers::url($broker).await?;
                 let channel = unique("history");
                 let mut extra = vec!["--app-name", APP];
                 extra.extend_from_slice($extra);
-                Some(Cluster {
+                let cluster = Cluster {
                     args: common::backends::hub_args($feature, &url, &channel, &extra),
                     connect: backend::connect(&url, &channel),
                     raw: backend::raw(&url, &channel),
-                })
+                };
+                Some((cluster, url, channel))
             }
 
             #[tokio::test]
             async fn a_rolling_deploy_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some(cluster) = cluster().await else {
+                let Some((cluster, url, channel)) = cluster().await else {
                     return;
                 };
                 replace_every_instance(cluster, Stop::Term).await;
+                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn a_crash_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some(cluster) = cluster().await else {
+                let Some((cluster, url, channel)) = cluster().await else {
                     return;
                 };
                 replace_every_instance(cluster, Stop::Kill).await;
+                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn a_restart_in_place_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some(cluster) = cluster().await else {
+                let Some((cluster, url, channel)) = cluster().await else {
                     return;
                 };
                 restart_in_place(cluster).await;
+                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn scale_to_zero_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some(cluster) = cluster().await else {
+                let Some((cluster, url, channel)) = cluster().await else {
                     return;
                 };
                 scale_to_zero(cluster).await;
+                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn an_id_past_retention_gets_one_reset() {
                 let _shared = brokers::shared().await;
-                let Some(cluster) = cluster().await else {
+                let Some((cluster, url, channel)) = cluster().await else {
                     return;
                 };
                 retention(cluster).await;
+                backend::forget(&url, &channel).await;
             }
         }
     };

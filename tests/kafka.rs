@@ -16,7 +16,7 @@ use serde_json::json;
 use sse_fanout::BackendError;
 use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
 
-use common::backends::kafka::{config, connect, raw};
+use common::backends::kafka::{config, connect, forget, raw};
 
 common::fanout::broker_suite!(Broker::Kafka);
 

@@ -11,7 +11,7 @@ use common::brokers::Broker;
 use sse_fanout::FanoutBackend;
 use sse_fanout::nats::NatsBackend;
 
-use common::backends::nats::{connect, raw};
+use common::backends::nats::{connect, forget, raw};
 
 common::fanout::broker_suite!(Broker::Nats);
 common::fanout::restart_suite!(Broker::Nats, Duration::from_secs(5));

@@ -13,7 +13,7 @@ use common::brokers::{self, Broker};
 use common::unique;
 use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
 
-use common::backends::rabbit::{connect, raw};
+use common::backends::rabbit::{connect, forget, raw};
 
 common::fanout::broker_suite!(Broker::Rabbit);
 common::fanout::restart_suite!(Broker::Rabbit, Duration::from_secs(10));
@@ -87,6 +87,7 @@ async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.shutdown().await.unwrap();
+    forget(&url, &exchange).await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use common::unique;
 use sse_fanout::FanoutBackend;
 use sse_fanout::redis::RedisBackend;
 
-use common::backends::redis::{connect, raw};
+use common::backends::redis::{connect, forget, raw};
 
 common::fanout::broker_suite!(Broker::Redis);
 common::fanout::restart_suite!(Broker::Redis, Duration::from_secs(5));

@@ -69,6 +69,17 @@ pub mod redis {
             })
         })
     }
+
+    /// Deletes the channel's history stream (it would expire by itself after its age).
+    pub async fn forget(url: &str, channel: &str) {
+        let client = ::redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = ::redis::cmd("DEL")
+            .arg(format!("{channel}:history"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 #[cfg(feature = "nats")]
@@ -98,6 +109,14 @@ pub mod nats {
                 client.flush().await.unwrap();
             })
         })
+    }
+
+    /// Deletes the subject's JetStream history stream (streams outlive their messages).
+    pub async fn forget(url: &str, subject: &str) {
+        let client = async_nats::connect(url).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let name = sse_fanout::nats::NatsConfig::new(subject).history_stream;
+        let _ = jetstream.delete_stream(name).await;
     }
 }
 
@@ -152,6 +171,10 @@ pub mod kafka {
             })
         })
     }
+
+    /// Topics are kept (deleting one under running clients is what librdkafka handles worst);
+    /// their history is the topic's retention.
+    pub async fn forget(_brokers: &str, _topic: &str) {}
 }
 
 #[cfg(feature = "rabbit")]
@@ -198,5 +221,19 @@ pub mod rabbit {
                 conn.close(200, "bye".into()).await.unwrap();
             })
         })
+    }
+
+    /// Deletes the exchange's history stream queue (durable: it outlives every hub).
+    pub async fn forget(url: &str, exchange: &str) {
+        use lapin::options::QueueDeleteOptions;
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let queue = format!("{exchange}.history");
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
     }
 }

@@ -275,8 +275,10 @@ where
     Box::pin(f)
 }
 
-/// Declares the tests every broker backend runs, in a test file that defines
-/// `fn connect(url: &str, channel: &str) -> Connect` and `fn raw(url: &str, channel: &str) -> RawPublish`:
+/// Declares the tests every broker backend runs, in a test file that has
+/// `fn connect(url: &str, channel: &str) -> Connect`, `fn raw(url: &str, channel: &str) -> RawPublish`
+/// and `async fn forget(url: &str, channel: &str)` (removes what the channel left in the broker)
+/// in scope:
 /// `broker_suite!(Broker::Redis);`. Each test takes the broker's URL from the harness.
 #[allow(unused_macros)]
 macro_rules! broker_suite {
@@ -287,8 +289,10 @@ macro_rules! broker_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            let connect = connect(&url, &common::unique("conformance"));
+            let channel = common::unique("conformance");
+            let connect = connect(&url, &channel);
             sse_core::testkit::run_all(&move || connect()).await;
+            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -297,8 +301,9 @@ macro_rules! broker_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            let connect = connect(&url, &common::unique("cluster"));
-            common::fanout::targeting_and_broadcast_across_instances(connect).await;
+            let channel = common::unique("cluster");
+            common::fanout::targeting_and_broadcast_across_instances(connect(&url, &channel)).await;
+            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -313,6 +318,7 @@ macro_rules! broker_suite {
                 raw(&url, &channel),
             )
             .await;
+            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -321,7 +327,9 @@ macro_rules! broker_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            common::fanout::replay_across_instances(connect(&url, &common::unique("replay"))).await;
+            let channel = common::unique("replay");
+            common::fanout::replay_across_instances(connect(&url, &channel)).await;
+            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -330,8 +338,10 @@ macro_rules! broker_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            let connect = connect(&url, &common::unique("drain"));
-            common::fanout::drain_then_reconnect_elsewhere_loses_nothing(connect).await;
+            let channel = common::unique("drain");
+            common::fanout::drain_then_reconnect_elsewhere_loses_nothing(connect(&url, &channel))
+                .await;
+            forget(&url, &channel).await;
         }
     };
 }
@@ -350,8 +360,9 @@ macro_rules! restart_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            let connect = connect(&url, &common::unique("outage"));
-            common::fanout::conformance_outage($broker, connect).await;
+            let channel = common::unique("outage");
+            common::fanout::conformance_outage($broker, connect(&url, &channel)).await;
+            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -360,9 +371,14 @@ macro_rules! restart_suite {
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
-            let connect = connect(&url, &common::unique("restart"));
-            common::fanout::delivery_resumes_after_a_broker_restart($broker, connect, $within)
-                .await;
+            let channel = common::unique("restart");
+            common::fanout::delivery_resumes_after_a_broker_restart(
+                $broker,
+                connect(&url, &channel),
+                $within,
+            )
+            .await;
+            forget(&url, &channel).await;
         }
     };
 }
