@@ -6,9 +6,13 @@
 //! cargo run --example postgres_backend -- postgres://postgres@127.0.0.1:5432/test
 //! ```
 //!
-//! NOTIFY payloads are limited to 8000 bytes, so a small envelope travels inline and a larger one
-//! is stored in a table and NOTIFY carries its row id (insert and notify in one transaction, so
-//! the row is there when the notification arrives).
+//! Every envelope is stored in a history table (`sse_fanout_history`) and notified in the same
+//! transaction: a small one travels inline in the NOTIFY, a larger one (NOTIFY payloads are
+//! limited to 8000 bytes) as its row's sequence number. Publishes on one channel take a
+//! transaction-scoped advisory lock, so the table's order is the order notifications arrive in.
+//! The table is the backend's [`BrokerHistory`]: a hub reads it when it starts, so
+//! `Last-Event-ID` works on an instance started after the event went by. Rows older than the
+//! history's age are deleted as publishing goes on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +21,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sse_fanout::backend::channel_stream;
-use sse_fanout::{BackendError, BackendStream, FanoutBackend, Health};
+use sse_fanout::history::{BrokerHistory, HistoryStream, paged};
+use sse_fanout::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 const NAME: &str = "postgres";
 /// Envelopes up to this size travel inside the notification.
 const INLINE_MAX: usize = 7000;
+/// Rows one history read fetches at a time.
+const PAGE: i64 = 1000;
 
 /// Fans envelopes out with PostgreSQL LISTEN/NOTIFY on one channel.
 #[derive(Debug, Clone)]
@@ -32,6 +39,8 @@ pub struct PostgresBackend {
     channel: String,
     publisher: Arc<Mutex<Client>>,
     up: Arc<AtomicBool>,
+    /// How long rows stay in the history table.
+    history: ReplayConfig,
 }
 
 fn unavailable(error: tokio_postgres::Error) -> BackendError {
@@ -88,11 +97,14 @@ impl PostgresBackend {
             // Instances starting together would race on CREATE TABLE IF NOT EXISTS: serialise.
             .batch_execute(
                 "BEGIN;
-                 SELECT pg_advisory_xact_lock(hashtext('sse_fanout_envelopes'));
-                 CREATE TABLE IF NOT EXISTS sse_fanout_envelopes (
-                     id bigserial PRIMARY KEY,
+                 SELECT pg_advisory_xact_lock(hashtext('sse_fanout_history'));
+                 CREATE TABLE IF NOT EXISTS sse_fanout_history (
+                     seq bigserial PRIMARY KEY,
+                     channel text NOT NULL,
                      body bytea NOT NULL,
-                     created_at timestamptz NOT NULL DEFAULT now());
+                     at timestamptz NOT NULL DEFAULT clock_timestamp());
+                 CREATE INDEX IF NOT EXISTS sse_fanout_history_by_time
+                     ON sse_fanout_history (channel, at);
                  COMMIT;",
             )
             .await
@@ -102,6 +114,7 @@ impl PostgresBackend {
             channel: channel.to_owned(),
             publisher: Arc::new(Mutex::new(client)),
             up,
+            history: ReplayConfig::default(),
         })
     }
 }
@@ -114,40 +127,43 @@ impl FanoutBackend for PostgresBackend {
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
         let mut client = self.publisher.lock().await;
-        if envelope.len() <= INLINE_MAX
-            && let Ok(text) = std::str::from_utf8(&envelope)
-            && !text.contains('\0')
-        {
-            let payload = format!("i{text}");
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&self.channel, &payload])
-                .await
-                .map_err(unavailable)?;
-            return Ok(());
-        }
-        // Too large (or not text PostgreSQL accepts) for a notification: store it, notify its id.
         let tx = client.transaction().await.map_err(unavailable)?;
-        let row = tx
-            .query_one(
-                "INSERT INTO sse_fanout_envelopes (body) VALUES ($1) RETURNING id",
-                &[&envelope.as_ref()],
-            )
-            .await
-            .map_err(unavailable)?;
-        let id: i64 = row.get(0);
+        // One publisher at a time per channel: the history's order is the notifications' order.
         tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.channel, &format!("r{id}")],
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&self.channel],
         )
         .await
         .map_err(unavailable)?;
+        let row = tx
+            .query_one(
+                "INSERT INTO sse_fanout_history (channel, body) VALUES ($1, $2) RETURNING seq",
+                &[&self.channel, &envelope.as_ref()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let seq: i64 = row.get(0);
+        let payload = match std::str::from_utf8(&envelope) {
+            Ok(text) if envelope.len() <= INLINE_MAX && !text.contains('\0') => format!("i{text}"),
+            // Too large (or not text PostgreSQL accepts) for a notification: notify the row.
+            _ => format!("r{seq}"),
+        };
+        tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &payload])
+            .await
+            .map_err(unavailable)?;
+        let age = self.history.max_age.as_secs_f64();
         tx.execute(
-            "DELETE FROM sse_fanout_envelopes WHERE created_at < now() - interval '5 minutes'",
-            &[],
+            "DELETE FROM sse_fanout_history
+              WHERE channel = $1 AND at < now() - make_interval(secs => $2)",
+            &[&self.channel, &age],
         )
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
+    }
+
+    fn history(&self) -> Option<&dyn BrokerHistory> {
+        Some(self)
     }
 
     async fn subscribe(&self) -> Result<BackendStream, BackendError> {
@@ -169,10 +185,7 @@ impl FanoutBackend for PostgresBackend {
                     .and_then(|id| id.parse::<i64>().ok())
                 {
                     match client
-                        .query_opt(
-                            "SELECT body FROM sse_fanout_envelopes WHERE id = $1",
-                            &[&id],
-                        )
+                        .query_opt("SELECT body FROM sse_fanout_history WHERE seq = $1", &[&id])
                         .await
                     {
                         Ok(Some(row)) => Bytes::from(row.get::<_, Vec<u8>>(0)),
@@ -202,6 +215,56 @@ impl FanoutBackend for PostgresBackend {
             Ok(_) => Health::up(),
             Err(error) => Health::down(error.to_string()),
         }
+    }
+}
+
+#[async_trait]
+impl BrokerHistory for PostgresBackend {
+    async fn read_since(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<HistoryStream, BackendError> {
+        let client = self.publisher.clone();
+        let channel = self.channel.clone();
+        // The first row at or after `since`, then the rows after the last one read, in pages;
+        // the read ends at the newest row there was when it began.
+        let bounds = client
+            .lock()
+            .await
+            .query_one(
+                "SELECT (SELECT coalesce(min(seq), 0) FROM sse_fanout_history
+                          WHERE channel = $1 AND at >= $2),
+                        (SELECT coalesce(max(seq), 0) FROM sse_fanout_history WHERE channel = $1)",
+                &[&channel, &since],
+            )
+            .await
+            .map_err(unavailable)?;
+        let (first, last): (i64, i64) = (bounds.get(0), bounds.get(1));
+        if first == 0 {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        Ok(paged(first, move |from: i64| {
+            let (client, channel) = (client.clone(), channel.clone());
+            async move {
+                let rows = client
+                    .lock()
+                    .await
+                    .query(
+                        "SELECT seq, body FROM sse_fanout_history
+                          WHERE channel = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                        &[&channel, &from, &last, &PAGE],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                let next = rows.last().map(|r| r.get::<_, i64>(0) + 1);
+                let more = rows.len() as i64 == PAGE;
+                let envelopes = rows
+                    .into_iter()
+                    .map(|r| Bytes::from(r.get::<_, Vec<u8>>(1)))
+                    .collect();
+                Ok((envelopes, next.filter(|_| more)))
+            }
+        }))
     }
 }
 

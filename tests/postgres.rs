@@ -49,7 +49,19 @@ fn raw(url: &str, channel: &str) -> RawPublish {
     })
 }
 
-/// The example keeps no history; its large-envelope table is emptied as envelopes are read.
-async fn forget(_url: &str, _channel: &str) {}
+/// Deletes the channel's rows of the history table.
+async fn forget(url: &str, channel: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "DELETE FROM sse_fanout_history WHERE channel = $1",
+            &[&channel_name(channel)],
+        )
+        .await
+        .unwrap();
+}
 
 common::fanout::broker_suite!(Broker::Postgres);
