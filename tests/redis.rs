@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,4 +73,78 @@ async fn a_password_in_the_url_works() {
         .query_async(&mut admin)
         .await
         .unwrap();
+}
+
+/// The subscription's connection is killed and cannot come back for a while (its ACL user is
+/// switched off); events published meanwhile are in the history, and the hub's subscription
+/// reads them from there once it is back: the client misses nothing. Without history they
+/// would never reach that instance.
+#[tokio::test]
+async fn a_lost_subscription_catches_up_from_the_history() {
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let admin = client.get_multiplexed_async_connection().await.unwrap();
+    let user = unique("sse-sub");
+    let acl = |args: Vec<String>| {
+        let mut admin = admin.clone();
+        async move {
+            let _: () = redis::cmd("ACL")
+                .arg(args)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+    };
+    let setuser = |state: &str| {
+        ["SETUSER", &user, state, ">s3cret", "~*", "&*", "+@all"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    acl(setuser("on")).await;
+    let host = url.split("://").nth(1).unwrap();
+    let channel = unique("catch-up");
+    let subscriber = RedisBackend::connect(&format!("redis://{user}:s3cret@{host}"), &channel)
+        .await
+        .unwrap();
+    let server = common::TestServer::start(Arc::new(subscriber), |b| b.app_name("catch-up")).await;
+    let mut stream = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let publisher = sse_fanout::Hub::builder(RedisBackend::connect(&url, &channel).await.unwrap())
+        .app_name("catch-up")
+        .start()
+        .await
+        .unwrap();
+    let publish = |n: u32| {
+        publisher.publish(sse_fanout::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1"))
+    };
+    publish(0).await.unwrap();
+    assert_eq!(stream.next().await.data, "0");
+
+    acl(setuser("off")).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", user.as_str()][..])
+        .query_async(&mut admin.clone())
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        publish(n).await.unwrap();
+    }
+    // Down for a while: the subscription retries against a user that is switched off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    acl(setuser("on")).await;
+    for n in 1..=5 {
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "event {n} after the loss"
+        );
+    }
+    publish(6).await.unwrap();
+    assert_eq!(stream.next().await.data, "6", "live again");
+    assert!(server.hub.backend_reconnects() >= 1);
+    acl(vec!["DELUSER".to_owned(), user.clone()]).await;
+    forget(&url, &channel).await;
 }

@@ -420,14 +420,28 @@ async fn run_subscription(
             // Subscribed again: what was published while this subscription was down is in the
             // history; the hub drops what it had already.
             let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
-            match catch_up(&inner, since, &tx).await {
-                Ok(n) => tracing::info!(
-                    envelopes = n,
-                    "redis subscription caught up from the history"
-                ),
-                Err(CatchUp::Gone) => return,
-                Err(CatchUp::Failed(error)) => {
-                    tracing::warn!(%error, "reading the history after a reconnect failed; events published meanwhile may be missing");
+            // The publishing connection the read goes through may have been lost too; it comes
+            // back on its own, so a failed read is tried again a few times.
+            let mut attempt = 0;
+            loop {
+                match catch_up(&inner, since, &tx).await {
+                    Ok(n) => {
+                        tracing::info!(
+                            envelopes = n,
+                            "redis subscription caught up from the history"
+                        );
+                        break;
+                    }
+                    Err(CatchUp::Gone) => return,
+                    Err(CatchUp::Failed(error)) if attempt < 5 => {
+                        tracing::debug!(%error, attempt, "reading the history after a reconnect failed; trying again");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
+                    Err(CatchUp::Failed(error)) => {
+                        tracing::warn!(%error, "reading the history after a reconnect failed; events published meanwhile may be missing");
+                        break;
+                    }
                 }
             }
         }
