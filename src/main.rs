@@ -92,9 +92,10 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_REPLAY_BYTES", default_value_t = 64 * 1024 * 1024)]
     replay_bytes: usize,
 
-    /// Keep the replay history in the broker too (Redis stream, JetStream stream), with the same
-    /// bounds, so an instance started later can serve `Last-Event-ID`: `on` or `off`.
-    #[arg(long, env = "SSE_FANOUT_BROKER_HISTORY", default_value = "on", value_parser = parse_switch)]
+    /// Keep the replay history in the broker too, with the same bounds (a Redis stream, a JetStream
+    /// stream, a RabbitMQ stream queue; Kafka's topic is one), and load it when starting, so an
+    /// instance started later serves `Last-Event-ID`: `on` or `off`.
+    #[arg(long, env = "SSE_FANOUT_BROKER_HISTORY", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     broker_history: bool,
 
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.

@@ -98,9 +98,11 @@ enum Stop {
     Kill,
 }
 
-/// Three hubs behind a balancer, six clients spread over them, a publisher sending targeted and
-/// broadcast events all along; every instance is replaced one by one (a new one started, the
-/// old one stopped with `stop`). Every client receives every event meant for it exactly once,
+/// Three hubs behind a balancer, 24 clients spread over them, a publisher sending targeted and
+/// broadcast events; every instance is replaced one by one (a new one started, the old one
+/// stopped with `stop`). Publishing pauses while an instance is replaced, so the clients that
+/// move then (a third of them to the new instance, on average) come back with the id of an event
+/// the new instance never saw live. Every client receives every event meant for it exactly once,
 /// in order, and never the reset event.
 async fn replace_every_instance(cluster: Cluster, stop: Stop) {
     let mut hubs = Vec::new();
@@ -108,7 +110,7 @@ async fn replace_every_instance(cluster: Cluster, stop: Stop) {
         hubs.push(cluster.hub().await);
     }
     let balancer = Balancer::start(hubs.iter().map(HubProcess::addr).collect()).await;
-    let sessions: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    let sessions: Vec<String> = (0..24).map(|i| format!("s{i}")).collect();
     let clients: Vec<Reconnecting> = sessions
         .iter()
         .map(|s| {
@@ -131,12 +133,20 @@ async fn replace_every_instance(cluster: Cluster, stop: Stop) {
     let publisher = cluster.publisher().await;
     let expected = Arc::new(std::sync::Mutex::new(Expected::default()));
     let publishing = Arc::new(AtomicBool::new(true));
+    // Held while an instance is replaced: the clients that move then last saw an event published
+    // before the new instance started, so the new one knows it only from the broker.
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
     let task = {
-        let (expected, publishing, sessions) =
-            (expected.clone(), publishing.clone(), sessions.clone());
+        let (expected, publishing, sessions, gate) = (
+            expected.clone(),
+            publishing.clone(),
+            sessions.clone(),
+            gate.clone(),
+        );
         tokio::spawn(async move {
             let mut n = 0usize;
             while publishing.load(Ordering::Relaxed) {
+                let _open = gate.lock().await;
                 let target = (n % 3 != 2).then(|| sessions[n % sessions.len()].clone());
                 let mut event = SendSseEvent::new("e", json!(n));
                 if let Some(t) = &target {
@@ -156,6 +166,7 @@ async fn replace_every_instance(cluster: Cluster, stop: Stop) {
 
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
+        let quiet = gate.lock().await;
         let fresh = cluster.hub().await;
         balancer.add(fresh.addr());
         let old = hubs.remove(0);
@@ -165,6 +176,9 @@ async fn replace_every_instance(cluster: Cluster, stop: Stop) {
             Stop::Kill => old.kill(),
         }
         hubs.push(fresh);
+        // The old instance's clients come back (to any instance) before publishing goes on.
+        tokio::time::sleep(RETRY + Duration::from_millis(500)).await;
+        drop(quiet);
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     publishing.store(false, Ordering::Relaxed);

@@ -61,6 +61,11 @@ enum Cmd {
     Cross(CrossArgs),
     /// The broker's own round trip, measured with its plain client crate.
     BrokerRtt(BrokerRttArgs),
+    /// What publishing costs through a hub on a broker (run with `--history on` and `off`).
+    PublishCost(PublishCostArgs),
+    /// A reconnect storm: N streams come back at once to a freshly started instance with a
+    /// `Last-Event-ID` some events behind, which it knows only from the broker's history.
+    Resume(ResumeArgs),
     /// Turns the JSON lines of a benchmark run into BENCHMARKS.md's table.
     Report(ReportArgs),
     /// Internal: holds streams for the other commands.
@@ -192,6 +197,35 @@ struct BrokerArgs {
     /// Seconds to publish for.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Whether the backend keeps its history in the broker: `on` or `off`.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    history: String,
+}
+
+impl BrokerArgs {
+    fn history(&self) -> Option<sse_fanout::ReplayConfig> {
+        (self.history == "on").then(sse_fanout::ReplayConfig::default)
+    }
+}
+
+#[derive(Debug, Args)]
+struct PublishCostArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ResumeArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    streams: StreamArgs,
+    /// How many events behind each stream's `Last-Event-ID` is.
+    #[arg(long, default_value_t = 100)]
+    behind: u64,
+    /// The hub binary to start as the fresh instance (its `--listen` is `--url`'s address).
+    #[arg(long)]
+    hub_bin: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +293,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Publish(args) => publish(args).await?,
         Cmd::Cross(args) => cross(args).await?,
         Cmd::BrokerRtt(args) => broker_rtt(args).await?,
+        Cmd::PublishCost(args) => publish_cost(args).await?,
+        Cmd::Resume(args) => resume(args).await?,
         Cmd::Report(args) => {
             print!("{}", report::table(&std::fs::read_to_string(&args.file)?)?);
             return Ok(());
@@ -288,9 +324,10 @@ struct WorkerSnapshot {
     ended: u64,
 }
 
-/// The query of stream `i`.
+/// The query of stream `i` (added to the query `path` may have).
 fn stream_query(path: &str, i: usize, sessions: usize) -> String {
-    let mut q = format!("{path}?eventName=bench,x{}", i % 4);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut q = format!("{path}{sep}eventName=bench,x{}", i % 4);
     if sessions > 0 {
         q.push_str(&format!("&sessionId=s{}", i % sessions));
     }
@@ -747,17 +784,29 @@ async fn connect_backend(
 ) -> anyhow::Result<Arc<dyn FanoutBackend>> {
     let url = broker.backend_url.as_str();
     let channel = broker.channel.as_str();
+    let history = broker.history();
     Ok(match broker.backend {
-        Backend::Redis => Arc::new(sse_fanout::redis::RedisBackend::connect(url, channel).await?),
-        Backend::Nats => Arc::new(sse_fanout::nats::NatsBackend::connect(url, channel).await?),
+        Backend::Redis => {
+            use sse_fanout::redis::{RedisBackend, RedisConfig};
+            let config = RedisConfig::new(channel).history(history);
+            Arc::new(RedisBackend::connect_with(url, config).await?)
+        }
+        Backend::Nats => {
+            use sse_fanout::nats::{ConnectOptions, NatsBackend, NatsConfig};
+            let config = NatsConfig::new(channel).history(history);
+            Arc::new(NatsBackend::connect_with(url, config, ConnectOptions::new()).await?)
+        }
         Backend::Rabbit => {
             use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
             let queue = format!("{app}.{instance}");
-            Arc::new(RabbitBackend::connect(url, RabbitConfig::new(channel, queue)).await?)
+            let config = RabbitConfig::new(channel, queue).history(history);
+            Arc::new(RabbitBackend::connect(url, config).await?)
         }
         Backend::Kafka => {
             use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
-            let config = KafkaConfig::new(url, channel, app.to_owned()).create_topic(3, 1);
+            let config = KafkaConfig::new(url, channel, app.to_owned())
+                .create_topic(3, 1)
+                .history(history);
             Arc::new(KafkaBackend::connect(config).await?)
         }
     })
@@ -798,6 +847,158 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
         "latency_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
     }))
+}
+
+/// Publishes `rate` events per second for `seconds` through a hub (one at a time, as a request
+/// handler would) and reports how long each publish took.
+async fn publish_cost(args: PublishCostArgs) -> anyhow::Result<Value> {
+    let broker = &args.broker;
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, "bench").await?;
+    let hub = Hub::builder_arc(backend)
+        .app_name("bench")
+        .instance_id(instance)
+        .start()
+        .await?;
+    let mut latencies = histogram();
+    let interval = Duration::from_secs_f64(1.0 / broker.rate.max(1) as f64);
+    let total = (broker.rate as f64 * broker.seconds) as u64;
+    let started = Instant::now();
+    let mut failed = 0;
+    for n in 0..total {
+        let due = started + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let event = sse_fanout::SendSseEvent::new("cost", json!({"n": n})).to_session("s1");
+        let at = Instant::now();
+        match hub.publish(event).await {
+            Ok(_) => latencies.saturating_record(at.elapsed().as_micros() as u64),
+            Err(_) => failed += 1,
+        }
+    }
+    hub.shutdown().await.ok();
+    Ok(json!({
+        "scenario": "publish_cost",
+        "backend": format!("{:?}", broker.backend).to_lowercase(),
+        "history": broker.history,
+        "rate": broker.rate,
+        "published": latencies.len(),
+        "failed": failed,
+        "latency_ms": percentiles_ms(&latencies),
+    }))
+}
+
+/// Publishes `behind + 1` broadcasts through a hub in this process, then starts a fresh hub
+/// process on the same broker and opens every stream on it at once with `lastEventId` set to the
+/// first of them: the fresh hub has seen none of them live. Reports how long the fresh hub took
+/// to be ready, how long until every stream had its `behind` replayed events, and the broker
+/// reads it issued (from its `/metrics`).
+async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
+    let broker = &args.broker;
+    let s = &args.streams;
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, "bench").await?;
+    let hub = Hub::builder_arc(backend)
+        .app_name("bench")
+        .instance_id(instance)
+        .start()
+        .await?;
+    let mut first = None;
+    for n in 0..=args.behind {
+        let id = hub
+            .publish(sse_fanout::SendSseEvent::new("bench", pump::payload(n)))
+            .await?;
+        first.get_or_insert(id);
+    }
+    hub.shutdown().await.ok();
+    let first = first.context("no event published")?;
+
+    let listen = s
+        .url
+        .strip_prefix("http://")
+        .context("--url must be http://host:port")?;
+    let kind = format!("{:?}", broker.backend).to_lowercase();
+    let started = Instant::now();
+    let mut fresh = Command::new(&args.hub_bin)
+        .args(["--listen", listen, "--backend", &kind])
+        .args([
+            "--backend-url",
+            &broker.backend_url,
+            "--channel",
+            &broker.channel,
+        ])
+        .args(["--app-name", "bench", "--broker-history", &broker.history])
+        .args(["--emitter-timeout", "0", "--queue-size", "1024"])
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the fresh hub")?;
+    while server_streams(&s.url).await.is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the fresh hub did not answer /healthz within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready_secs = started.elapsed().as_secs_f64();
+
+    let mut streams = s.clone();
+    streams.path = format!("{}?lastEventId={first}", s.path);
+    let opening = Instant::now();
+    let (mut workers, ready) = Workers::open(&streams, false).await?;
+    let want = ready.open as u64 * args.behind;
+    let (received, ended) = loop {
+        let (merged, ended) = workers.snapshot().await?;
+        if merged.received >= want || opening.elapsed() > Duration::from_secs(120) {
+            break (merged.received, ended);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let replayed_secs = opening.elapsed().as_secs_f64();
+    let metrics = metrics_text(&s.url).await.unwrap_or_default();
+    workers.stop().await;
+    let _ = fresh.start_kill();
+    let _ = fresh.wait().await;
+    Ok(json!({
+        "scenario": "resume",
+        "backend": kind,
+        "history": broker.history,
+        "streams": ready.open,
+        "behind": args.behind,
+        "fresh_ready_s": round(ready_secs, 3),
+        "all_replayed_s": round(replayed_secs, 3),
+        "connect_s": round(ready.connect_secs, 3),
+        "replayed": received,
+        "expected": want,
+        "streams_ended": ended,
+        "broker_reads": metric(&metrics, "sse_history_reads_total"),
+        "replays_from_broker": labelled_metric(&metrics, "sse_replays_total", "source=\"broker\""),
+        "resets": labelled_metric(&metrics, "sse_replays_total", "source=\"reset\""),
+    }))
+}
+
+/// A hub's `/metrics` text.
+async fn metrics_text(url: &str) -> Option<String> {
+    let server = Server::parse(url).ok()?;
+    let mut publisher = Publisher::connect(&server).await.ok()?;
+    let (_, body) = publisher.get("/metrics").await.ok()?;
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// The value of the first series of `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    labelled_metric(text, name, "")
+}
+
+/// The value of the first series of `name` whose labels contain `label`.
+fn labelled_metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(label))
+        })?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn broker_rtt(args: BrokerRttArgs) -> anyhow::Result<Value> {
