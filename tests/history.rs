@@ -350,8 +350,8 @@ macro_rules! history_scenarios {
 
             use common::backends::$module as backend;
 
-            /// The backend on a channel of the test's own, and what to forget afterwards.
-            async fn cluster() -> Option<(Cluster, String, String)> {
+            /// The backend on a channel of the test's own, forgotten when the test ends.
+            async fn cluster() -> Option<(Cluster, common::backends::Forget)> {
                 let url = brokers::url($broker).await?;
                 let channel = unique("history");
                 let mut extra = vec!["--app-name", APP];
@@ -361,57 +361,53 @@ macro_rules! history_scenarios {
                     connect: backend::connect(&url, &channel),
                     raw: backend::raw(&url, &channel),
                 };
-                Some((cluster, url, channel))
+                let forget = common::backends::Forget::new(&url, &channel, backend::forget);
+                Some((cluster, forget))
             }
 
             #[tokio::test]
             async fn a_rolling_deploy_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some((cluster, url, channel)) = cluster().await else {
+                let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
                 replace_every_instance(cluster, Stop::Term).await;
-                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn a_crash_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some((cluster, url, channel)) = cluster().await else {
+                let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
                 replace_every_instance(cluster, Stop::Kill).await;
-                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn a_restart_in_place_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some((cluster, url, channel)) = cluster().await else {
+                let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
                 restart_in_place(cluster).await;
-                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn scale_to_zero_loses_nothing() {
                 let _shared = brokers::shared().await;
-                let Some((cluster, url, channel)) = cluster().await else {
+                let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
                 scale_to_zero(cluster).await;
-                backend::forget(&url, &channel).await;
             }
 
             #[tokio::test]
             async fn an_id_past_retention_gets_one_reset() {
                 let _shared = brokers::shared().await;
-                let Some((cluster, url, channel)) = cluster().await else {
+                let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
                 retention(cluster).await;
-                backend::forget(&url, &channel).await;
             }
         }
     };

@@ -52,6 +52,7 @@ async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
         return;
     }
     let exchange = unique("queues");
+    let _forget = common::backends::Forget::new(&url, &exchange, forget);
     let (qa, qb) = (unique("orders.a"), unique("orders.b"));
     let hub = |queue: String| {
         let (url, exchange) = (url.clone(), exchange.clone());
@@ -87,7 +88,6 @@ async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.shutdown().await.unwrap();
-    forget(&url, &exchange).await;
 }
 
 #[tokio::test]

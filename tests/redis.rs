@@ -106,6 +106,7 @@ async fn a_lost_subscription_catches_up_from_the_history() {
     acl(setuser("on")).await;
     let host = url.split("://").nth(1).unwrap();
     let channel = unique("catch-up");
+    let _forget = common::backends::Forget::new(&url, &channel, forget);
     let subscriber = RedisBackend::connect(&format!("redis://{user}:s3cret@{host}"), &channel)
         .await
         .unwrap();
@@ -146,5 +147,4 @@ async fn a_lost_subscription_catches_up_from_the_history() {
     assert_eq!(stream.next().await.data, "6", "live again");
     assert!(server.hub.backend_reconnects() >= 1);
     acl(vec!["DELUSER".to_owned(), user.clone()]).await;
-    forget(&url, &channel).await;
 }

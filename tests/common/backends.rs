@@ -28,6 +28,47 @@ pub fn hub_args(backend: &str, url: &str, channel: &str, extra: &[&str]) -> Vec<
     .collect()
 }
 
+/// Removes what a test's channel left in the broker when dropped, also when the test fails:
+/// `Forget::new(url, channel, backend::forget)`.
+pub struct Forget {
+    run: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Forget {
+    pub fn new<F, Fut>(url: &str, channel: &str, forget: F) -> Forget
+    where
+        F: FnOnce(String, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (url, channel) = (url.to_owned(), channel.to_owned());
+        Forget {
+            run: Some(Box::new(move || {
+                // A runtime of its own on a thread of its own: Drop cannot await, and may run
+                // inside the test's runtime.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), forget(url, channel))
+                            .await;
+                    });
+                })
+                .join();
+            })),
+        }
+    }
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            run();
+        }
+    }
+}
+
 #[cfg(feature = "redis")]
 pub mod redis {
     use super::*;
@@ -71,14 +112,17 @@ pub mod redis {
     }
 
     /// Deletes the channel's history stream (it would expire by itself after its age).
-    pub async fn forget(url: &str, channel: &str) {
-        let client = ::redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = ::redis::cmd("DEL")
+    pub async fn forget(url: String, channel: String) {
+        let Ok(client) = ::redis::Client::open(url) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let _: Result<(), _> = ::redis::cmd("DEL")
             .arg(format!("{channel}:history"))
             .query_async(&mut conn)
-            .await
-            .unwrap();
+            .await;
     }
 }
 
@@ -112,8 +156,10 @@ pub mod nats {
     }
 
     /// Deletes the subject's JetStream history stream (streams outlive their messages).
-    pub async fn forget(url: &str, subject: &str) {
-        let client = async_nats::connect(url).await.unwrap();
+    pub async fn forget(url: String, subject: String) {
+        let Ok(client) = async_nats::connect(url).await else {
+            return;
+        };
         let jetstream = async_nats::jetstream::new(client);
         let name = sse_fanout::nats::NatsConfig::new(subject).history_stream;
         let _ = jetstream.delete_stream(name).await;
@@ -174,7 +220,7 @@ pub mod kafka {
 
     /// Topics are kept (deleting one under running clients is what librdkafka handles worst);
     /// their history is the topic's retention.
-    pub async fn forget(_brokers: &str, _topic: &str) {}
+    pub async fn forget(_brokers: String, _topic: String) {}
 }
 
 #[cfg(feature = "rabbit")]
@@ -224,12 +270,14 @@ pub mod rabbit {
     }
 
     /// Deletes the exchange's history stream queue (durable: it outlives every hub).
-    pub async fn forget(url: &str, exchange: &str) {
+    pub async fn forget(url: String, exchange: String) {
         use lapin::options::QueueDeleteOptions;
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
+        let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
         let queue = format!("{exchange}.history");
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -277,7 +277,7 @@ where
 
 /// Declares the tests every broker backend runs, in a test file that has
 /// `fn connect(url: &str, channel: &str) -> Connect`, `fn raw(url: &str, channel: &str) -> RawPublish`
-/// and `async fn forget(url: &str, channel: &str)` (removes what the channel left in the broker)
+/// and `async fn forget(url: String, channel: String)` (removes what the channel left in the broker)
 /// in scope:
 /// `broker_suite!(Broker::Redis);`. Each test takes the broker's URL from the harness.
 #[allow(unused_macros)]
@@ -290,9 +290,9 @@ macro_rules! broker_suite {
                 return;
             };
             let channel = common::unique("conformance");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             let connect = connect(&url, &channel);
             sse_core::testkit::run_all(&move || connect()).await;
-            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -302,8 +302,8 @@ macro_rules! broker_suite {
                 return;
             };
             let channel = common::unique("cluster");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::targeting_and_broadcast_across_instances(connect(&url, &channel)).await;
-            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -313,12 +313,12 @@ macro_rules! broker_suite {
                 return;
             };
             let channel = common::unique("apps");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::apps_see_only_their_own_events(
                 connect(&url, &channel),
                 raw(&url, &channel),
             )
             .await;
-            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -328,8 +328,8 @@ macro_rules! broker_suite {
                 return;
             };
             let channel = common::unique("replay");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::replay_across_instances(connect(&url, &channel)).await;
-            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -339,9 +339,9 @@ macro_rules! broker_suite {
                 return;
             };
             let channel = common::unique("drain");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::drain_then_reconnect_elsewhere_loses_nothing(connect(&url, &channel))
                 .await;
-            forget(&url, &channel).await;
         }
     };
 }
@@ -361,8 +361,8 @@ macro_rules! restart_suite {
                 return;
             };
             let channel = common::unique("outage");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::conformance_outage($broker, connect(&url, &channel)).await;
-            forget(&url, &channel).await;
         }
 
         #[tokio::test]
@@ -372,13 +372,13 @@ macro_rules! restart_suite {
                 return;
             };
             let channel = common::unique("restart");
+            let _forget = common::backends::Forget::new(&url, &channel, forget);
             common::fanout::delivery_resumes_after_a_broker_restart(
                 $broker,
                 connect(&url, &channel),
                 $within,
             )
             .await;
-            forget(&url, &channel).await;
         }
     };
 }

@@ -223,6 +223,10 @@ struct ResumeArgs {
     /// How many events behind each stream's `Last-Event-ID` is.
     #[arg(long, default_value_t = 100)]
     behind: u64,
+    /// Events published before those, so that the broker's history is this much fuller (the
+    /// fresh instance reads all of it when it starts).
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
     /// The hub binary to start as the fresh instance (its `--listen` is `--url`'s address).
     #[arg(long)]
     hub_bin: std::path::PathBuf,
@@ -902,6 +906,13 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
         .instance_id(instance)
         .start()
         .await?;
+    let filler = |n| sse_fanout::SendSseEvent::new("preload", pump::payload(n));
+    for chunk in (0..args.preload).collect::<Vec<_>>().chunks(500) {
+        let sends = chunk.iter().map(|&n| hub.publish(filler(n)));
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+    }
     let mut first = None;
     for n in 0..=args.behind {
         let id = hub
@@ -928,6 +939,7 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
         ])
         .args(["--app-name", "bench", "--broker-history", &broker.history])
         .args(["--emitter-timeout", "0", "--queue-size", "1024"])
+        .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .context("starting the fresh hub")?;
@@ -962,6 +974,7 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
         "history": broker.history,
         "streams": ready.open,
         "behind": args.behind,
+        "preload": args.preload,
         "fresh_ready_s": round(ready_secs, 3),
         "all_replayed_s": round(replayed_secs, 3),
         "connect_s": round(ready.connect_secs, 3),
