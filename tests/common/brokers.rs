@@ -2,9 +2,12 @@
 //!
 //! 1. The environment: `SSE_TEST_REDIS_URL`, `SSE_TEST_NATS_URL`, `SSE_TEST_RABBIT_URL`,
 //!    `SSE_TEST_KAFKA_BROKERS` (`eval "$(bash scripts/brokers.sh)"` sets them on the project's machines).
-//! 2. Otherwise, where a Docker engine answers, a container started with testcontainers.
-//! 3. Otherwise the test prints one line saying which broker is missing and how to provide it, and
-//!    skips; with `SSE_FANOUT_REQUIRE_BROKERS=1` (as in CI) it fails instead.
+//! 2. Otherwise the broker on its standard loopback port, if one answers (Redis 6379, NATS 4222,
+//!    RabbitMQ 5672 as guest, Kafka 9092, PostgreSQL 5432).
+//! 3. Otherwise, where a Docker engine answers, a container started with testcontainers.
+//! 4. Otherwise the test prints one line saying which broker is missing and how to provide it,
+//!    straight to the terminal (past the harness's capture), and skips; with
+//!    `SSE_FANOUT_REQUIRE_BROKERS=1` (as in CI) it fails instead.
 //!
 //! Tests that stop and start a broker take [`exclusive`]; the others take [`shared`], so an outage
 //! never hits a test that does not expect it.
@@ -84,15 +87,34 @@ pub fn missing(what: &str) {
     if required() {
         panic!("{line} (SSE_FANOUT_REQUIRE_BROKERS=1)");
     }
-    eprintln!("SKIPPED: {line}");
+    // Straight to the process's stderr: `eprintln!` would be captured by the test harness and
+    // shown only for a failing test, and a skip must be seen in a passing run.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {line}");
 }
 
-/// The broker's URL: from the environment, else a testcontainers container, else `None` after
-/// saying so (or a panic when brokers are required).
+/// The URL of a broker that answers on its standard loopback port, if one does.
+fn on_standard_port(broker: Broker) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port()));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    Some(match broker {
+        Broker::Redis => "redis://127.0.0.1:6379".to_owned(),
+        Broker::Nats => "nats://127.0.0.1:4222".to_owned(),
+        Broker::Rabbit => "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+        Broker::Kafka => "127.0.0.1:9092".to_owned(),
+        Broker::Postgres => "postgres://postgres@127.0.0.1:5432/test".to_owned(),
+    })
+}
+
+/// The broker's URL: from the environment, else the broker on its standard loopback port, else a
+/// testcontainers container, else `None` after saying so (or a panic when brokers are required).
 pub async fn url(broker: Broker) -> Option<String> {
     if let Ok(url) = std::env::var(broker.var())
         && !url.is_empty()
     {
+        return Some(url);
+    }
+    if let Some(url) = on_standard_port(broker) {
         return Some(url);
     }
     static STARTED: OnceLock<Mutex<HashMap<Broker, String>>> = OnceLock::new();
