@@ -49,3 +49,10 @@ async fn subscribe_holds_before_it_returns_every_time() {
         subscriber.close().await.unwrap();
     }
 }
+
+/// The connection to the broker is cut and comes back; what was published meanwhile is read from
+/// the history (see `common::fanout::a_cut_connection_catches_up_from_the_history`).
+#[tokio::test]
+async fn a_cut_connection_catches_up_from_the_history() {
+    common::fanout::cut_connection_on(Broker::Nats, connect, forget).await;
+}

@@ -105,3 +105,10 @@ async fn bad_urls_are_typed_errors() {
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
 }
+
+/// The connection to the broker is cut and comes back; what was published meanwhile is read from
+/// the history (see `common::fanout::a_cut_connection_catches_up_from_the_history`).
+#[tokio::test]
+async fn a_cut_connection_catches_up_from_the_history() {
+    common::fanout::cut_connection_on(Broker::Rabbit, connect, forget).await;
+}

@@ -148,3 +148,10 @@ async fn a_lost_subscription_catches_up_from_the_history() {
     assert!(server.hub.backend_reconnects() >= 1);
     acl(vec!["DELUSER".to_owned(), user.clone()]).await;
 }
+
+/// The connection to the broker is cut and comes back; what was published meanwhile is read from
+/// the history (see `common::fanout::a_cut_connection_catches_up_from_the_history`).
+#[tokio::test]
+async fn a_cut_connection_catches_up_from_the_history() {
+    common::fanout::cut_connection_on(Broker::Redis, connect, forget).await;
+}

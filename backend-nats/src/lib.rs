@@ -34,6 +34,11 @@
 //! a time, in batches, up to the messages pending when the read began. Anything published to the
 //! subject by any client (`nats pub send.sse.event '<envelope>'`) is captured by the stream too.
 //! The server must have JetStream enabled (`nats-server -js`); set `history` to `None` otherwise.
+//!
+//! When the connection comes back after it was lost, or the client dropped messages of a slow
+//! subscription, each subscription reads the stream from a few seconds before the last message
+//! it received and hands that to the hub ahead of what comes next; the hub drops what it had, so
+//! nothing published meanwhile is missing (without history it would be).
 
 use std::fmt;
 use std::sync::Arc;
@@ -131,6 +136,9 @@ struct Counters {
     reconnects: AtomicU64,
     connected_once: AtomicBool,
     closed: AtomicBool,
+    /// Bumped when messages may have been missed (the connection came back, or the client
+    /// dropped messages of a slow subscription): subscriptions then catch up from the history.
+    missed: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for NatsBackend {
@@ -279,11 +287,13 @@ impl Counters {
         match event {
             Event::SlowConsumer(sid) => {
                 self.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                self.missed.send_modify(|n| *n += 1);
                 tracing::warn!(%subject, sid, "NATS dropped messages: a subscription is a slow consumer");
             }
             Event::Connected => {
                 if self.connected_once.load(Ordering::Relaxed) {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.missed.send_modify(|n| *n += 1);
                     tracing::info!(%subject, "NATS connection restored");
                 }
             }
@@ -356,7 +366,17 @@ impl FanoutBackend for NatsBackend {
         tokio::time::timeout(self.config.publish_timeout, self.round_trip())
             .await
             .map_err(|_| self.timeout())??;
-        Ok(subscriber.map(|message| message.payload).boxed())
+        if self.jetstream.is_none() {
+            return Ok(subscriber.map(|message| message.payload).boxed());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(forward_catching_up(
+            self.clone(),
+            subscriber,
+            self.counters.missed.subscribe(),
+            tx,
+        ));
+        Ok(sse_core::backend::channel_stream(rx))
     }
 
     async fn health(&self) -> Health {
@@ -382,6 +402,61 @@ impl FanoutBackend for NatsBackend {
             .drain()
             .await
             .map_err(|e| BackendError::unavailable(NAME, e))
+    }
+}
+
+/// How far before its last sign of life a subscription that may have missed messages reads the
+/// history again (this host's and the server's clocks may differ by this much).
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Forwards a subscription's messages; when messages may have been missed (a reconnect, a slow
+/// consumer), first hands over the history since a little before the last message received. The
+/// hub drops what it had.
+async fn forward_catching_up(
+    backend: NatsBackend,
+    mut subscriber: async_nats::Subscriber,
+    mut missed: tokio::sync::watch::Receiver<u64>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let mut alive_at = std::time::SystemTime::now();
+    loop {
+        tokio::select! {
+            message = subscriber.next() => {
+                let Some(message) = message else { return };
+                if tx.send(message.payload).await.is_err() {
+                    return;
+                }
+                alive_at = std::time::SystemTime::now();
+            }
+            changed = missed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
+                match backend.read_since(since).await {
+                    Ok(mut history) => {
+                        let mut n = 0;
+                        while let Some(item) = history.next().await {
+                            match item {
+                                Ok(envelope) => {
+                                    if tx.send(envelope).await.is_err() {
+                                        return;
+                                    }
+                                    n += 1;
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "reading the history to catch up failed part way");
+                                    break;
+                                }
+                            }
+                        }
+                        tracing::info!(envelopes = n, subject = %backend.config.subject, "NATS subscription caught up from the history");
+                    }
+                    Err(error) => tracing::warn!(%error, "reading the history to catch up failed; messages published meanwhile may be missing"),
+                }
+            }
+            () = tx.closed() => return,
+        }
     }
 }
 

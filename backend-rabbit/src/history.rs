@@ -2,6 +2,9 @@
 //! to the exchange is routed to each instance's queue and, in the same step, appended to the
 //! stream, which RabbitMQ trims by age (`x-max-age`) and size (`x-max-length-bytes`).
 //!
+//! A subscription that comes back after its connection was lost (its queue went away with it)
+//! reads the stream from a little before the last message it received, ahead of the new queue's.
+//!
 //! A read consumes the stream from a timestamp (`x-stream-offset`, whole seconds, so it may start
 //! up to a second early: the hub recognises what it has). To know where the stream ended when the
 //! read began, the reader first appends a marker of its own to the stream (through the default
@@ -187,6 +190,39 @@ impl Inner {
         let _ = connection.close(200, "history read".into()).await;
         result
     }
+}
+
+/// How far before its last sign of life a restored subscription reads the history again (this
+/// host's and the broker's clocks may differ by this much).
+const CATCH_UP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands the history since a little before `alive_at` to a restored subscription's receiver;
+/// `false` when the receiver is gone.
+pub(crate) async fn catch_up(
+    inner: &Inner,
+    alive_at: SystemTime,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) -> bool {
+    let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
+    match inner.timed(inner.read_since(since)).await {
+        Ok(envelopes) => {
+            let n = envelopes.len();
+            for envelope in envelopes {
+                if tx.send(envelope).await.is_err() {
+                    return false;
+                }
+            }
+            tracing::info!(
+                envelopes = n,
+                "rabbitmq subscription caught up from the history"
+            );
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "reading the history after a reconnect failed; events published meanwhile may be missing"
+        ),
+    }
+    true
 }
 
 fn marker_of(properties: &BasicProperties) -> Option<&[u8]> {

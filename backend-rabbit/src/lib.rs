@@ -405,6 +405,9 @@ async fn run_subscription(
     let mut session = Some(first);
     let mut backoff = Duration::from_millis(100);
     let mut state = inner.reconnects.subscription();
+    // When this subscription last received something; after a reconnect, what was published
+    // since (the instance's queue went away with its connection) is read from the history.
+    let mut alive_at = std::time::SystemTime::now();
     'reconnect: loop {
         let (connection, mut consumer) = match session.take() {
             Some(session) => session,
@@ -419,6 +422,11 @@ async fn run_subscription(
                         state.restored();
                         tracing::info!(%queue, "rabbitmq subscription restored");
                         backoff = Duration::from_millis(100);
+                        if inner.config.history.is_some()
+                            && !history::catch_up(&inner, alive_at, &tx).await
+                        {
+                            break 'reconnect;
+                        }
                         session
                     }
                     Err(error) => {
@@ -439,6 +447,7 @@ async fn run_subscription(
             };
             match delivery {
                 Some(Ok(delivery)) => {
+                    alive_at = std::time::SystemTime::now();
                     if tx.send(Bytes::from(delivery.data.clone())).await.is_err() {
                         let _ = connection.close(200, "bye".into()).await;
                         break 'reconnect;

@@ -365,3 +365,72 @@ impl Drop for NodeEventSource {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy to a broker whose connections the test can cut: `cut` drops every connection and
+/// refuses new ones until `restore`, as a network partition between one instance and its broker
+/// would, while the broker itself stays up for everyone else.
+pub struct CutProxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (is_cut, tasks) = (cut.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        CutProxy {
+            port,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    /// `url` with the broker's `127.0.0.1:<port>` replaced by this proxy's.
+    pub fn url(&self, url: &str, broker_port: u16) -> String {
+        url.replace(
+            &format!("127.0.0.1:{broker_port}"),
+            &format!("127.0.0.1:{}", self.port),
+        )
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}

@@ -384,3 +384,78 @@ macro_rules! restart_suite {
 }
 #[allow(unused_imports)]
 pub(crate) use restart_suite;
+
+/// One instance's connection to the broker is cut (a proxy between them drops it and refuses new
+/// ones for a while) while the broker stays up; events published meanwhile on another instance
+/// are in the history, and the cut instance's subscription reads them from there once it is
+/// back: its client misses nothing, in order. `connect(url)` connects a backend to the test's
+/// channel at `url`; `url` is the broker's, on 127.0.0.1 at `port`.
+pub async fn a_cut_connection_catches_up_from_the_history(
+    url: &str,
+    port: u16,
+    connect: impl Fn(&str) -> Connect,
+) {
+    let proxy = super::cluster::CutProxy::start(([127, 0, 0, 1], port).into()).await;
+    let cut_off = connect(&proxy.url(url, port))().await;
+    let server = TestServer::start(cut_off, |b| b.app_name("catch-up")).await;
+    let mut stream = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let publisher =
+        crate::common::TestServer::start(connect(url)().await, |b| b.app_name("catch-up")).await;
+    let publish = |n: u32| {
+        publisher
+            .hub
+            .publish(SendSseEvent::new("e", json!(n)).to_session("s1"))
+    };
+    publish(0).await.unwrap();
+    assert_eq!(stream.next().await.data, "0");
+
+    proxy.cut();
+    for n in 1..=5 {
+        publish(n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.restore();
+    for n in 1..=5 {
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "event {n}, published while the connection was cut"
+        );
+    }
+    publish(6).await.unwrap();
+    assert_eq!(stream.next().await.data, "6", "live again");
+    assert!(
+        server.hub.backend_reconnects() >= 1,
+        "the connection was cut"
+    );
+}
+
+/// [`a_cut_connection_catches_up_from_the_history`] on `broker`, on a channel of its own.
+pub async fn cut_connection_on<F, Fut>(
+    broker: Broker,
+    connect: fn(&str, &str) -> Connect,
+    forget: F,
+) where
+    F: FnOnce(String, String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let _shared = brokers::shared().await;
+    let Some(url) = brokers::url(broker).await else {
+        return;
+    };
+    let Some(port) = url
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+    else {
+        brokers::missing(&format!(
+            "a {broker:?} on 127.0.0.1, to put a proxy in front of it"
+        ));
+        return;
+    };
+    let channel = super::unique("cut");
+    let _forget = super::backends::Forget::new(&url, &channel, forget);
+    a_cut_connection_catches_up_from_the_history(&url, port, |u| connect(u, &channel)).await;
+}
