@@ -340,6 +340,35 @@ async fn retention(cluster: Cluster) {
             assert!(after.is_none(), "only one reset for {last}: then {after:?}");
         }
     }
+    // What the fresh instance says about it: one read of the broker, two resets.
+    let metrics = common::client()
+        .get(fresh.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str, label: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value("sse_history_reads_total{", "").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("sse_replays_total{", "source=\"reset\"").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        value("sse_replays_total{", "source=\"broker\"").as_deref(),
+        Some("0")
+    );
 }
 
 macro_rules! history_scenarios {

@@ -516,6 +516,40 @@ async fn an_unknown_last_event_id_is_signalled_once_at_the_start() {
     assert_eq!(s.next().await.data, "live");
 }
 
+/// Ids are unique: a second publish under an id this instance's history holds is refused with
+/// 409 (it would be taken for a redelivery and dropped), and nothing in between is lost when a
+/// client resumes after that id.
+#[tokio::test]
+async fn a_reused_publisher_id_is_refused_and_replay_loses_nothing() {
+    let server = server().await;
+    let body = |id: Option<&str>, payload: &str| {
+        let mut body = json!({"eventName": "e", "sessionId": "s1", "payload": payload});
+        if let Some(id) = id {
+            body["id"] = json!(id);
+        }
+        body
+    };
+    assert_eq!(server.publish(body(Some("dup"), "first")).await.0, 202);
+    assert_eq!(server.publish(body(None, "a")).await.0, 202);
+    let (status, answer) = server.publish(body(Some("dup"), "again")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"], "duplicate_id");
+    assert_eq!(server.publish(body(None, "b")).await.0, 202);
+    let mut resumed = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e&sessionId=s1"),
+        &[("last-event-id", "dup")],
+    )
+    .await;
+    assert_eq!(resumed.next().await.data, "a");
+    assert_eq!(resumed.next().await.data, "b");
+    assert!(
+        resumed
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}
+
 #[tokio::test]
 async fn stream_limits_answer_503_429_and_400() {
     let server = TestServer::start_with(
@@ -667,6 +701,12 @@ async fn prometheus_metrics_count_what_happened() {
         r#"sse_backend_up{instance="metrics-test",backend="local"} 1"#,
         r#"sse_backend_reconnects_total{instance="metrics-test",backend="local"} 0"#,
         r#"sse_publish_duration_seconds_count{instance="metrics-test"} 1"#,
+        r#"sse_replays_total{instance="metrics-test",source="local"} 0"#,
+        r#"sse_replays_total{instance="metrics-test",source="broker"} 0"#,
+        r#"sse_replays_total{instance="metrics-test",source="reset"} 0"#,
+        r#"sse_history_reads_total{instance="metrics-test"} 0"#,
+        r#"sse_events_dropped_total{instance="metrics-test",reason="duplicate"} 0"#,
+        "sse_history_read_duration_seconds_count{instance=\"metrics-test\"} 0",
     ] {
         assert!(text.contains(line), "{line} missing in:\n{text}");
     }
