@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -108,16 +108,7 @@ impl Inner {
                 });
             }
         };
-        channel
-            .queue_bind(
-                queue.into(),
-                self.config.exchange.clone().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)
+        self.bind(channel, queue).await
     }
 
     async fn read_since(&self, since: SystemTime) -> Result<Vec<Bytes>, BackendError> {

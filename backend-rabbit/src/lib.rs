@@ -210,6 +210,20 @@ impl Inner {
             .map_err(unavailable)
     }
 
+    /// Binds `queue` to the fanout exchange.
+    async fn bind(&self, channel: &Channel, queue: &str) -> Result<(), BackendError> {
+        channel
+            .queue_bind(
+                queue.into(),
+                self.config.exchange.clone().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)
+    }
+
     async fn publishing_session(&self) -> Result<(Connection, Channel), BackendError> {
         let connection = self.connection("publisher").await?;
         self.timed(async {
@@ -254,16 +268,7 @@ impl Inner {
                     .queue_declare(queue.into(), options, FieldTable::default())
                     .await
                     .map_err(unavailable)?;
-                channel
-                    .queue_bind(
-                        queue.into(),
-                        self.config.exchange.clone().into(),
-                        "".into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
+                self.bind(&channel, queue).await?;
                 channel
                     .basic_consume(
                         queue.into(),

@@ -853,17 +853,22 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
     }))
 }
 
+/// A hub of app `bench` inside the load tool, on `broker`.
+async fn bench_hub(broker: &BrokerArgs) -> anyhow::Result<Hub> {
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, "bench").await?;
+    Ok(Hub::builder_arc(backend)
+        .app_name("bench")
+        .instance_id(instance)
+        .start()
+        .await?)
+}
+
 /// Publishes `rate` events per second for `seconds` through a hub (one at a time, as a request
 /// handler would) and reports how long each publish took.
 async fn publish_cost(args: PublishCostArgs) -> anyhow::Result<Value> {
     let broker = &args.broker;
-    let instance = format!("loadgen-{}", std::process::id());
-    let backend = connect_backend(broker, &instance, "bench").await?;
-    let hub = Hub::builder_arc(backend)
-        .app_name("bench")
-        .instance_id(instance)
-        .start()
-        .await?;
+    let hub = bench_hub(broker).await?;
     let mut latencies = histogram();
     let interval = Duration::from_secs_f64(1.0 / broker.rate.max(1) as f64);
     let total = (broker.rate as f64 * broker.seconds) as u64;
@@ -899,13 +904,7 @@ async fn publish_cost(args: PublishCostArgs) -> anyhow::Result<Value> {
 async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
     let broker = &args.broker;
     let s = &args.streams;
-    let instance = format!("loadgen-{}", std::process::id());
-    let backend = connect_backend(broker, &instance, "bench").await?;
-    let hub = Hub::builder_arc(backend)
-        .app_name("bench")
-        .instance_id(instance)
-        .start()
-        .await?;
+    let hub = bench_hub(broker).await?;
     let filler = |n| sse_fanout::SendSseEvent::new("preload", pump::payload(n));
     for chunk in (0..args.preload).collect::<Vec<_>>().chunks(500) {
         let sends = chunk.iter().map(|&n| hub.publish(filler(n)));
