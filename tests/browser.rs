@@ -97,7 +97,6 @@ fn browser_ready() -> bool {
 
 #[tokio::test]
 async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
-    let _exclusive = brokers::shared().await;
     let Some(redis) = brokers::url(Broker::Redis).await else {
         return;
     };

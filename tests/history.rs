@@ -396,7 +396,6 @@ macro_rules! history_scenarios {
 
             #[tokio::test]
             async fn a_rolling_deploy_loses_nothing() {
-                let _shared = brokers::shared().await;
                 let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
@@ -405,7 +404,6 @@ macro_rules! history_scenarios {
 
             #[tokio::test]
             async fn a_crash_loses_nothing() {
-                let _shared = brokers::shared().await;
                 let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
@@ -414,7 +412,6 @@ macro_rules! history_scenarios {
 
             #[tokio::test]
             async fn a_restart_in_place_loses_nothing() {
-                let _shared = brokers::shared().await;
                 let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
@@ -423,7 +420,6 @@ macro_rules! history_scenarios {
 
             #[tokio::test]
             async fn scale_to_zero_loses_nothing() {
-                let _shared = brokers::shared().await;
                 let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };
@@ -432,7 +428,6 @@ macro_rules! history_scenarios {
 
             #[tokio::test]
             async fn an_id_past_retention_gets_one_reset() {
-                let _shared = brokers::shared().await;
                 let Some((cluster, _forget)) = cluster().await else {
                     return;
                 };

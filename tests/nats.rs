@@ -31,7 +31,6 @@ async fn bad_urls_are_typed_errors() {
 #[tokio::test]
 async fn subscribe_holds_before_it_returns_every_time() {
     use futures_util::StreamExt;
-    let _shared = common::brokers::shared().await;
     let Some(url) = common::brokers::url(Broker::Nats).await else {
         return;
     };

@@ -43,7 +43,6 @@ fn list_queues() -> Option<Vec<(String, u32)>> {
 
 #[tokio::test]
 async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
-    let _shared = brokers::shared().await;
     let Some(url) = brokers::url(Broker::Rabbit).await else {
         return;
     };

@@ -36,7 +36,6 @@ async fn bad_urls_are_typed_errors() {
 /// A user and password in the URL: an ACL user made for this test, removed afterwards.
 #[tokio::test]
 async fn a_password_in_the_url_works() {
-    let _shared = brokers::shared().await;
     let Some(url) = brokers::url(Broker::Redis).await else {
         return;
     };
@@ -81,7 +80,6 @@ async fn a_password_in_the_url_works() {
 /// would never reach that instance.
 #[tokio::test]
 async fn a_lost_subscription_catches_up_from_the_history() {
-    let _shared = brokers::shared().await;
     let Some(url) = brokers::url(Broker::Redis).await else {
         return;
     };

@@ -223,9 +223,12 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError>;
 
     /// Starts receiving. Returns only once the broker holds the subscription, so that anything
-    /// published after it returns is received. The stream yields each envelope exactly once, in the
-    /// order each publisher published them, and keeps going across broker outages (the backend
-    /// reconnects by itself). It ends only after [`close`](Self::close).
+    /// published after it returns is received. The stream yields each envelope once, in the order
+    /// each publisher published them, and keeps going across broker outages (the backend
+    /// reconnects by itself). A backend with [`history`](Self::history) may, after a reconnect,
+    /// yield again envelopes from shortly before the loss as it catches up from the history: the
+    /// hub recognises them by id and delivers each event once. It ends only after
+    /// [`close`](Self::close).
     async fn subscribe(&self) -> Result<BackendStream, BackendError>;
 
     /// Whether the broker connection is up.

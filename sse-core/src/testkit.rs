@@ -256,6 +256,7 @@ where
 {
     let subscriber = factory.instance().await;
     let publisher = factory.instance().await;
+    let history = subscriber.history().is_some();
     let mut stream = subscriber.subscribe().await.unwrap();
     publisher
         .publish(envelope("before", json!(0)))
@@ -278,8 +279,11 @@ where
             Err(_) => panic!("publish hung for 5 s after the outage"),
             Ok(Err(error)) => tracing::debug!(%error, "publish after the outage failed; retrying"),
             Ok(Ok(())) => {
-                if let Some(bytes) = next_within(&mut stream, Duration::from_millis(500)).await {
+                while let Some(bytes) = next_within(&mut stream, Duration::from_millis(500)).await {
                     let got = Envelope::decode(&bytes).unwrap();
+                    if got.event_name == "before" && history {
+                        continue; // caught up again from the history: the hub drops it by id
+                    }
                     assert_eq!(got.event_name, "after");
                     return;
                 }

@@ -9,18 +9,13 @@
 //!    straight to the terminal (past the harness's capture), and skips; with
 //!    `SSE_FANOUT_REQUIRE_BROKERS=1` (as in CI) it fails instead.
 //!
-//! Tests that stop and start a broker take [`exclusive`]; the others take [`shared`], so an outage
-//! never hits a test that does not expect it.
+//! Tests that stop a broker stop one of their own ([`super::own`]), never these.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Broker {
@@ -42,16 +37,6 @@ impl Broker {
         }
     }
 
-    fn ensure_name(self) -> &'static str {
-        match self {
-            Broker::Redis => "redis",
-            Broker::Nats => "nats",
-            Broker::Rabbit => "rabbitmq",
-            Broker::Kafka => "kafka",
-            Broker::Postgres => "postgres",
-        }
-    }
-
     fn port(self) -> u16 {
         match self {
             Broker::Redis => 6379,
@@ -61,18 +46,6 @@ impl Broker {
             Broker::Postgres => 5432,
         }
     }
-}
-
-static BROKER_LOCK: RwLock<()> = RwLock::const_new(());
-
-/// Taken by tests that only use a broker.
-pub async fn shared() -> RwLockReadGuard<'static, ()> {
-    BROKER_LOCK.read().await
-}
-
-/// Taken by tests that stop and start a broker.
-pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    BROKER_LOCK.write().await
 }
 
 fn required() -> bool {
@@ -196,97 +169,20 @@ async fn start_container(broker: Broker) -> Result<String, String> {
 }
 
 /// The script that starts the brokers on the project's machines.
-fn ensure_script() -> Option<PathBuf> {
-    let path = std::env::var_os("SSE_BROKERS_ENSURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/services/ensure")
-        });
-    path.is_file().then_some(path)
-}
-
-/// Whether this test process can stop and start `broker`: it runs on loopback at its standard
-/// port and the `ensure` script is there to start it again.
-pub fn controllable(broker: Broker) -> bool {
-    let url = std::env::var(broker.var()).unwrap_or_default();
-    let on_loopback = url.contains("127.0.0.1") || url.contains("localhost");
-    on_loopback && url.contains(&broker.port().to_string()) && ensure_script().is_some()
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    match Command::new(cmd).args(args).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "`{cmd} {}` exited {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => eprintln!("`{cmd}` could not run: {e}"),
-    }
-}
-
-/// Stops the broker (the commands of `shared/services/README.md`) and waits until it is down.
-pub async fn stop(broker: Broker) {
-    match broker {
-        Broker::Redis => run("redis-cli", &["-p", "6379", "shutdown", "nosave"]),
-        // SIGKILL: on SIGTERM nats-server closes its listener first and goes on serving its open
-        // connections for a while, so a new server could run beside the dying one.
-        Broker::Nats => run("pkill", &["-KILL", "-x", "nats-server"]),
-        Broker::Rabbit => run("rabbitmqctl", &["stop_app"]),
-        Broker::Kafka => run("pkill", &["-f", "tansu broker"]),
-        Broker::Postgres => run(
-            "pg_ctlcluster",
-            &["--skip-systemctl-redirect", "15", "main", "stop"],
-        ),
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while port_open(broker.port()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{broker:?} did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts the broker again and waits until it accepts connections.
-pub async fn start(broker: Broker) {
-    match broker {
-        Broker::Rabbit => run("rabbitmqctl", &["start_app"]),
-        _ => {
-            let script = ensure_script().expect("the ensure script");
-            run("bash", &[script.to_str().unwrap(), broker.ensure_name()]);
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !port_open(broker.port()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{broker:?} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    settle(broker).await;
-}
 
 /// Waits until the broker carries a message end to end: an open port is not yet a settled broker.
 pub async fn settle(broker: Broker) {
+    if let Ok(url) = std::env::var(broker.var()) {
+        settle_at(broker, &url).await;
+    }
+}
+
+/// [`settle`] for the broker at `url`.
+pub async fn settle_at(broker: Broker, url: &str) {
     if broker != Broker::Nats {
         tokio::time::sleep(Duration::from_millis(500)).await;
         return;
     }
-    let Ok(url) = std::env::var(broker.var()) else {
-        return;
-    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut clean_rounds = 0;
     while clean_rounds < 3 {
@@ -296,7 +192,7 @@ pub async fn settle(broker: Broker) {
         );
         let probe = async {
             use futures_util::StreamExt;
-            let client = async_nats::connect(url.as_str()).await.ok()?;
+            let client = async_nats::connect(url).await.ok()?;
             let subject = format!("sse-test.settle.{}", super::unique("p"));
             let mut sub = client.subscribe(subject.clone()).await.ok()?;
             client.flush().await.ok()?;
@@ -314,25 +210,11 @@ pub async fn settle(broker: Broker) {
     }
 }
 
-/// Stops the broker, runs `while_down`, starts the broker again. The broker is started again even
-/// when `while_down` panics, so that later tests find it up.
-pub async fn outage<F: Future<Output = ()>>(broker: Broker, while_down: F) {
-    struct Restart(Broker);
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            if !port_open(self.0.port())
-                && let Some(script) = ensure_script()
-            {
-                run(
-                    "bash",
-                    &[script.to_str().unwrap_or_default(), self.0.ensure_name()],
-                );
-            }
-        }
-    }
-    let guard = Restart(broker);
-    stop(broker).await;
-    while_down.await;
-    start(broker).await;
-    drop(guard);
+/// A way to take a broker down for a while, for the outage tests.
+pub trait Outage: Send {
+    /// Takes the broker down, runs `while_down`, and brings it back (settled).
+    fn run<'a>(
+        &'a mut self,
+        while_down: futures_util::future::BoxFuture<'a, ()>,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
 }

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use serde_json::json;
 use sse_fanout::{FanoutBackend, SendSseEvent};
 
-use super::brokers::{self, Broker};
+use super::brokers::{self, Broker, Outage};
 use super::{TestServer, client};
 
 /// Connects a new backend instance to the test's channel.
@@ -106,17 +106,17 @@ pub async fn apps_see_only_their_own_events(connect: Connect, raw: RawPublish) {
 /// The broker stops under two running hubs: publishing fails with a typed error (HTTP 503) and
 /// nothing panics; it comes back and delivery resumes `within` without restarting the hubs.
 pub async fn delivery_resumes_after_a_broker_restart(
-    broker: Broker,
+    outage: &mut dyn Outage,
     connect: Connect,
     within: Duration,
 ) {
-    delivery_resumes_after_a_broker_restart_then(broker, connect, within, || async {}).await;
+    delivery_resumes_after_a_broker_restart_then(outage, connect, within, || async {}).await;
 }
 
 /// As [`delivery_resumes_after_a_broker_restart`], running `after_start` once the broker is back
 /// (to recreate what a broker with in-memory storage lost).
 pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
-    broker: Broker,
+    outage: &mut dyn Outage,
     connect: Connect,
     within: Duration,
     after_start: A,
@@ -124,14 +124,6 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
     A: FnOnce() -> AF,
     AF: Future<Output = ()>,
 {
-    if !brokers::controllable(broker) {
-        brokers::missing(&format!(
-            "a {broker:?} this test can stop and start (on 127.0.0.1 at its standard port, with ../shared/services/ensure)"
-        ));
-        return;
-    }
-    let _exclusive = brokers::exclusive().await;
-    brokers::settle(broker).await;
     let a = hub(&connect, "orders").await;
     let b = hub(&connect, "orders").await;
     let mut stream = a.stream("eventName=e&sessionId=s1").await;
@@ -141,21 +133,22 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
     assert_eq!(publish("before").await.0, 202);
     assert_eq!(stream.next().await.data, "before");
 
-    brokers::outage(broker, async {
-        let started = Instant::now();
-        let (status, body) = publish("while down").await;
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(body["error"], "backend_unavailable");
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "publish took {:?}",
-            started.elapsed()
-        );
-        let health = client().get(b.url("/healthz")).send().await.unwrap();
-        // Health may take a moment to notice; it must not hang.
-        let _ = health.status();
-    })
-    .await;
+    outage
+        .run(Box::pin(async {
+            let started = Instant::now();
+            let (status, body) = publish("while down").await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"], "backend_unavailable");
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "publish took {:?}",
+                started.elapsed()
+            );
+            let health = client().get(b.url("/healthz")).send().await.unwrap();
+            // Health may take a moment to notice; it must not hang.
+            let _ = health.status();
+        }))
+        .await;
     after_start().await;
 
     let back = Instant::now();
@@ -169,12 +162,12 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
         }
         assert!(
             back.elapsed() < within,
-            "no delivery within {within:?} after {broker:?} came back"
+            "no delivery within {within:?} after the broker came back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
-        "{broker:?}: delivery resumed {:?} after the broker was back",
+        "delivery resumed {:?} after the broker was back",
         back.elapsed()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -182,6 +175,10 @@ pub async fn delivery_resumes_after_a_broker_restart_then<A, AF>(
         assert!(Instant::now() < deadline, "health did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Closed while the broker is up: a client torn down with the runtime after the broker is
+    // gone may wait for its sockets to time out (librdkafka does).
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A client leaves instance A and comes back on instance B with `Last-Event-ID`: B replays what
@@ -253,16 +250,12 @@ pub async fn drain_then_reconnect_elsewhere_loses_nothing(connect: Connect) {
 }
 
 /// Runs the conformance suite's outage check with a real broker restart.
-pub async fn conformance_outage(broker: Broker, connect: Connect) {
-    if !brokers::controllable(broker) {
-        brokers::missing(&format!("a {broker:?} this test can stop and start"));
-        return;
-    }
-    let _exclusive = brokers::exclusive().await;
-    brokers::settle(broker).await;
+pub async fn conformance_outage(outage: &mut dyn Outage, connect: Connect) {
     let factory = move || connect();
     sse_core::testkit::delivery_resumes_after_an_outage(&factory, || async {
-        brokers::outage(broker, tokio::time::sleep(Duration::from_millis(500))).await;
+        outage
+            .run(Box::pin(tokio::time::sleep(Duration::from_millis(500))))
+            .await;
     })
     .await;
 }
@@ -285,7 +278,6 @@ macro_rules! broker_suite {
     ($broker:expr) => {
         #[tokio::test]
         async fn conformance_suite() {
-            let _shared = common::brokers::shared().await;
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
@@ -297,7 +289,6 @@ macro_rules! broker_suite {
 
         #[tokio::test]
         async fn targeting_and_broadcast_across_instances() {
-            let _shared = common::brokers::shared().await;
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
@@ -308,7 +299,6 @@ macro_rules! broker_suite {
 
         #[tokio::test]
         async fn apps_see_only_their_own_events() {
-            let _shared = common::brokers::shared().await;
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
@@ -323,7 +313,6 @@ macro_rules! broker_suite {
 
         #[tokio::test]
         async fn replay_across_instances() {
-            let _shared = common::brokers::shared().await;
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
@@ -334,7 +323,6 @@ macro_rules! broker_suite {
 
         #[tokio::test]
         async fn drain_then_reconnect_elsewhere_loses_nothing() {
-            let _shared = common::brokers::shared().await;
             let Some(url) = common::brokers::url($broker).await else {
                 return;
             };
@@ -348,37 +336,30 @@ macro_rules! broker_suite {
 #[allow(unused_imports)]
 pub(crate) use broker_suite;
 
-/// Declares the tests that stop and start the broker, `#[ignore]`d so that they run on their own
-/// (`cargo test --all-features --test <broker> -- --ignored`, as CI does): the conformance
-/// suite's outage check and a restart under two running hubs, delivery resuming within `$within`.
+/// Declares the tests that stop and start a broker: the conformance suite's outage check and a
+/// restart under two running hubs, delivery resuming within `$within`. Each runs on a broker of
+/// its own ([`OwnBroker`](super::own::OwnBroker)), never the machine's shared one, so they run in
+/// the normal test command beside the other tests.
 #[allow(unused_macros)]
 macro_rules! restart_suite {
     ($broker:expr, $within:expr) => {
         #[tokio::test]
-        #[ignore = "stops the broker; runs alone with --ignored (CI does)"]
         async fn conformance_outage() {
-            let Some(url) = common::brokers::url($broker).await else {
+            let Some(mut own) = common::own::OwnBroker::start($broker).await else {
                 return;
             };
-            let channel = common::unique("outage");
-            let _forget = common::backends::Forget::new(&url, &channel, forget);
-            common::fanout::conformance_outage($broker, connect(&url, &channel)).await;
+            let connect = connect(&own.url(), &common::unique("outage"));
+            common::fanout::conformance_outage(&mut own, connect).await;
         }
 
         #[tokio::test]
-        #[ignore = "stops the broker; runs alone with --ignored (CI does)"]
         async fn delivery_resumes_after_a_broker_restart() {
-            let Some(url) = common::brokers::url($broker).await else {
+            let Some(mut own) = common::own::OwnBroker::start($broker).await else {
                 return;
             };
-            let channel = common::unique("restart");
-            let _forget = common::backends::Forget::new(&url, &channel, forget);
-            common::fanout::delivery_resumes_after_a_broker_restart(
-                $broker,
-                connect(&url, &channel),
-                $within,
-            )
-            .await;
+            let connect = connect(&own.url(), &common::unique("restart"));
+            common::fanout::delivery_resumes_after_a_broker_restart(&mut own, connect, $within)
+                .await;
         }
     };
 }
@@ -440,7 +421,6 @@ pub async fn cut_connection_on<F, Fut>(
     F: FnOnce(String, String) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let _shared = brokers::shared().await;
     let Some(url) = brokers::url(broker).await else {
         return;
     };

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod brokers;
 pub mod cluster;
 pub mod fanout;
+pub mod own;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
