@@ -168,8 +168,6 @@ async fn start_container(broker: Broker) -> Result<String, String> {
     Ok(url)
 }
 
-/// The script that starts the brokers on the project's machines.
-
 /// Waits until the broker carries a message end to end: an open port is not yet a settled broker.
 pub async fn settle(broker: Broker) {
     if let Ok(url) = std::env::var(broker.var()) {
