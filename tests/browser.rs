@@ -101,9 +101,7 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
         return;
     };
     if !browser_ready() {
-        brokers::missing(
-            "a browser: /usr/bin/chromium and tests/browser/node_modules (bash scripts/setup.sh)",
-        );
+        brokers::not_installed("a browser: /usr/bin/chromium and tests/browser/node_modules");
         return;
     }
     let channel = unique("e2e");

@@ -47,7 +47,7 @@ async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
         return;
     };
     if list_queues().is_none() {
-        brokers::missing("rabbitmqctl, to look at the broker's queues");
+        brokers::not_installed("rabbitmqctl, to look at the broker's queues");
         return;
     }
     let exchange = unique("queues");

@@ -52,11 +52,22 @@ fn required() -> bool {
     std::env::var("SSE_FANOUT_REQUIRE_BROKERS").is_ok_and(|v| v == "1" || v == "true")
 }
 
-/// Says loudly that a test cannot run; panics when brokers are required.
+/// Says loudly that a test cannot run for want of a broker; panics when brokers are required.
 pub fn missing(what: &str) {
-    let line = format!(
+    skip(&format!(
         "BROKER MISSING: {what}. Run `eval \"$(bash scripts/brokers.sh)\"` or start a Docker engine."
-    );
+    ));
+}
+
+/// Says loudly that a test cannot run for want of a program it drives (a browser, Node, a broker
+/// server to run one of its own); panics when brokers are required, as in CI.
+pub fn not_installed(what: &str) {
+    skip(&format!(
+        "NOT INSTALLED: {what}. Run `bash scripts/setup.sh`."
+    ));
+}
+
+fn skip(line: &str) {
     if required() {
         panic!("{line} (SSE_FANOUT_REQUIRE_BROKERS=1)");
     }

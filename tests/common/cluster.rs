@@ -299,7 +299,7 @@ impl NodeEventSource {
         use std::io::{BufRead, BufReader};
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
         if !dir.join("node_modules/eventsource").exists() {
-            super::brokers::missing("Node's eventsource package (bash scripts/setup.sh)");
+            super::brokers::not_installed("Node's eventsource package in tests/browser");
             return None;
         }
         let mut child = Command::new("node")

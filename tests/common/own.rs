@@ -34,9 +34,7 @@ impl OwnBroker {
             .status()
             .is_err()
         {
-            brokers::missing(&format!(
-                "`{program}`, to run a {kind:?} of the test's own (bash scripts/setup.sh)"
-            ));
+            brokers::not_installed(&format!("`{program}`, to run a {kind:?} of the test's own"));
             return None;
         }
         if kind == Broker::Kafka
