@@ -143,3 +143,36 @@ async fn an_unreachable_broker_is_a_typed_error_within_the_timeout() {
         started.elapsed()
     );
 }
+
+/// An event over the topic's limit (Kafka counts the whole record batch against the topic's
+/// `max.message.bytes`) is answered `413` before it is sent, naming the limit and how to raise it.
+#[tokio::test]
+async fn an_event_over_the_topics_limit_is_413_naming_the_limit() {
+    let Some(brokers) = brokers::url(Broker::Kafka).await else {
+        return;
+    };
+    let topic = unique("large");
+    let server = TestServer::start_with(
+        connect(&brokers, &topic)().await,
+        |b| b,
+        |r| {
+            r.resolver(sse_fanout::DevSessions)
+                .config(common::router_config(|c| c.max_publish_body = 4 << 20))
+        },
+    )
+    .await;
+    let (status, body) = server
+        .publish(json!({"eventName": "e", "payload": "x".repeat(1_100_000)}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("max.message.bytes"), "{message}");
+    assert!(message.contains("(limit: 1047564 bytes"), "{message}");
+    assert_eq!(
+        server
+            .publish(json!({"eventName": "e", "payload": "x".repeat(100_000)}))
+            .await
+            .0,
+        202
+    );
+}

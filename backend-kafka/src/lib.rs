@@ -247,18 +247,13 @@ impl Inner {
     }
 
     fn too_large(&self, size: usize) -> BackendError {
-        let max = self.max_envelope.load(Ordering::Relaxed);
-        tracing::debug!(
-            topic = %self.config.topic,
-            size,
-            max,
-            "envelope over the topic's limit: raise the topic's max.message.bytes (and the \
-             broker's message.max.bytes, replica.fetch.max.bytes)"
-        );
         BackendError::TooLarge {
             backend: NAME,
             size,
-            max,
+            max: self.max_envelope.load(Ordering::Relaxed),
+            raise: "the topic's max.message.bytes (kafka-configs --alter --entity-type topics \
+                    --add-config max.message.bytes=N), and the broker's message.max.bytes and \
+                    replica.fetch.max.bytes above it",
         }
     }
 

@@ -323,6 +323,7 @@ impl FanoutBackend for NatsBackend {
                 backend: NAME,
                 size: envelope.len(),
                 max,
+                raise: "the server's max_payload (nats-server configuration, up to 64 MB)",
             });
         }
         if self.client.connection_state() != State::Connected {
@@ -392,6 +393,10 @@ impl FanoutBackend for NatsBackend {
 
     fn history(&self) -> Option<&dyn BrokerHistory> {
         self.jetstream.is_some().then_some(self as _)
+    }
+
+    fn max_envelope(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload).filter(|&max| max > 0)
     }
 
     async fn close(&self) -> Result<(), BackendError> {

@@ -135,7 +135,7 @@ pub enum BackendError {
     },
     /// The envelope is larger than the broker accepts.
     #[error(
-        "{backend} refused a message of {size} bytes as too large (limit: {max} bytes, 0 if not known)"
+        "{backend} refused a message of {size} bytes as too large (limit: {max} bytes; to raise it: {raise})"
     )]
     TooLarge {
         /// The backend's name.
@@ -144,6 +144,8 @@ pub enum BackendError {
         size: usize,
         /// The broker's limit in bytes; 0 when the broker did not say.
         max: usize,
+        /// Which broker setting sets the limit.
+        raise: &'static str,
     },
     /// The broker refused the operation.
     #[error("{backend}: {source}")]
