@@ -4,7 +4,9 @@
 //!    `SSE_TEST_KAFKA_BROKERS` (`eval "$(bash scripts/brokers.sh)"` sets them on the project's machines).
 //! 2. Otherwise the broker on its standard loopback port, if one answers (Redis 6379, NATS 4222,
 //!    RabbitMQ 5672 as guest, Kafka 9092, PostgreSQL 5432).
-//! 3. Otherwise, where a Docker engine answers, a container started with testcontainers.
+//! 3. Otherwise, where a Docker engine answers, a container started with testcontainers (the
+//!    public images). With `SSE_TEST_BROKERS=containers`, always a container, of the project's
+//!    own images built from Debian's packages by `scripts/containers.sh`, on the host's network.
 //! 4. Otherwise the test prints one line saying which broker is missing and how to provide it,
 //!    straight to the terminal (past the harness's capture), and skips; with
 //!    `SSE_FANOUT_REQUIRE_BROKERS=1` (as in CI) it fails instead.
@@ -12,7 +14,6 @@
 //! Tests that stop a broker stop one of their own ([`super::own`]), never these.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
@@ -93,22 +94,27 @@ fn on_standard_port(broker: Broker) -> Option<String> {
 /// The broker's URL: from the environment, else the broker on its standard loopback port, else a
 /// testcontainers container, else `None` after saying so (or a panic when brokers are required).
 pub async fn url(broker: Broker) -> Option<String> {
+    let forced = containers_forced();
     if let Ok(url) = std::env::var(broker.var())
         && !url.is_empty()
+        && !forced
     {
         return Some(url);
     }
-    if let Some(url) = on_standard_port(broker) {
+    if !forced && let Some(url) = on_standard_port(broker) {
         return Some(url);
     }
-    static STARTED: OnceLock<Mutex<HashMap<Broker, String>>> = OnceLock::new();
-    let started = STARTED.get_or_init(Default::default);
-    if let Some(url) = started.lock().unwrap().get(&broker) {
+    // One container per broker and test process, however many tests ask at once.
+    static STARTED: tokio::sync::Mutex<Option<HashMap<Broker, String>>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut started = STARTED.lock().await;
+    let started = started.get_or_insert_with(HashMap::new);
+    if let Some(url) = started.get(&broker) {
         return Some(url.clone());
     }
     match start_container(broker).await {
         Ok(url) => {
-            started.lock().unwrap().insert(broker, url.clone());
+            started.insert(broker, url.clone());
             Some(url)
         }
         Err(error) => {
@@ -121,8 +127,91 @@ pub async fn url(broker: Broker) -> Option<String> {
     }
 }
 
+/// `SSE_TEST_BROKERS=containers`: every broker from a container of the project's own images
+/// (`bash scripts/containers.sh` builds them), even where local brokers answer.
+pub fn containers_forced() -> bool {
+    std::env::var("SSE_TEST_BROKERS").is_ok_and(|v| v == "containers")
+}
+
+/// A container of the project's own image for `broker` (`sse-fanout-test/<broker>`, built from
+/// Debian's packages by `scripts/containers.sh`), on the host's network: its broker listens on
+/// a free loopback port given on its command line, so nothing goes through Docker's bridge.
+async fn start_own_image(broker: Broker) -> Result<String, String> {
+    use testcontainers_modules::testcontainers::core::WaitFor;
+    use testcontainers_modules::testcontainers::{GenericImage, ImageExt};
+    let port = super::cluster::free_port();
+    let p = port.to_string();
+    let (name, wait, url) = match broker {
+        Broker::Redis => (
+            "sse-fanout-test/redis",
+            WaitFor::message_on_stdout("Ready to accept connections"),
+            format!("redis://127.0.0.1:{port}"),
+        ),
+        Broker::Nats => (
+            "sse-fanout-test/nats",
+            WaitFor::message_on_stderr("Server is ready"),
+            format!("nats://127.0.0.1:{port}"),
+        ),
+        Broker::Rabbit => (
+            "sse-fanout-test/rabbitmq",
+            WaitFor::message_on_stdout("Starting broker... completed"),
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        ),
+        other => return Err(format!("no image of the project's own for {other:?}")),
+    };
+    let request = GenericImage::new(name, "latest")
+        .with_wait_for(wait)
+        .with_network("host")
+        .with_label("sse-fanout-test", "broker")
+        .with_startup_timeout(Duration::from_secs(120));
+    let request = match broker {
+        Broker::Redis => request.with_cmd([
+            "redis-server",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+        Broker::Nats => request.with_cmd([
+            "nats-server",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-js",
+            "-sd",
+            "/tmp/nats",
+        ]),
+        _ => request
+            .with_env_var("RABBITMQ_NODE_PORT", &p)
+            .with_env_var(
+                "RABBITMQ_DIST_PORT",
+                super::cluster::free_port().to_string(),
+            )
+            .with_env_var("RABBITMQ_NODENAME", format!("sse{port}@localhost"))
+            .with_env_var("ERL_EPMD_PORT", super::cluster::free_port().to_string()),
+    };
+    let container = request.start().await.map_err(|e| e.to_string())?;
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "CONTAINER STARTED: {name} ({}) for {broker:?} on {url}",
+        container.id()
+    );
+    // Kept until the process ends; `.ci/run` removes the containers labelled `sse-fanout-test`.
+    std::mem::forget(container);
+    Ok(url)
+}
+
 /// Starts a container for `broker`; it lives until the test process ends.
 async fn start_container(broker: Broker) -> Result<String, String> {
+    if containers_forced() {
+        return start_own_image(broker).await;
+    }
     use testcontainers_modules::{
         kafka::apache::Kafka, nats::Nats, postgres::Postgres, rabbitmq::RabbitMq, redis::Redis,
     };
