@@ -3,7 +3,8 @@
 //! 1. The environment: `SSE_TEST_REDIS_URL`, `SSE_TEST_NATS_URL`, `SSE_TEST_RABBIT_URL`,
 //!    `SSE_TEST_KAFKA_BROKERS` (`eval "$(bash scripts/brokers.sh)"` sets them on the project's machines).
 //! 2. Otherwise the broker on its standard loopback port, if one answers (Redis 6379, NATS 4222,
-//!    RabbitMQ 5672 as guest, Kafka 9092, PostgreSQL 5432).
+//!    RabbitMQ 5672 as guest, Kafka 19092 (Nisshi on the project's machines) or 9092,
+//!    PostgreSQL 5432).
 //! 3. Otherwise, where a Docker engine answers, a container started with testcontainers (the
 //!    public images). With `SSE_TEST_BROKERS=containers`, always a container, of the project's
 //!    own images built from Debian's packages by `scripts/containers.sh`, on the host's network.
@@ -80,15 +81,21 @@ fn skip(line: &str) {
 
 /// The URL of a broker that answers on its standard loopback port, if one does.
 fn on_standard_port(broker: Broker) -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port()));
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    Some(match broker {
-        Broker::Redis => "redis://127.0.0.1:6379".to_owned(),
-        Broker::Nats => "nats://127.0.0.1:4222".to_owned(),
-        Broker::Rabbit => "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
-        Broker::Kafka => "127.0.0.1:9092".to_owned(),
-        Broker::Postgres => "postgres://postgres@127.0.0.1:5432/test".to_owned(),
-    })
+    let answers = |port: u16| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    };
+    let url = match broker {
+        Broker::Redis => "redis://127.0.0.1:6379",
+        Broker::Nats => "nats://127.0.0.1:4222",
+        Broker::Rabbit => "amqp://guest:guest@127.0.0.1:5672/%2f",
+        // Nisshi on these machines' 19092 first: the Tansu that may answer on 9092 forgets its
+        // topics when it restarts, which librdkafka does not survive.
+        Broker::Kafka if answers(19092) => return Some("127.0.0.1:19092".to_owned()),
+        Broker::Kafka => "127.0.0.1:9092",
+        Broker::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+    };
+    answers(broker.port()).then(|| url.to_owned())
 }
 
 /// The broker's URL: from the environment, else the broker on its standard loopback port, else a
