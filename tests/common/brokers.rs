@@ -172,17 +172,11 @@ async fn start_own_image(broker: Broker) -> Result<String, String> {
         .with_label("sse-fanout-test", "broker")
         .with_startup_timeout(Duration::from_secs(120));
     let request = match broker {
-        Broker::Redis => request.with_cmd([
-            "redis-server",
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
+        Broker::Redis => request.with_cmd(
+            ["redis-server".to_owned()]
+                .into_iter()
+                .chain(super::own::redis_args(&p)),
+        ),
         Broker::Nats => request.with_cmd([
             "nats-server",
             "-a",

@@ -89,18 +89,7 @@ impl OwnBroker {
         let dir = self.dir.to_str().unwrap().to_owned();
         let mut command = Command::new(program(self.kind).unwrap());
         match self.kind {
-            Broker::Redis => command.args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir,
-            ]),
+            Broker::Redis => command.args(redis_args(&port)).args(["--dir", &dir]),
             Broker::Nats => command.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir]),
             // Nisshi keeps its topics in PostgreSQL (a database of the tests' own), so they
             // survive a restart as on a real Kafka.
@@ -221,6 +210,21 @@ impl Drop for OwnBroker {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A test Redis's arguments: `port` on loopback, nothing saved.
+pub fn redis_args(port: &str) -> Vec<String> {
+    let args = [
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.map(str::to_owned).to_vec()
 }
 
 /// The PostgreSQL database an own Nisshi stores its topics in.
