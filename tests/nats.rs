@@ -35,6 +35,7 @@ async fn subscribe_holds_before_it_returns_every_time() {
         return;
     };
     let subject = common::unique("ready");
+    let _forget = common::backends::Forget::new(&url, &subject, forget);
     let publisher = NatsBackend::connect(&url, &subject).await.unwrap();
     for round in 0..200 {
         let subscriber = NatsBackend::connect(&url, &subject).await.unwrap();
