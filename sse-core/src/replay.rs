@@ -5,6 +5,7 @@
 //! history. The log is bounded by count, age and bytes; the resume point is found through a hash
 //! index from event id to position, never by scanning.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::Duration;
@@ -171,18 +172,33 @@ impl ReplayLog {
             // Ids and sessions of 4 GiB do not get here (the broker refuses them first).
             return Pushed::New;
         };
+        // One lookup in the index: a slot whose entry holds this id is a duplicate; otherwise
+        // (no slot, an evicted entry's, or a hash collision) the slot becomes the new entry's.
         let key = self.hasher.hash_one(id);
-        if self.find(key, id).is_some() {
-            return Pushed::Duplicate;
+        let seq = self.next_seq;
+        let first = self.entries.front().map_or(0, |e| e.seq);
+        match self.index.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let held = slot
+                    .get()
+                    .checked_sub(first)
+                    .and_then(|at| usize::try_from(at).ok())
+                    .and_then(|at| self.entries.get(at));
+                if held.is_some_and(|e| e.id() == id) {
+                    return Pushed::Duplicate;
+                }
+                slot.insert(seq);
+            }
+            Slot::Vacant(slot) => {
+                slot.insert(seq);
+            }
         }
         let mut text =
             String::with_capacity(id.len() + session.map_or(0, str::len) + event_name.len());
         text.push_str(id);
         text.push_str(session.unwrap_or(""));
         text.push_str(event_name);
-        let seq = self.next_seq;
         self.next_seq += 1;
-        self.index.insert(key, seq);
         self.bytes += frame.len();
         self.entries.push_back(Entry {
             seq,
