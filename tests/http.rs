@@ -451,7 +451,7 @@ async fn the_demo_page_is_served_by_the_router() {
 async fn the_local_backend_passes_the_conformance_suite() {
     let shared = LocalBackend::new();
     sse_core::testkit::run_all(&move || {
-        let backend = shared.clone();
+        let backend = shared.instance();
         async move { Arc::new(backend) as Arc<dyn sse_fanout::FanoutBackend> }
     })
     .await;

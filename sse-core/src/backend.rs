@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_core::stream::BoxStream;
 
 use crate::history::BrokerHistory;
+use crate::route::SessionRoutes;
 
 /// A boxed error from a broker client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -252,6 +253,13 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The routes this backend offers for [routed delivery](crate::route), if it offers them.
+    /// The default, `None`, means broadcast only: a hub configured for
+    /// [`Routing::Session`](crate::route::Routing::Session) refuses to start on it.
+    fn routes(&self) -> Option<&dyn SessionRoutes> {
+        None
+    }
+
     /// The largest envelope, in bytes, the broker accepts, when the backend knows it; a larger
     /// one is refused with [`BackendError::TooLarge`]. The conformance suite sends one of exactly
     /// this size (1 MiB when `None`).
@@ -286,6 +294,9 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
     fn max_envelope(&self) -> Option<usize> {
         (**self).max_envelope()
     }
+    fn routes(&self) -> Option<&dyn SessionRoutes> {
+        (**self).routes()
+    }
 }
 
 #[async_trait]
@@ -313,5 +324,8 @@ impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
     }
     fn max_envelope(&self) -> Option<usize> {
         (**self).max_envelope()
+    }
+    fn routes(&self) -> Option<&dyn SessionRoutes> {
+        (**self).routes()
     }
 }

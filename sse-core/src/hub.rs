@@ -19,6 +19,7 @@ use crate::history;
 use crate::memory::InMemoryEmitterRepository;
 use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
+use crate::route::{RouteLease, RouteTable, Routing};
 use crate::stats::{LatencySnapshot, Stats, StatsSnapshot};
 use crate::stream::EventStream;
 
@@ -65,6 +66,8 @@ pub struct HubConfig {
     pub max_streams: Option<usize>,
     /// Open streams one session may hold on this instance at most; `None` for no limit.
     pub max_streams_per_session: Option<usize>,
+    /// How targeted events travel between instances (see [`crate::route`]).
+    pub routing: Routing,
 }
 
 impl HubConfig {
@@ -84,6 +87,7 @@ impl HubConfig {
             replay: Some(ReplayConfig::default()),
             max_streams: None,
             max_streams_per_session: None,
+            routing: Routing::Broadcast,
         }
     }
 
@@ -123,6 +127,10 @@ pub enum PublishError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
+    /// In [routed delivery](crate::route), the session's route could not be subscribed, so
+    /// the stream would miss its events; trying again later may succeed.
+    #[error("the session's route could not be subscribed: {0}")]
+    RouteUnavailable(String),
     /// The instance holds as many streams as it accepts.
     #[error("this instance holds its limit of {max} open streams")]
     TooManyStreams {
@@ -225,6 +233,12 @@ impl HubBuilder {
         self
     }
 
+    /// Sets how targeted events travel between instances (see [`crate::route`]).
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.config.routing = routing;
+        self
+    }
+
     /// Uses another repository instead of the [`InMemoryEmitterRepository`].
     pub fn repository(mut self, repository: impl EmitterRepository) -> Self {
         self.repository = Some(Arc::new(repository));
@@ -235,8 +249,27 @@ impl HubBuilder {
     /// so an event published after this returns reaches this instance's streams, and, when the
     /// backend keeps [history in the broker](crate::history) and the hub keeps a replay log, once
     /// that history is loaded, so any `Last-Event-ID` the cluster still holds can be served.
+    ///
+    /// Fails with [`BackendError::Config`] when [`Routing::Session`] is asked of a backend that
+    /// offers no routes.
     pub async fn start(self) -> Result<Hub, BackendError> {
+        let routes = match self.config.routing {
+            Routing::Broadcast => None,
+            Routing::Session { linger } => {
+                if self.backend.routes().is_none() {
+                    return Err(BackendError::Config {
+                        backend: self.backend.name(),
+                        message: "this backend cannot route events by session; use broadcast \
+                                  routing with it"
+                            .to_owned(),
+                    });
+                }
+                Some(linger)
+            }
+        };
         let stream = self.backend.subscribe().await?;
+        let stats = Arc::new(Stats::default());
+        let routes = routes.map(|linger| Arc::new(RouteTable::new(linger, stats.clone())));
         let shared = Arc::new(Shared {
             repository: self
                 .repository
@@ -245,13 +278,16 @@ impl HubBuilder {
             farewell: encode::retry(self.config.shutdown_retry),
             replay: self.config.replay.map(|c| Mutex::new(ReplayLog::new(c))),
             config: self.config,
-            stats: Arc::new(Stats::default()),
+            stats,
         });
         if let (Some(history), Some(replay)) = (self.backend.history(), shared.config.replay) {
             shared.load_history(history, replay.max_age).await?;
         }
         let stop = CancellationToken::new();
         tokio::spawn(consume(shared.clone(), stream, stop.clone()));
+        if let Some(routes) = &routes {
+            tokio::spawn(routes.clone().run(self.backend.clone(), stop.clone()));
+        }
         tracing::info!(
             backend = self.backend.name(),
             app = %shared.config.app_name,
@@ -261,6 +297,7 @@ impl HubBuilder {
         Ok(Hub {
             inner: Arc::new(HubInner {
                 shared,
+                routes,
                 backend: self.backend,
                 stop: stop.clone(),
                 _stop_on_drop: stop.drop_guard(),
@@ -279,7 +316,7 @@ impl HubBuilder {
 /// use sse_core::{EventFilter, Hub, LocalBackend, SendSseEvent};
 ///
 /// let hub = Hub::builder(LocalBackend::new()).app_name("orders").start().await?;
-/// let mut stream = hub.open_stream(Some("s-42".into()), EventFilter::parse("order-update")?)?;
+/// let mut stream = hub.open_stream(Some("s-42".into()), EventFilter::parse("order-update")?).await?;
 /// stream.next().await; // the opening comment
 ///
 /// hub.publish(SendSseEvent::new("order-update", json!({"status": "shipped"})).to_session("s-42")).await?;
@@ -295,6 +332,8 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     shared: Arc<Shared>,
+    /// The session routes this instance holds, in [`Routing::Session`].
+    routes: Option<Arc<RouteTable>>,
     backend: Arc<dyn FanoutBackend>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -387,7 +426,17 @@ impl Hub {
             instance = %config.instance_id,
             backend = self.inner.backend.name(),
         );
-        self.inner.backend.publish(bytes).instrument(span).await?;
+        match (&event.session_id, self.inner.routes.is_some()) {
+            (Some(session), true) => {
+                // `start` checked that the backend has routes.
+                let routes = self.inner.backend.routes().ok_or(BackendError::Config {
+                    backend: self.inner.backend.name(),
+                    message: "routes went away".to_owned(),
+                })?;
+                routes.publish_to(session, bytes).instrument(span).await?;
+            }
+            _ => self.inner.backend.publish(bytes).instrument(span).await?,
+        }
         Ok(id)
     }
 
@@ -397,30 +446,56 @@ impl Hub {
     }
 
     /// Opens a stream for a session (or a session-less one, which gets broadcasts only).
-    pub fn open_stream(
+    pub async fn open_stream(
         &self,
         session_id: Option<Arc<str>>,
         events: EventFilter,
     ) -> Result<EventStream, OpenError> {
-        self.open(self.subscription(session_id, events))
+        self.open(self.subscription(session_id, events)).await
     }
 
     /// Opens a stream for a prepared subscription.
-    pub fn open(&self, subscription: Subscription) -> Result<EventStream, OpenError> {
-        self.open_after(subscription, None)
+    pub async fn open(&self, subscription: Subscription) -> Result<EventStream, OpenError> {
+        self.open_after(subscription, None).await
     }
 
     /// Opens a stream that first replays, in order, every event after `last_event_id` that matches
     /// it (from this instance's history, whichever instance the client was on before), then goes
     /// on live with no gap and no duplicate at the seam. When the id is not in the history, the
     /// stream starts with one [`RESET_EVENT`](crate::replay::RESET_EVENT) instead.
-    pub fn open_after(
+    ///
+    /// In [routed delivery](crate::route), the first stream of a session on this instance waits
+    /// for its route to be subscribed (one broker round trip), so that whatever is published once
+    /// this returns reaches it; otherwise it returns at once.
+    pub async fn open_after(
         &self,
         subscription: Subscription,
         last_event_id: Option<&str>,
     ) -> Result<EventStream, OpenError> {
-        let shared = &self.inner.shared;
         self.check_limits(&subscription)?;
+        let route = self.route(subscription.session_id.as_ref()).await?;
+        self.register(subscription, last_event_id, route)
+    }
+
+    /// Holds the session's route for a new stream, in routed delivery.
+    async fn route(&self, session: Option<&Arc<str>>) -> Result<Option<RouteLease>, OpenError> {
+        match (&self.inner.routes, session) {
+            (Some(routes), Some(session)) => routes
+                .acquire(session)
+                .await
+                .map(Some)
+                .map_err(OpenError::RouteUnavailable),
+            _ => Ok(None),
+        }
+    }
+
+    fn register(
+        &self,
+        subscription: Subscription,
+        last_event_id: Option<&str>,
+        route: Option<RouteLease>,
+    ) -> Result<EventStream, OpenError> {
+        let shared = &self.inner.shared;
         let mut prelude = vec![shared.opening.clone()];
         let emitter = match last_event_id {
             None => shared.repository.register(subscription),
@@ -472,6 +547,7 @@ impl Hub {
             shared.config.heartbeat,
             timeout,
             shared.stats.clone(),
+            route,
         ))
     }
 
@@ -497,6 +573,27 @@ impl Hub {
     /// Streams open on this instance.
     pub fn open_streams(&self) -> usize {
         self.inner.shared.repository.count()
+    }
+
+    /// Sessions holding a route on this instance in [routed delivery](crate::route) (those
+    /// lingering after their last stream included); 0 in broadcast routing.
+    pub fn routed_sessions(&self) -> usize {
+        self.inner.routes.as_ref().map_or(0, |r| r.sessions())
+    }
+
+    /// Routes the backend is subscribed to now (sessions or partitions), when it routes.
+    pub fn backend_routes(&self) -> Option<usize> {
+        self.inner
+            .routes
+            .as_ref()
+            .and(self.inner.backend.routes())
+            .map(|r| r.subscribed())
+    }
+
+    /// How long subscribing a session's route took for the streams that waited for it, as a
+    /// histogram (for `/metrics`).
+    pub fn route_subscribe_latency(&self) -> LatencySnapshot {
+        self.inner.shared.stats.route_subscribe_latency.snapshot()
     }
 
     /// The backend's health.
@@ -657,6 +754,9 @@ impl Shared {
             None => self.repository.deliver(target, event_name, &frame),
         };
         Stats::add(&self.stats.delivered, report.queued);
+        if report.queued == 0 && session.is_some() && matches!(source, Source::Live) {
+            Stats::bump(&self.stats.received_unmatched);
+        }
         tracing::debug!(queued = report.queued, "delivered");
     }
 }
@@ -696,9 +796,11 @@ mod tests {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
         let mut s1 = hub
             .open_stream(Some("s1".into()), EventFilter::parse("e").unwrap())
+            .await
             .unwrap();
         let mut s2 = hub
             .open_stream(Some("s2".into()), EventFilter::parse("e").unwrap())
+            .await
             .unwrap();
         assert_eq!(next(&mut s1).await, ": ok\nretry: 3000\n\n");
         assert_eq!(next(&mut s2).await, ": ok\nretry: 3000\n\n");
@@ -741,9 +843,9 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut o = orders.open_stream(None, EventFilter::Any).unwrap();
-        let mut b = billing.open_stream(None, EventFilter::Any).unwrap();
-        let mut a = any.open_stream(None, EventFilter::Any).unwrap();
+        let mut o = orders.open_stream(None, EventFilter::Any).await.unwrap();
+        let mut b = billing.open_stream(None, EventFilter::Any).await.unwrap();
+        let mut a = any.open_stream(None, EventFilter::Any).await.unwrap();
         for s in [&mut o, &mut b, &mut a] {
             next(s).await;
         }
@@ -778,7 +880,7 @@ mod tests {
     async fn malformed_envelopes_are_counted_and_skipped() {
         let backend = LocalBackend::new();
         let hub = Hub::builder(backend.clone()).start().await.unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
         next(&mut s).await;
         backend
             .publish(Bytes::from_static(b"garbage"))
@@ -799,7 +901,7 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
         next_paused(&mut s).await;
         let start = Instant::now();
         assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
@@ -820,7 +922,7 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
         next(&mut s).await;
         let start = Instant::now();
         assert_eq!(s.next().await, None);
@@ -842,7 +944,7 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let mut s = hub.open_stream(None, EventFilter::Any).unwrap();
+        let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
         assert_eq!(next(&mut s).await, ": ok\nretry: 1500\n\n");
         hub.shutdown().await.unwrap();
         // The last frame tells the client to come back soon (to another instance).
@@ -856,7 +958,10 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_stream_counts_client_gone() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
-        let s = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        let s = hub
+            .open_stream(Some("s".into()), EventFilter::Any)
+            .await
+            .unwrap();
         assert_eq!(hub.open_streams(), 1);
         drop(s);
         assert_eq!(hub.open_streams(), 0);
@@ -867,7 +972,7 @@ mod tests {
     async fn resuming_replays_what_was_missed_then_goes_live() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
         let any = || EventFilter::Any;
-        let mut first = hub.open_stream(Some("s1".into()), any()).unwrap();
+        let mut first = hub.open_stream(Some("s1".into()), any()).await.unwrap();
         next(&mut first).await;
         let mut ids = Vec::new();
         for (i, session) in ["s1", "s2", "s1"].into_iter().enumerate() {
@@ -886,7 +991,7 @@ mod tests {
         drop(first);
         // Back with the first id: s1's third event and the broadcast, not s2's.
         let sub = hub.subscription(Some("s1".into()), any());
-        let mut resumed = hub.open_after(sub, Some(ids[0].as_str())).unwrap();
+        let mut resumed = hub.open_after(sub, Some(ids[0].as_str())).await.unwrap();
         next(&mut resumed).await;
         assert!(next(&mut resumed).await.contains("data: 2\n"));
         assert!(next(&mut resumed).await.contains("data: all\n"));
@@ -901,7 +1006,7 @@ mod tests {
     async fn an_unknown_last_event_id_starts_with_the_reset_event() {
         let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
         let sub = hub.subscription(None, EventFilter::Any);
-        let mut s = hub.open_after(sub, Some("gone\nforged: x")).unwrap();
+        let mut s = hub.open_after(sub, Some("gone\nforged: x")).await.unwrap();
         next(&mut s).await;
         assert_eq!(
             next(&mut s).await,
@@ -917,20 +1022,29 @@ mod tests {
             .start()
             .await
             .unwrap();
-        let a = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
-        let _b = hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        let a = hub
+            .open_stream(Some("s".into()), EventFilter::Any)
+            .await
+            .unwrap();
+        let _b = hub
+            .open_stream(Some("s".into()), EventFilter::Any)
+            .await
+            .unwrap();
         assert_eq!(
             hub.open_stream(Some("s".into()), EventFilter::Any)
+                .await
                 .unwrap_err(),
             OpenError::TooManyForSession { max: 2 }
         );
-        let _c = hub.open_stream(None, EventFilter::Any).unwrap();
+        let _c = hub.open_stream(None, EventFilter::Any).await.unwrap();
         assert_eq!(
-            hub.open_stream(None, EventFilter::Any).unwrap_err(),
+            hub.open_stream(None, EventFilter::Any).await.unwrap_err(),
             OpenError::TooManyStreams { max: 3 }
         );
         drop(a);
-        hub.open_stream(Some("s".into()), EventFilter::Any).unwrap();
+        hub.open_stream(Some("s".into()), EventFilter::Any)
+            .await
+            .unwrap();
         let stats = hub.stats();
         assert_eq!(
             (stats.rejected_instance_limit, stats.rejected_session_limit),

@@ -7,6 +7,8 @@
 //! - [`FanoutBackend`] and [`LocalBackend`]: how envelopes travel between instances.
 //! - [`history`]: the optional history a backend keeps in its broker, so `Last-Event-ID` works on
 //!   any instance, including one started after the event went by.
+//! - [`route`]: routed delivery, where a targeted event reaches only the instances holding its
+//!   session, so event capacity grows with instances.
 //! - [`Hub`]: ties them together; the one handle business code keeps.
 //!
 //! # Testkit
@@ -24,6 +26,7 @@ mod local;
 mod memory;
 pub mod replay;
 pub mod repository;
+pub mod route;
 mod stats;
 mod stream;
 #[cfg(feature = "testkit")]
@@ -40,5 +43,6 @@ pub use replay::{RESET_EVENT, ReplayConfig};
 pub use repository::{
     CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Subscription, Target,
 };
+pub use route::{Routing, SessionRoutes};
 pub use stats::{LatencySnapshot, PUBLISH_LATENCY_BUCKETS, StatsSnapshot};
 pub use stream::EventStream;

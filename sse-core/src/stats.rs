@@ -25,6 +25,10 @@ pub(crate) struct Stats {
     pub(crate) history_reads: AtomicU64,
     pub(crate) history_read_failed: AtomicU64,
     pub(crate) history_loaded: AtomicU64,
+    pub(crate) received_unmatched: AtomicU64,
+    pub(crate) route_subscribes: AtomicU64,
+    pub(crate) route_unsubscribes: AtomicU64,
+    pub(crate) route_failures: AtomicU64,
     pub(crate) rejected_instance_limit: AtomicU64,
     pub(crate) rejected_session_limit: AtomicU64,
     closed_client_gone: AtomicU64,
@@ -33,6 +37,7 @@ pub(crate) struct Stats {
     closed_shutdown: AtomicU64,
     pub(crate) publish_latency: Latency,
     pub(crate) history_read_latency: Latency,
+    pub(crate) route_subscribe_latency: Latency,
 }
 
 /// A copy of a hub's counters at one moment.
@@ -70,6 +75,15 @@ pub struct StatsSnapshot {
     pub history_read_failed: u64,
     /// Envelopes read from the broker's history.
     pub history_loaded: u64,
+    /// Received targeted envelopes that matched no stream on this instance: the cost of
+    /// broadcast routing (or, in session routing, of a partition shared with other sessions).
+    pub received_unmatched: u64,
+    /// Session routes subscribed (see [`crate::route`]).
+    pub route_subscribes: u64,
+    /// Session routes unsubscribed after their linger.
+    pub route_unsubscribes: u64,
+    /// Session routes whose subscribe or unsubscribe failed.
+    pub route_failures: u64,
     /// Streams refused because the instance was at its stream limit.
     pub rejected_instance_limit: u64,
     /// Streams refused because their session was at its stream limit.
@@ -120,6 +134,10 @@ impl Stats {
             history_reads: get(&self.history_reads),
             history_read_failed: get(&self.history_read_failed),
             history_loaded: get(&self.history_loaded),
+            received_unmatched: get(&self.received_unmatched),
+            route_subscribes: get(&self.route_subscribes),
+            route_unsubscribes: get(&self.route_unsubscribes),
+            route_failures: get(&self.route_failures),
             rejected_instance_limit: get(&self.rejected_instance_limit),
             rejected_session_limit: get(&self.rejected_session_limit),
             closed_client_gone: get(&self.closed_client_gone),

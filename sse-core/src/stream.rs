@@ -11,6 +11,7 @@ use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::repository::{CloseReason, Emitter};
+use crate::route::RouteLease;
 use crate::stats::Stats;
 
 /// The frames one client receives: an opening comment sent at once (so that proxies and clients see
@@ -30,6 +31,8 @@ pub struct EventStream {
     deadline: Option<Pin<Box<Sleep>>>,
     stats: Arc<Stats>,
     ended: bool,
+    /// The stream's hold on its session's route, in [routed delivery](crate::route).
+    _route: Option<Box<RouteLease>>,
 }
 
 /// A heartbeat goes out when nothing did for `every`. The timer is not moved for every frame
@@ -53,6 +56,7 @@ impl EventStream {
         heartbeat: Option<Duration>,
         timeout: Option<Duration>,
         stats: Arc<Stats>,
+        route: Option<RouteLease>,
     ) -> Self {
         let now = Instant::now();
         EventStream {
@@ -67,6 +71,7 @@ impl EventStream {
             deadline: timeout.map(|t| Box::pin(tokio::time::sleep_until(now + t))),
             stats,
             ended: false,
+            _route: route.map(Box::new),
         }
     }
 

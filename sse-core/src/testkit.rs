@@ -22,6 +22,7 @@
 
 pub mod history;
 mod parse;
+pub mod routes;
 
 pub use parse::{Dispatched, EventStreamParser, ParsedEvent, ParsedStream, parse_event_stream};
 
@@ -70,6 +71,7 @@ pub async fn run_all(factory: &dyn Factory) {
     large_payloads_arrive_intact(factory).await;
     a_malformed_message_is_skipped_and_counted(factory).await;
     history::run_all(factory).await;
+    routes::run_all(factory).await;
 }
 
 /// An envelope carrying `payload`, as the hub would publish it.
@@ -223,7 +225,7 @@ pub async fn a_malformed_message_is_skipped_and_counted(factory: &dyn Factory) {
         .start()
         .await
         .unwrap();
-    let mut events = hub.open_stream(None, EventFilter::Any).unwrap();
+    let mut events = hub.open_stream(None, EventFilter::Any).await.unwrap();
     events.next().await; // the opening comment
     let other = factory.instance().await;
     other

@@ -332,13 +332,26 @@ impl SseRouter {
         }
         let stream = hub
             .open_after(subscription, last_event_id.as_deref())
+            .await
             .map_err(|error| {
-                let status = match error {
-                    OpenError::TooManyForSession { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                ApiError::new(status, "too_many_streams", error.to_string())
-                    .retry_after(config.retry_after_secs)
+                match error {
+                    OpenError::TooManyForSession { .. } => ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_streams",
+                        error.to_string(),
+                    ),
+                    OpenError::RouteUnavailable(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "route_unavailable",
+                        error.to_string(),
+                    ),
+                    _ => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too_many_streams",
+                        error.to_string(),
+                    ),
+                }
+                .retry_after(config.retry_after_secs)
             })?;
         let mut response = Response::new(SseBody::stream(stream));
         let headers = response.headers_mut();

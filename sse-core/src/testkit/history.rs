@@ -193,6 +193,7 @@ pub async fn a_hub_started_later_replays_from_the_broker(factory: &dyn Factory) 
     let subscription = later.subscription(Some("s1".into()), EventFilter::Any);
     let mut stream = later
         .open_after(subscription, Some(ids[0].as_str()))
+        .await
         .unwrap();
     let mut next = async || {
         let frame = tokio::time::timeout(WAIT, stream.next())
@@ -221,7 +222,10 @@ pub async fn a_hub_started_later_replays_from_the_broker(factory: &dyn Factory) 
     assert_eq!((stats.replays_broker, stats.replayed), (1, 2), "{stats:?}");
 
     let subscription = later.subscription(Some("s1".into()), EventFilter::Any);
-    let mut reset = later.open_after(subscription, Some("no-such-id")).unwrap();
+    let mut reset = later
+        .open_after(subscription, Some("no-such-id"))
+        .await
+        .unwrap();
     reset.next().await;
     let frame = reset.next().await.unwrap();
     assert!(
