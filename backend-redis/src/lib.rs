@@ -39,8 +39,9 @@
 //! ones; the hub drops the ones it had, so nothing published meanwhile is lost (without history,
 //! what was published while the subscription was down does not reach that instance).
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -49,6 +50,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use sse_core::backend::Reconnects;
 use sse_core::history::{self, BrokerHistory, HistoryStream};
+use sse_core::route::{SessionRoutes, route_token};
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +121,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('PUBLISH', ARGV[2], ARGV[1])
 ";
 
+/// Channels one `SUBSCRIBE` names at most when routes are subscribed again after a reconnect.
+const ROUTE_BATCH: usize = 1000;
+
 /// Entries one `XRANGE` reads.
 const PAGE: usize = 1000;
 
@@ -140,6 +145,18 @@ struct Inner {
     /// Subscriptions currently down (a backend is healthy when this is 0 and publishing works).
     reconnects: Reconnects,
     closed: CancellationToken,
+    routes: Mutex<Routes>,
+    /// Held by each change of the subscribed routes, so that subscribing them again after a
+    /// reconnect cannot overtake an unsubscribe.
+    route_changes: tokio::sync::Mutex<()>,
+}
+
+/// The session channels this instance subscribes (see the crate docs on routed delivery), and
+/// the subscription connection's sink while it is up.
+#[derive(Default)]
+struct Routes {
+    channels: HashSet<String>,
+    sink: Option<PubSubSink>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -191,6 +208,8 @@ impl RedisBackend {
                 script: redis::Script::new(PUBLISH_SCRIPT),
                 reconnects: Reconnects::default(),
                 closed: CancellationToken::new(),
+                routes: Mutex::default(),
+                route_changes: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -207,6 +226,84 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// Publishes to `channel` (the shared one, or a session's), through the history script when
+    /// history is on.
+    async fn publish_on(&self, channel: &str, envelope: Bytes) -> Result<(), BackendError> {
+        if self.closed.is_cancelled() {
+            return Err(BackendError::Closed { backend: NAME });
+        }
+        let mut connection = self.publisher.clone();
+        let config = &self.config;
+        let result: Result<i64, _> = match &config.history {
+            None => {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(envelope.as_ref())
+                    .query_async(&mut connection)
+                    .await
+            }
+            Some(history) => {
+                self.script
+                    .key(&config.history_key)
+                    .arg(envelope.as_ref())
+                    .arg(channel)
+                    .arg(history.max_events.max(1))
+                    .arg(
+                        u64::try_from(history.max_age.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .invoke_async(&mut connection)
+                    .await
+            }
+        };
+        result.map(drop).map_err(unavailable)
+    }
+
+    /// The channel of a session's route.
+    fn route_channel(&self, session: &str) -> String {
+        format!("{}:{}", self.config.channel, route_token(session))
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a new subscription connection's sink to the routes and subscribes every route
+    /// again, in batches (after a reconnect).
+    async fn resubscribe(&self, sink: &PubSubSink) -> Result<(), BackendError> {
+        let _changing = self.route_changes.lock().await;
+        let channels: Vec<String> = {
+            let mut routes = self.routes();
+            routes.sink = Some(sink.clone());
+            routes.channels.iter().cloned().collect()
+        };
+        for batch in channels.chunks(ROUTE_BATCH) {
+            self.timed(sink.clone().subscribe(batch)).await?;
+        }
+        if !channels.is_empty() {
+            tracing::info!(
+                routes = channels.len(),
+                "redis session routes subscribed again"
+            );
+        }
+        Ok(())
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        let after = self.config.response_timeout;
+        tokio::time::timeout(after, call)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                backend: NAME,
+                after,
+            })?
+            .map_err(unavailable)
+    }
+
     /// A subscribed connection: its ping sink and its message stream.
     async fn subscribed(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), BackendError> {
         let timeout = self.config.connect_timeout;
@@ -238,36 +335,13 @@ impl FanoutBackend for RedisBackend {
     }
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
-        if self.inner.closed.is_cancelled() {
-            return Err(BackendError::Closed { backend: NAME });
-        }
-        let mut connection = self.inner.publisher.clone();
-        let config = &self.inner.config;
-        let result: Result<i64, _> = match &config.history {
-            None => {
-                redis::cmd("PUBLISH")
-                    .arg(&config.channel)
-                    .arg(envelope.as_ref())
-                    .query_async(&mut connection)
-                    .await
-            }
-            Some(history) => {
-                self.inner
-                    .script
-                    .key(&config.history_key)
-                    .arg(envelope.as_ref())
-                    .arg(&config.channel)
-                    .arg(history.max_events.max(1))
-                    .arg(
-                        u64::try_from(history.max_age.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .invoke_async(&mut connection)
-                    .await
-            }
-        };
-        result.map(drop).map_err(unavailable)
+        self.inner
+            .publish_on(&self.inner.config.channel, envelope)
+            .await
+    }
+
+    fn routes(&self) -> Option<&dyn SessionRoutes> {
+        Some(self)
     }
 
     fn history(&self) -> Option<&dyn BrokerHistory> {
@@ -416,6 +490,13 @@ async fn run_subscription(
                 }
             }
         };
+        if let Err(error) = inner.resubscribe(&sink).await {
+            tracing::warn!(%error, "subscribing the session routes again failed; reconnecting");
+            state.lost();
+            lost = true;
+            inner.routes().sink = None;
+            continue;
+        }
         if std::mem::take(&mut lost) && inner.config.history.is_some() {
             // Subscribed again: what was published while this subscription was down is in the
             // history; the hub drops what it had already.
@@ -475,7 +556,60 @@ async fn run_subscription(
         };
         state.lost();
         lost = true;
+        inner.routes().sink = None;
         tracing::warn!(channel = %inner.config.channel, %reason, "redis subscription lost; reconnecting");
+    }
+}
+
+#[async_trait]
+impl SessionRoutes for RedisBackend {
+    async fn publish_to(&self, session: &str, envelope: Bytes) -> Result<(), BackendError> {
+        let channel = self.inner.route_channel(session);
+        self.inner.publish_on(&channel, envelope).await
+    }
+
+    async fn subscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
+        let channels: Vec<String> = sessions
+            .iter()
+            .map(|s| self.inner.route_channel(s))
+            .collect();
+        let sink = {
+            let mut routes = self.inner.routes();
+            routes.channels.extend(channels.iter().cloned());
+            routes.sink.clone()
+        };
+        // While the subscription reconnects, the routes are recorded: it subscribes them when it
+        // is back, and catches up from the history.
+        let Some(mut sink) = sink else { return Ok(()) };
+        let subscribed = self.inner.timed(sink.subscribe(&channels)).await;
+        if subscribed.is_err() {
+            let mut routes = self.inner.routes();
+            for channel in &channels {
+                routes.channels.remove(channel);
+            }
+        }
+        subscribed
+    }
+
+    async fn unsubscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
+        let channels: Vec<String> = sessions
+            .iter()
+            .map(|s| self.inner.route_channel(s))
+            .collect();
+        let sink = {
+            let mut routes = self.inner.routes();
+            for channel in &channels {
+                routes.channels.remove(channel);
+            }
+            routes.sink.clone()
+        };
+        // A connection that is down forgets its subscriptions by itself.
+        let Some(mut sink) = sink else { return Ok(()) };
+        self.inner.timed(sink.unsubscribe(&channels)).await
+    }
+
+    fn subscribed(&self) -> usize {
+        self.inner.routes().channels.len()
     }
 }
 
