@@ -40,9 +40,10 @@
 //! it received and hands that to the hub ahead of what comes next; the hub drops what it had, so
 //! nothing published meanwhile is missing (without history it would be).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -51,8 +52,11 @@ use async_nats::{Client, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::{BoxStream, SelectAll};
 use sse_core::history::{BrokerHistory, HistoryStream};
+use sse_core::route::{SessionRoutes, route_token};
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use tokio_util::sync::CancellationToken;
 
 /// The client's connect options, for [`NatsBackend::connect_with`].
 pub use async_nats::ConnectOptions;
@@ -128,6 +132,16 @@ pub struct NatsBackend {
     jetstream: Option<jetstream::Context>,
     config: Arc<NatsConfig>,
     counters: Arc<Counters>,
+    routes: Arc<Routes>,
+}
+
+/// The session subjects this instance subscribes (see the crate docs on routed delivery).
+#[derive(Debug, Default)]
+struct Routes {
+    /// Each route's subscription, ended by cancelling its token.
+    subscribed: Mutex<HashMap<String, CancellationToken>>,
+    /// Hands new route subscriptions to the task that forwards to the hub.
+    forward: Mutex<Option<tokio::sync::mpsc::Sender<BoxStream<'static, Bytes>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +192,54 @@ impl NatsBackend {
             )),
         }
     }
+    /// Publishes to `subject` (the shared one, or a session's), through JetStream with history.
+    async fn publish_on(&self, subject: String, envelope: Bytes) -> Result<(), BackendError> {
+        if self.counters.closed.load(Ordering::Relaxed) {
+            return Err(BackendError::Closed { backend: NAME });
+        }
+        let max = self.client.server_info().max_payload;
+        if max > 0 && envelope.len() > max {
+            return Err(BackendError::TooLarge {
+                backend: NAME,
+                size: envelope.len(),
+                max,
+                raise: "the server's max_payload (nats-server configuration, up to 64 MB)",
+            });
+        }
+        if self.client.connection_state() != State::Connected {
+            return Err(BackendError::unavailable(NAME, "not connected to NATS"));
+        }
+        let send = async {
+            if let Some(jetstream) = &self.jetstream {
+                // Stored in the history stream, and so delivered to the subject's subscribers.
+                let ack = jetstream
+                    .publish(subject.clone(), envelope)
+                    .await
+                    .map_err(|e| BackendError::unavailable(NAME, e))?;
+                return ack
+                    .await
+                    .map(drop)
+                    .map_err(|e| BackendError::unavailable(NAME, e));
+            }
+            self.client
+                .publish(subject, envelope)
+                .await
+                .map_err(|e| BackendError::unavailable(NAME, e))?;
+            self.client
+                .flush()
+                .await
+                .map_err(|e| BackendError::unavailable(NAME, e))
+        };
+        tokio::time::timeout(self.config.publish_timeout, send)
+            .await
+            .map_err(|_| self.timeout())?
+    }
+
+    /// The subject of a session's route: the shared subject and the session's route token.
+    fn route_subject(&self, session: &str) -> String {
+        format!("{}.{}", self.config.subject, route_token(session))
+    }
+
     /// Connects to `url` and uses `subject`, other settings at their defaults.
     pub async fn connect(url: &str, subject: &str) -> Result<Self, BackendError> {
         Self::connect_with(url, NatsConfig::new(subject), ConnectOptions::new()).await
@@ -218,6 +280,7 @@ impl NatsBackend {
             jetstream,
             config: Arc::new(config),
             counters,
+            routes: Arc::default(),
         })
     }
 
@@ -253,7 +316,8 @@ async fn ensure_stream(
     let context = jetstream::new(client.clone());
     let stream = js_stream::Config {
         name: config.history_stream.clone(),
-        subjects: vec![config.subject.clone()],
+        // The shared subject and the session routes' subjects under it.
+        subjects: vec![config.subject.clone(), format!("{}.*", config.subject)],
         max_age: history.max_age,
         max_messages: i64::try_from(history.max_events).unwrap_or(i64::MAX),
         max_bytes: i64::try_from(history.max_bytes).unwrap_or(i64::MAX),
@@ -314,45 +378,11 @@ impl FanoutBackend for NatsBackend {
     }
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
-        if self.counters.closed.load(Ordering::Relaxed) {
-            return Err(BackendError::Closed { backend: NAME });
-        }
-        let max = self.client.server_info().max_payload;
-        if max > 0 && envelope.len() > max {
-            return Err(BackendError::TooLarge {
-                backend: NAME,
-                size: envelope.len(),
-                max,
-                raise: "the server's max_payload (nats-server configuration, up to 64 MB)",
-            });
-        }
-        if self.client.connection_state() != State::Connected {
-            return Err(BackendError::unavailable(NAME, "not connected to NATS"));
-        }
-        let send = async {
-            if let Some(jetstream) = &self.jetstream {
-                // Stored in the history stream, and so delivered to the subject's subscribers.
-                let ack = jetstream
-                    .publish(self.config.subject.clone(), envelope)
-                    .await
-                    .map_err(|e| BackendError::unavailable(NAME, e))?;
-                return ack
-                    .await
-                    .map(drop)
-                    .map_err(|e| BackendError::unavailable(NAME, e));
-            }
-            self.client
-                .publish(self.config.subject.clone(), envelope)
-                .await
-                .map_err(|e| BackendError::unavailable(NAME, e))?;
-            self.client
-                .flush()
-                .await
-                .map_err(|e| BackendError::unavailable(NAME, e))
-        };
-        tokio::time::timeout(self.config.publish_timeout, send)
-            .await
-            .map_err(|_| self.timeout())?
+        self.publish_on(self.config.subject.clone(), envelope).await
+    }
+
+    fn routes(&self) -> Option<&dyn SessionRoutes> {
+        Some(self)
     }
 
     async fn subscribe(&self) -> Result<BackendStream, BackendError> {
@@ -367,13 +397,13 @@ impl FanoutBackend for NatsBackend {
         tokio::time::timeout(self.config.publish_timeout, self.round_trip())
             .await
             .map_err(|_| self.timeout())??;
-        if self.jetstream.is_none() {
-            return Ok(subscriber.map(|message| message.payload).boxed());
-        }
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let (routes_tx, routes_rx) = tokio::sync::mpsc::channel(64);
+        *lock(&self.routes.forward) = Some(routes_tx);
         tokio::spawn(forward_catching_up(
             self.clone(),
             subscriber,
+            routes_rx,
             self.counters.missed.subscribe(),
             tx,
         ));
@@ -417,22 +447,29 @@ const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
 /// Forwards a subscription's messages; when messages may have been missed (a reconnect, a slow
 /// consumer), first hands over the history since a little before the last message received. The
 /// hub drops what it had.
+///
+/// The session routes' subscriptions join the shared subject's here, as they are subscribed.
 async fn forward_catching_up(
     backend: NatsBackend,
-    mut subscriber: async_nats::Subscriber,
+    subscriber: async_nats::Subscriber,
+    mut routes: tokio::sync::mpsc::Receiver<BoxStream<'static, Bytes>>,
     mut missed: tokio::sync::watch::Receiver<u64>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
     let mut alive_at = std::time::SystemTime::now();
+    let mut subscriber = subscriber;
+    let mut incoming: SelectAll<BoxStream<'static, Bytes>> = SelectAll::new();
     loop {
-        tokio::select! {
-            message = subscriber.next() => {
-                let Some(message) = message else { return };
-                if tx.send(message.payload).await.is_err() {
-                    return;
-                }
-                alive_at = std::time::SystemTime::now();
+        let payload = tokio::select! {
+            Some(route) = routes.recv() => {
+                incoming.push(route);
+                continue;
             }
+            message = subscriber.next() => match message {
+                Some(message) => message.payload,
+                None => return,
+            },
+            Some(payload) = incoming.next(), if !incoming.is_empty() => payload,
             changed = missed.changed() => {
                 if changed.is_err() {
                     return;
@@ -459,9 +496,76 @@ async fn forward_catching_up(
                     }
                     Err(error) => tracing::warn!(%error, "reading the history to catch up failed; messages published meanwhile may be missing"),
                 }
+                continue;
             }
             () = tx.closed() => return,
+        };
+        if tx.send(payload).await.is_err() {
+            return;
         }
+        alive_at = std::time::SystemTime::now();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait]
+impl SessionRoutes for NatsBackend {
+    async fn publish_to(&self, session: &str, envelope: Bytes) -> Result<(), BackendError> {
+        self.publish_on(self.route_subject(session), envelope).await
+    }
+
+    /// One core subscription per session subject, then one round trip through the server for
+    /// the batch, so every SUB is in place when this returns.
+    async fn subscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
+        let forward = lock(&self.routes.forward)
+            .clone()
+            .ok_or(BackendError::Config {
+                backend: NAME,
+                message: "session routes need the backend's subscription: start the hub first"
+                    .to_owned(),
+            })?;
+        for session in sessions {
+            let subject = self.route_subject(session);
+            if lock(&self.routes.subscribed).contains_key(&subject) {
+                continue;
+            }
+            let subscriber = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| BackendError::unavailable(NAME, e))?;
+            let stop = CancellationToken::new();
+            let route = subscriber
+                .map(|message| message.payload)
+                .take_until(stop.clone().cancelled_owned())
+                .boxed();
+            forward
+                .send(route)
+                .await
+                .map_err(|_| BackendError::Closed { backend: NAME })?;
+            lock(&self.routes.subscribed).insert(subject, stop);
+        }
+        tokio::time::timeout(self.config.publish_timeout, self.round_trip())
+            .await
+            .map_err(|_| self.timeout())?
+    }
+
+    /// Ends the sessions' subscriptions (dropping a subscription unsubscribes it).
+    async fn unsubscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
+        let mut subscribed = lock(&self.routes.subscribed);
+        for session in sessions {
+            if let Some(stop) = subscribed.remove(&self.route_subject(session)) {
+                stop.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribed(&self) -> usize {
+        lock(&self.routes.subscribed).len()
     }
 }
 
