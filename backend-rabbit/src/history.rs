@@ -108,7 +108,8 @@ impl Inner {
                 });
             }
         };
-        self.bind(channel, queue).await
+        self.bind(channel, queue).await?;
+        self.bind_history_to_routes(channel, queue).await
     }
 
     async fn read_since(&self, since: SystemTime) -> Result<Vec<Bytes>, BackendError> {

@@ -33,6 +33,7 @@
 //! ```
 
 mod history;
+mod routes;
 
 use std::fmt;
 use std::sync::Arc;
@@ -82,6 +83,9 @@ pub struct RabbitConfig {
     pub history: Option<ReplayConfig>,
     /// The history stream queue's name; default `{exchange}.history`.
     pub history_queue: String,
+    /// The hash partitions of session ids in routed delivery (see the `routes` module docs):
+    /// more partitions mean fewer other sessions' events reach an instance, and more bindings.
+    pub route_partitions: u32,
 }
 
 impl RabbitConfig {
@@ -98,6 +102,7 @@ impl RabbitConfig {
             prefetch: 256,
             timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
+            route_partitions: DEFAULT_ROUTE_PARTITIONS,
         }
     }
 
@@ -107,6 +112,9 @@ impl RabbitConfig {
         self
     }
 }
+
+/// The default of [`RabbitConfig::route_partitions`].
+pub const DEFAULT_ROUTE_PARTITIONS: u32 = 1024;
 
 /// Fans envelopes out over a RabbitMQ fanout exchange. Cheap to clone.
 #[derive(Clone)]
@@ -122,6 +130,11 @@ struct Inner {
     subscriptions: AtomicU64,
     reconnects: Reconnects,
     closed: CancellationToken,
+    /// The route partitions bound (see the `routes` module).
+    routes: std::sync::Mutex<routes::Routes>,
+    /// Held by each change of the bound partitions, so that binding them again after a
+    /// reconnect cannot overtake an unbind.
+    route_changes: Mutex<()>,
 }
 
 impl fmt::Debug for RabbitBackend {
@@ -157,6 +170,8 @@ impl RabbitBackend {
             subscriptions: AtomicU64::new(0),
             reconnects: Reconnects::default(),
             closed: CancellationToken::new(),
+            routes: std::sync::Mutex::default(),
+            route_changes: Mutex::new(()),
         });
         let session = inner.publishing_session().await?;
         *inner.publisher.lock().await = Some(session);
@@ -207,7 +222,8 @@ impl Inner {
                 FieldTable::default(),
             )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.declare_routes_exchange(channel).await
     }
 
     /// Binds `queue` to the fanout exchange.
@@ -249,7 +265,7 @@ impl Inner {
     async fn consuming_session(
         &self,
         queue: &str,
-    ) -> Result<(Connection, lapin::Consumer), BackendError> {
+    ) -> Result<(Connection, lapin::Consumer, Channel), BackendError> {
         let connection = self.connection("subscriber").await?;
         let consumer = self
             .timed(async {
@@ -269,7 +285,7 @@ impl Inner {
                     .await
                     .map_err(unavailable)?;
                 self.bind(&channel, queue).await?;
-                channel
+                let consumer = channel
                     .basic_consume(
                         queue.into(),
                         format!("sse-fanout.{queue}").into(),
@@ -277,10 +293,12 @@ impl Inner {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(unavailable)
+                    .map_err(unavailable)?;
+                Ok((consumer, channel))
             })
             .await?;
-        Ok((connection, consumer))
+        self.bind_routes(consumer.1.clone(), queue).await?;
+        Ok((connection, consumer.0, consumer.1))
     }
 
     /// The publishing channel, reconnected first when its connection is gone.
@@ -299,21 +317,31 @@ impl Inner {
     }
 
     async fn publish(&self, envelope: &[u8]) -> Result<(), BackendError> {
+        self.publish_to(&self.config.exchange, "", FieldTable::default(), envelope)
+            .await
+    }
+
+    /// Publishes to `exchange` with a routing key and headers, waiting for the confirm.
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        key: &str,
+        headers: FieldTable,
+        envelope: &[u8],
+    ) -> Result<(), BackendError> {
         let mut publisher = self.publisher().await?;
         let Some((_, channel)) = publisher.as_ref() else {
             return Err(BackendError::unavailable(NAME, "no publishing channel"));
         };
-        let properties = BasicProperties::default().with_delivery_mode(if self.config.persistent {
-            2
-        } else {
-            1
-        });
+        let properties = BasicProperties::default()
+            .with_delivery_mode(if self.config.persistent { 2 } else { 1 })
+            .with_headers(headers);
         let result = self
             .timed(async {
                 let confirm = channel
                     .basic_publish(
-                        self.config.exchange.clone().into(),
-                        "".into(),
+                        exchange.into(),
+                        key.into(),
                         BasicPublishOptions::default(),
                         envelope,
                         properties,
@@ -388,6 +416,10 @@ impl FanoutBackend for RabbitBackend {
         self.inner.config.history.is_some().then_some(self as _)
     }
 
+    fn routes(&self) -> Option<&dyn sse_core::SessionRoutes> {
+        Some(self)
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         // Subscriptions close their connections, which deletes their exclusive queues.
         self.inner.closed.cancel();
@@ -404,7 +436,7 @@ impl FanoutBackend for RabbitBackend {
 async fn run_subscription(
     inner: Arc<Inner>,
     queue: String,
-    first: (Connection, lapin::Consumer),
+    first: (Connection, lapin::Consumer, Channel),
     tx: mpsc::Sender<Bytes>,
 ) {
     let mut session = Some(first);
@@ -414,7 +446,7 @@ async fn run_subscription(
     // since (the instance's queue went away with its connection) is read from the history.
     let mut alive_at = std::time::SystemTime::now();
     'reconnect: loop {
-        let (connection, mut consumer) = match session.take() {
+        let (connection, mut consumer, _channel) = match session.take() {
             Some(session) => session,
             None => {
                 tokio::select! {
@@ -466,6 +498,7 @@ async fn run_subscription(
             }
         };
         state.lost();
+        inner.routes_lost();
         tracing::warn!(%queue, reason = %lost, "rabbitmq subscription lost; reconnecting");
     }
 }
