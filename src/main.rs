@@ -134,8 +134,9 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_CREATE_TOPIC")]
     create_topic: bool,
 
-    /// Kafka: partitions of a created topic.
-    #[arg(long, env = "SSE_FANOUT_TOPIC_PARTITIONS", default_value_t = 3)]
+    /// Kafka: partitions of a created topic (one keeps every instance's order of a stream the
+    /// same; see README's Kafka section before raising it).
+    #[arg(long, env = "SSE_FANOUT_TOPIC_PARTITIONS", default_value_t = 1)]
     topic_partitions: i32,
 
     /// Kafka: replication factor of a created topic.

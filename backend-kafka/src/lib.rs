@@ -3,7 +3,10 @@
 //! - **Producer.** Every envelope goes to one topic (default `send.sse.event`); `publish` waits for
 //!   the delivery report, as jEAP sends synchronously. The key is the session id, so one session's
 //!   events stay in order on one partition; a broadcast is keyed by the publishing instance
-//!   (the envelope's `origin`), so one publisher's broadcasts stay in order too.
+//!   (the envelope's `origin`), so one publisher's broadcasts stay in order too. Across
+//!   partitions Kafka keeps no order, so instances may interleave a session's events and the
+//!   broadcasts differently; a topic of one partition gives every instance the same order,
+//!   which a client moving between instances with `Last-Event-ID` relies on.
 //! - **Consumer.** Every subscription uses a unique group id (`{group_prefix}-{uuid}`, like jEAP's
 //!   `${spring.application.name}-${random.uuid}`) and reads every partition of the topic, so every
 //!   instance receives every event published after it started. "Started" means ready: before
