@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use sse_fanout::hyper::{Cors, RouterConfig, SseRouter};
-use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig};
+use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
 /// jemalloc, with a background thread that gives freed memory back to the system within about a
@@ -98,6 +98,17 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_BROKER_HISTORY", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     broker_history: bool,
 
+    /// How targeted events reach instances: `broadcast` (every instance receives every event and
+    /// filters) or `session` (only instances holding a stream of the session receive it; Redis,
+    /// NATS and RabbitMQ).
+    #[arg(long, env = "SSE_FANOUT_ROUTING", value_enum, default_value_t = RoutingKind::Broadcast)]
+    routing: RoutingKind,
+
+    /// Session routing: how long a session's route stays subscribed after its last stream on this
+    /// instance closed, so that a reconnecting client finds it still there. `5` or `500ms`.
+    #[arg(long, env = "SSE_FANOUT_ROUTE_LINGER", default_value = "5", value_parser = parse_duration)]
+    route_linger: Duration,
+
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
     #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
     max_streams: usize,
@@ -178,6 +189,14 @@ enum BackendKind {
     Kafka,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoutingKind {
+    /// Every instance receives every event and keeps what its streams want.
+    Broadcast,
+    /// A targeted event goes only to instances holding a stream of its session.
+    Session,
+}
+
 /// Whole seconds (`15`) or a humantime duration (`15s`, `2m`, `500ms`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -237,6 +256,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         replay.max_bytes = args.replay_bytes;
         replay
     });
+    if args.routing == RoutingKind::Session && args.backend == BackendKind::Kafka {
+        // The hub refuses it too once connected; say it before touching the broker.
+        anyhow::bail!(
+            "--routing session does not work with Kafka: its consumers own partitions, not \
+             sessions, so every instance must read the whole topic; use --routing broadcast"
+        );
+    }
     let history = config.replay.filter(|_| args.broker_history);
     let backend = connect_backend(&args, &config.instance_id, history).await?;
     config.accept_apps = if args.accept_apps.iter().any(|a| a == "*") {
@@ -255,6 +281,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.max_streams = (args.max_streams > 0).then_some(args.max_streams);
     config.max_streams_per_session =
         (args.max_streams_per_session > 0).then_some(args.max_streams_per_session);
+    config.routing = match args.routing {
+        RoutingKind::Broadcast => Routing::Broadcast,
+        RoutingKind::Session => Routing::Session {
+            linger: args.route_linger,
+        },
+    };
     let hub = Hub::builder_arc(backend)
         .config(config)
         .start()

@@ -19,6 +19,7 @@ use crate::history;
 use crate::memory::InMemoryEmitterRepository;
 use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
+use crate::route::resume::{Resume, ResumeFrom, Resumes};
 use crate::route::{RouteLease, RouteTable, Routing};
 use crate::stats::{LatencySnapshot, Stats, StatsSnapshot};
 use crate::stream::EventStream;
@@ -298,6 +299,7 @@ impl HubBuilder {
             inner: Arc::new(HubInner {
                 shared,
                 routes,
+                resumes: Resumes::default(),
                 backend: self.backend,
                 stop: stop.clone(),
                 _stop_on_drop: stop.drop_guard(),
@@ -334,6 +336,8 @@ struct HubInner {
     shared: Arc<Shared>,
     /// The session routes this instance holds, in [`Routing::Session`].
     routes: Option<Arc<RouteTable>>,
+    /// The broker reads that resuming streams share, in routed delivery.
+    resumes: Resumes,
     backend: Arc<dyn FanoutBackend>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -474,7 +478,39 @@ impl Hub {
     ) -> Result<EventStream, OpenError> {
         self.check_limits(&subscription)?;
         let route = self.route(subscription.session_id.as_ref()).await?;
-        self.register(subscription, last_event_id, route)
+        let from = match (&route, last_event_id) {
+            (Some(lease), Some(last)) => self.resume_from(lease, last).await,
+            _ => ResumeFrom::Local,
+        };
+        self.register(subscription, last_event_id, route, from)
+    }
+
+    /// Where a resume in routed delivery replays from (see [`crate::route::resume`]).
+    async fn resume_from(&self, lease: &RouteLease, last: &str) -> ResumeFrom {
+        let shared = &self.inner.shared;
+        let (Some(log), Some(replay)) = (&shared.replay, shared.config.replay) else {
+            return ResumeFrom::Local;
+        };
+        let accepts = |app: &str| shared.config.accepts(app);
+        let resume = Resume {
+            history: self.inner.backend.history(),
+            log,
+            max_age: replay.max_age,
+            accepts: &accepts,
+            stats: &shared.stats,
+        };
+        match self
+            .inner
+            .resumes
+            .decide(resume, last, lease.covered_since())
+            .await
+        {
+            Ok(from) => from,
+            Err(error) => {
+                tracing::warn!(%error, "reading the broker's history for a resume failed");
+                ResumeFrom::Unknown
+            }
+        }
     }
 
     /// Holds the session's route for a new stream, in routed delivery.
@@ -494,6 +530,7 @@ impl Hub {
         subscription: Subscription,
         last_event_id: Option<&str>,
         route: Option<RouteLease>,
+        from: ResumeFrom,
     ) -> Result<EventStream, OpenError> {
         let shared = &self.inner.shared;
         let mut prelude = vec![shared.opening.clone()];
@@ -509,7 +546,15 @@ impl Hub {
                     Some(log) => {
                         let mut log = lock(log);
                         let emitter = shared.repository.register(subscription);
-                        let replay = log.since(last, session.as_deref(), &events, Instant::now());
+                        let replay = match &from {
+                            ResumeFrom::Local => {
+                                log.since(last, session.as_deref(), &events, Instant::now())
+                            }
+                            ResumeFrom::Broker(read) => {
+                                read.replay(last, session.as_deref(), &events, &log)
+                            }
+                            ResumeFrom::Unknown => Replay::Unknown,
+                        };
                         (emitter, replay)
                     }
                     None => (shared.repository.register(subscription), Replay::Unknown),

@@ -277,6 +277,35 @@ impl ReplayLog {
         }
     }
 
+    /// The sequence number the next pushed envelope gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// When the event with this id was pushed (received live) or published (read from the
+    /// broker), and whether it was read from the broker.
+    pub(crate) fn arrived(&self, id: &str) -> Option<(Instant, bool)> {
+        self.find(self.hasher.hash_one(id), id)
+            .map(|e| (e.at, e.from_broker))
+    }
+
+    /// The entries pushed at or after sequence number `seq` that a stream of `session` and
+    /// `events` receives: their ids and frames, in order.
+    pub(crate) fn matching_from<'a>(
+        &'a self,
+        seq: u64,
+        session: Option<&'a str>,
+        events: &'a EventFilter,
+    ) -> impl Iterator<Item = (&'a str, &'a Bytes)> + 'a {
+        let first = self.entries.front().map_or(0, |e| e.seq);
+        let start = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+        self.entries
+            .range(start.min(self.entries.len())..)
+            .filter(move |e| e.session().is_none_or(|target| session == Some(target)))
+            .filter(move |e| events.matches(e.event_name()))
+            .map(|e| (e.id(), &e.frame))
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()

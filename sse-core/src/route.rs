@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::BackendError;
 
+pub(crate) mod resume;
 mod table;
 pub(crate) use table::{RouteLease, RouteTable};
 

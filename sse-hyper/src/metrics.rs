@@ -65,6 +65,19 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     ] {
         counter!("sse_events_dropped_total", "instance" => i(), "reason" => reason).absolute(value);
     }
+    counter!("sse_events_received_unmatched_total", "instance" => i())
+        .absolute(s.received_unmatched);
+    gauge!("sse_routes_sessions", "instance" => i()).set(hub.routed_sessions() as f64);
+    if let Some(routes) = hub.backend_routes() {
+        gauge!("sse_routes_subscribed", "instance" => i(), "backend" => backend).set(routes as f64);
+    }
+    for (op, value) in [
+        ("subscribe", s.route_subscribes),
+        ("unsubscribe", s.route_unsubscribes),
+    ] {
+        counter!("sse_route_changes_total", "instance" => i(), "op" => op).absolute(value);
+    }
+    counter!("sse_route_failures_total", "instance" => i()).absolute(s.route_failures);
     counter!("sse_events_replayed_total", "instance" => i()).absolute(s.replayed);
     counter!("sse_replay_unknown_total", "instance" => i()).absolute(s.replay_unknown);
     for (source, value) in [
@@ -89,6 +102,12 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
         "sse_history_read_duration_seconds",
         &instance,
         &hub.history_read_latency(),
+    );
+    write_histogram(
+        &mut text,
+        "sse_route_subscribe_duration_seconds",
+        &instance,
+        &hub.route_subscribe_latency(),
     );
     Some(text)
 }

@@ -47,6 +47,9 @@ struct Entry {
     /// Tells this entry from a later one of the same session, for leases of a failed subscribe.
     generation: u64,
     phase: Phase,
+    /// Since when every envelope of the session reaches this instance (its route's subscribe
+    /// returned); `None` while subscribing.
+    covered_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -64,6 +67,15 @@ pub(crate) struct RouteLease {
     table: Arc<RouteTable>,
     session: Arc<str>,
     generation: u64,
+    covered_since: Instant,
+}
+
+impl RouteLease {
+    /// Since when this instance has received every envelope of the session: what its replay
+    /// log holds of the session from then on is complete.
+    pub(crate) fn covered_since(&self) -> Instant {
+        self.covered_since
+    }
 }
 
 impl Drop for RouteLease {
@@ -108,6 +120,7 @@ impl RouteTable {
                     streams: 0,
                     generation,
                     phase: Phase::Subscribing(Vec::new()),
+                    covered_since: None,
                 }
             });
             if created {
@@ -116,11 +129,7 @@ impl RouteTable {
                 self.wake.notify_one();
             }
             entry.streams += 1;
-            let lease = RouteLease {
-                table: self.clone(),
-                session: session.clone(),
-                generation: entry.generation,
-            };
+            let held = (entry.generation, entry.covered_since);
             let wait = match &mut entry.phase {
                 Phase::Subscribed => None,
                 Phase::Lingering(_) => {
@@ -133,14 +142,24 @@ impl RouteTable {
                     Some(rx)
                 }
             };
+            let lease = RouteLease {
+                table: self.clone(),
+                session: session.clone(),
+                generation: held.0,
+                // Replaced below once a route being subscribed is.
+                covered_since: held.1.unwrap_or(started),
+            };
             (lease, wait)
         };
+        let mut lease = lease;
         if let Some(wait) = wait {
             // The lease is dropped (and counted down) if this future is, or the route failed.
             wait.await
                 .map_err(|_| "the hub stopped".to_owned())
                 .and_then(|result| result)?;
             self.stats.route_subscribe_latency.record(started.elapsed());
+            // At or after the moment `settle` recorded: the later, the safer.
+            lease.covered_since = Instant::now();
         }
         Ok(lease)
     }
@@ -264,6 +283,7 @@ impl RouteTable {
                 } else {
                     entry.phase = Phase::Subscribed;
                 }
+                entry.covered_since = Some(now);
             } else {
                 // Not subscribed: the entry goes, and the leases of its streams with it.
                 state.sessions.remove(session);

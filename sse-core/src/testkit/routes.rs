@@ -12,7 +12,8 @@ use crate::backend::{BackendStream, FanoutBackend};
 use crate::envelope::Envelope;
 use crate::event::SendSseEvent;
 use crate::hub::Hub;
-use crate::repository::EventFilter;
+use crate::replay::RESET_EVENT;
+use crate::repository::{EventFilter, Subscription};
 use crate::route::{Routing, SessionRoutes};
 
 /// Runs every routed-delivery check.
@@ -27,6 +28,7 @@ pub async fn run_all(factory: &dyn Factory) {
     hostile_session_ids_stay_in_their_route(factory).await;
     routed_events_are_kept_in_the_history(factory).await;
     hubs_route_targeted_events_to_their_sessions(factory).await;
+    a_resume_where_the_route_lapsed_misses_nothing(factory).await;
 }
 
 fn routes(backend: &dyn FanoutBackend) -> &dyn SessionRoutes {
@@ -317,6 +319,92 @@ pub async fn hubs_route_targeted_events_to_their_sessions(factory: &dyn Factory)
             before + 1,
             "received after the route went"
         );
+    }
+    for hub in hubs {
+        hub.shutdown().await.ok();
+    }
+}
+
+/// A client resumes (`Last-Event-ID`) on a hub that did not receive everything its session got
+/// since: one whose route lapsed between (it received the last event, not those after it) and
+/// one that never held the session. With the backend's history both replay what followed, in
+/// order; without it both send the reset event, never a replay with a hole.
+pub async fn a_resume_where_the_route_lapsed_misses_nothing(factory: &dyn Factory) {
+    let linger = Duration::from_millis(100);
+    let mut hubs = Vec::new();
+    for _ in 0..3 {
+        let hub = Hub::builder_arc(factory.instance().await)
+            .app_name("testkit")
+            .routing(Routing::Session { linger })
+            .start()
+            .await
+            .unwrap();
+        hubs.push(hub);
+    }
+    let history = factory.instance().await.history().is_some();
+    let s = session();
+    let session_id: std::sync::Arc<str> = s.as_str().into();
+    let mut first = hubs[1]
+        .open_stream(Some(session_id.clone()), EventFilter::Any)
+        .await
+        .unwrap();
+    first.next().await; // the opening comment
+    let last = hubs[0]
+        .publish(SendSseEvent::new("lapse", json!(1)).to_session(&s))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(WAIT, first.next())
+        .await
+        .expect("the first event did not arrive")
+        .unwrap();
+    assert!(frame.ends_with(b"data: 1\n\n"), "{frame:?}");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hubs[1].routed_sessions() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the route stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 2..=4 {
+        hubs[0]
+            .publish(SendSseEvent::new("lapse", json!(n)).to_session(&s))
+            .await
+            .unwrap();
+    }
+    for (i, hub) in [(1, &hubs[1]), (2, &hubs[2])] {
+        let subscription = Subscription::new(Some(session_id.clone()), EventFilter::Any, 64);
+        let mut stream = hub
+            .open_after(subscription, Some(last.as_str()))
+            .await
+            .unwrap();
+        stream.next().await; // the opening comment
+        let mut data = Vec::new();
+        let mut reset = false;
+        while data.len() < 3 && !reset {
+            let frame = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("hub {i}: only {data:?} replayed"))
+                .unwrap();
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            reset |= text.contains(&format!("event: {RESET_EVENT}\n"));
+            if let Some(d) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                if !reset {
+                    data.push(d.to_owned());
+                }
+            }
+        }
+        if history {
+            assert!(!reset, "hub {i}: a reset although the broker keeps history");
+            assert_eq!(
+                data,
+                ["2", "3", "4"],
+                "hub {i}: what followed the last event"
+            );
+        } else {
+            assert!(
+                reset,
+                "hub {i}: replayed {data:?} with a hole instead of a reset"
+            );
+        }
     }
     for hub in hubs {
         hub.shutdown().await.ok();

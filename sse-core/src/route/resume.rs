@@ -1,0 +1,290 @@
+//! Resuming a stream (`Last-Event-ID`) in routed delivery.
+//!
+//! In broadcast routing every instance receives every envelope, so its replay log is complete
+//! from the moment it started. In session routing an instance receives a session's envelopes
+//! only while it holds the session's route, so its log has gaps: a client coming back to an
+//! instance that did not hold its session the whole time since its last event would be replayed
+//! a partial history. The hub tells the two cases apart by the route's
+//! [`covered_since`](super::table::RouteLease::covered_since):
+//!
+//! - the last event was received live at least [`GUARD`] after the route was subscribed (every
+//!   later envelope of the session was routed here): the local log serves the replay, a hash
+//!   lookup as in broadcast routing (a client back on the instance it left, or on one holding
+//!   another stream of its session);
+//! - otherwise the replay is read from the [broker's history](crate::history), from a little
+//!   before the last event's time (the timestamp of an id the hub generated, UUIDv7), after the
+//!   route is subscribed: what the read holds after the last event, then what the log received
+//!   since the read began and the read did not hold. Resumes share a read that began after their
+//!   route was subscribed and reaches back far enough, so a reconnect storm after an instance
+//!   died costs the broker a few reads, not one per client.
+//!
+//! When the history cannot be read (a backend without it, a failed read, an id the history no
+//! longer holds), the stream gets the [reset event](crate::replay::RESET_EVENT), never a replay
+//! with a hole in it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::backend::BackendError;
+use crate::envelope::Envelope;
+use crate::history::{self, BrokerHistory};
+use crate::replay::{Replay, ReplayLog};
+use crate::repository::EventFilter;
+use crate::stats::Stats;
+
+/// How long after its route was subscribed an event must have arrived for the local log to be
+/// trusted with what followed it: longer than an envelope spends between publisher and hub.
+pub(crate) const GUARD: Duration = Duration::from_secs(1);
+
+/// How far before the last event's timestamp a read starts (publishers' clocks differ).
+const SKEW: Duration = Duration::from_secs(5);
+
+/// Reads start on multiples of this, so resumes with nearby last events share one.
+const ROUND: u64 = 5_000;
+
+/// Where a resuming stream's replay comes from.
+#[derive(Debug)]
+pub(crate) enum ResumeFrom {
+    /// The instance's own log, complete for the session since the last event.
+    Local,
+    /// A read of the broker's history that holds the last event.
+    Broker(Arc<HistoryRead>),
+    /// Nowhere complete: the stream gets the reset event.
+    Unknown,
+}
+
+/// One read of the broker's history.
+#[derive(Debug)]
+pub(crate) struct HistoryRead {
+    started: Instant,
+    since: SystemTime,
+    /// The replay log's next sequence number when the read began: what the log received from
+    /// then on may be missing from the read.
+    seq: u64,
+    events: Vec<ReadEvent>,
+    /// Event id to its position in `events`.
+    index: HashMap<Box<str>, usize>,
+}
+
+#[derive(Debug)]
+struct ReadEvent {
+    session: Option<Box<str>>,
+    name: Box<str>,
+    frame: Bytes,
+}
+
+impl HistoryRead {
+    fn holds(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The replay of a stream of `session` and `events` after `last`, which the read holds:
+    /// the read's events after it, then those `log` received since the read began that the
+    /// read does not hold. Called under the log's lock, with the stream registered.
+    pub(crate) fn replay(
+        &self,
+        last: &str,
+        session: Option<&str>,
+        events: &EventFilter,
+        log: &ReplayLog,
+    ) -> Replay {
+        let Some(&at) = self.index.get(last) else {
+            return Replay::Unknown;
+        };
+        let wanted = |s: Option<&str>, name: &str| {
+            s.is_none_or(|target| session == Some(target)) && events.matches(name)
+        };
+        let mut frames: Vec<Bytes> = self.events[at + 1..]
+            .iter()
+            .filter(|e| wanted(e.session.as_deref(), &e.name))
+            .map(|e| e.frame.clone())
+            .collect();
+        frames.extend(
+            log.matching_from(self.seq, session, events)
+                .filter(|(id, _)| !self.holds(id))
+                .map(|(_, frame)| frame.clone()),
+        );
+        Replay::Frames {
+            frames,
+            from_broker: true,
+        }
+    }
+}
+
+/// The reads resumes share: the latest one, kept while newer resumes can use it.
+#[derive(Debug, Default)]
+pub(crate) struct Resumes {
+    latest: tokio::sync::Mutex<Option<Arc<HistoryRead>>>,
+}
+
+/// What deciding a resume needs from the hub.
+pub(crate) struct Resume<'a> {
+    pub(crate) history: Option<&'a dyn BrokerHistory>,
+    pub(crate) log: &'a std::sync::Mutex<ReplayLog>,
+    pub(crate) max_age: Duration,
+    /// Whether envelopes of this app are delivered here.
+    pub(crate) accepts: &'a (dyn Fn(&str) -> bool + Sync),
+    pub(crate) stats: &'a Stats,
+}
+
+impl Resumes {
+    /// Where the replay after `last` comes from for a stream whose session's route has covered
+    /// this instance since `covered_since`.
+    pub(crate) async fn decide(
+        &self,
+        resume: Resume<'_>,
+        last: &str,
+        covered_since: Instant,
+    ) -> Result<ResumeFrom, BackendError> {
+        let arrived = lock(resume.log).arrived(last);
+        if let Some((at, false)) = arrived
+            && at >= covered_since + GUARD
+        {
+            return Ok(ResumeFrom::Local);
+        }
+        let Some(history) = resume.history else {
+            return Ok(ResumeFrom::Unknown);
+        };
+        let oldest = SystemTime::now()
+            .checked_sub(resume.max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = last_event_time(last, arrived.map(|(at, _)| at))
+            .map_or(oldest, |t| {
+                round_down(t.checked_sub(SKEW).unwrap_or(oldest))
+            })
+            .max(oldest);
+        let read = self.read(&resume, history, since, covered_since).await?;
+        if read.holds(last) {
+            return Ok(ResumeFrom::Broker(read));
+        }
+        if since > oldest {
+            // The id's time was wrong (a publisher's own id that looks like a UUIDv7): all of it.
+            let read = self.read(&resume, history, oldest, covered_since).await?;
+            if read.holds(last) {
+                return Ok(ResumeFrom::Broker(read));
+            }
+        }
+        Ok(ResumeFrom::Unknown)
+    }
+
+    /// A read since `since` or earlier that began after `covered_since`: the latest one when it
+    /// qualifies, a new one otherwise (one at a time).
+    async fn read(
+        &self,
+        resume: &Resume<'_>,
+        history: &dyn BrokerHistory,
+        since: SystemTime,
+        covered_since: Instant,
+    ) -> Result<Arc<HistoryRead>, BackendError> {
+        let mut latest = self.latest.lock().await;
+        if let Some(read) = latest.as_ref()
+            && read.started >= covered_since
+            && read.since <= since
+        {
+            return Ok(read.clone());
+        }
+        // Not needed by any newer resume: let it go before reading again.
+        *latest = None;
+        let seq = lock(resume.log).next_seq();
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let mut index = HashMap::new();
+        let read = history::read_into(history, since, |bytes| {
+            let Ok(envelope) = Envelope::decode_ref(bytes) else {
+                return;
+            };
+            if !(resume.accepts)(envelope.app()) {
+                return;
+            }
+            index.insert(Box::from(envelope.id()), events.len());
+            events.push(ReadEvent {
+                session: envelope.session_id().map(Box::from),
+                name: Box::from(envelope.event_name()),
+                frame: envelope.frame(),
+            });
+        })
+        .await;
+        Stats::bump(&resume.stats.history_reads);
+        match read {
+            Ok(report) => resume.stats.history_read_latency.record(report.took),
+            Err(error) => {
+                Stats::bump(&resume.stats.history_read_failed);
+                return Err(error);
+            }
+        }
+        let read = Arc::new(HistoryRead {
+            started,
+            since,
+            seq,
+            events,
+            index,
+        });
+        *latest = Some(read.clone());
+        Ok(read)
+    }
+}
+
+/// When the event `last` was published, as far as the hub can tell: the timestamp of a UUIDv7
+/// id (what the hub generates), else when this instance logged it.
+fn last_event_time(last: &str, logged: Option<Instant>) -> Option<SystemTime> {
+    let from_id = uuid::Uuid::try_parse(last)
+        .ok()
+        .filter(|u| u.get_version_num() == 7)
+        .and_then(|u| u.get_timestamp())
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+        })
+        .filter(|t| *t <= SystemTime::now() + SKEW);
+    from_id.or_else(|| {
+        let age = Instant::now().saturating_duration_since(logged?);
+        SystemTime::now().checked_sub(age)
+    })
+}
+
+fn round_down(t: SystemTime) -> SystemTime {
+    let ms = history::unix_millis(t);
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms - ms % ROUND)
+}
+
+fn lock(log: &std::sync::Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_uuid_v7_id_gives_its_time_and_another_id_the_logged_time() {
+        let now = SystemTime::now();
+        let ms = history::unix_millis(now) - 60_000;
+        let id = uuid::Builder::from_unix_timestamp_millis(ms, &[7; 10])
+            .into_uuid()
+            .to_string();
+        let t = last_event_time(&id, None).unwrap();
+        assert_eq!(history::unix_millis(t), ms);
+        assert!(last_event_time("order-17", None).is_none());
+        let logged = Instant::now() - Duration::from_secs(30);
+        let t = last_event_time("order-17", Some(logged)).unwrap();
+        let age = now.duration_since(t).unwrap_or_default();
+        assert!(age >= Duration::from_secs(29) && age < Duration::from_secs(32));
+        // A v7 id from the far future is no time at all.
+        let future = uuid::Builder::from_unix_timestamp_millis(ms + 3_600_000, &[7; 10])
+            .into_uuid()
+            .to_string();
+        assert!(last_event_time(&future, None).is_none());
+    }
+
+    #[test]
+    fn reads_start_on_round_times() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_012_345);
+        assert_eq!(history::unix_millis(round_down(t)), 1_700_000_010_000);
+    }
+}
