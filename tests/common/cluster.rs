@@ -81,6 +81,40 @@ impl HubProcess {
         }
     }
 
+    /// The sum of a series' samples on `/metrics` (every label set of `name`), 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Publishes through the hub's HTTP endpoint; `session` `None` broadcasts.
+    pub async fn publish(&self, event: &str, session: Option<&str>, payload: serde_json::Value) {
+        let mut body = serde_json::json!({"eventName": event, "payload": payload});
+        if let Some(s) = session {
+            body["sessionId"] = s.into();
+        }
+        let r = client()
+            .post(self.url("/sse/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "publish through {}", self.port);
+    }
+
     /// SIGTERM, then waits for a clean exit (the graceful drain).
     pub fn terminate(mut self) {
         signal(&self.child, "-TERM");
