@@ -63,8 +63,12 @@ async fn targeted_events_reach_only_their_holders(hubs: &[HubProcess], exact: bo
     }
     let (targeted, broadcasts) = (10, 3);
     for i in 0..targeted {
-        hubs[2].publish("e", Some(alpha), json!(format!("a{i}"))).await;
-        hubs[2].publish("e", Some(beta), json!(format!("b{i}"))).await;
+        hubs[2]
+            .publish("e", Some(alpha), json!(format!("a{i}")))
+            .await;
+        hubs[2]
+            .publish("e", Some(beta), json!(format!("b{i}")))
+            .await;
         if i % 4 == 0 {
             hubs[0].publish("e", None, json!(format!("all{i}"))).await;
         }
@@ -121,7 +125,9 @@ async fn an_event_right_after_the_200_arrives(hubs: &[HubProcess]) {
         let holder = &hubs[i % hubs.len()];
         let publisher = &hubs[(i + 1) % hubs.len()];
         let mut client = SseClient::connect(
-            &holder.url(&format!("/sse/event-stream?eventName=e&sessionId={session}")),
+            &holder.url(&format!(
+                "/sse/event-stream?eventName=e&sessionId={session}"
+            )),
             &[],
         )
         .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::json;
-use sse_fanout::{FanoutBackend, SendSseEvent};
+use sse_fanout::{FanoutBackend, Routing, SendSseEvent};
 
 use super::brokers::{self, Broker, Outage};
 use super::{TestServer, client};
@@ -369,20 +369,24 @@ pub(crate) use restart_suite;
 /// One instance's connection to the broker is cut (a proxy between them drops it and refuses new
 /// ones for a while) while the broker stays up; events published meanwhile on another instance
 /// are in the history, and the cut instance's subscription reads them from there once it is
-/// back: its client misses nothing, in order. `connect(url)` connects a backend to the test's
+/// back: its client misses nothing, in order, and live events reach it again (in session
+/// routing, through its route subscribed again). `connect(url)` connects a backend to the test's
 /// channel at `url`; `url` is the broker's, on 127.0.0.1 at `port`.
 pub async fn a_cut_connection_catches_up_from_the_history(
     url: &str,
     port: u16,
+    routing: Routing,
     connect: impl Fn(&str) -> Connect,
 ) {
     let proxy = super::cluster::CutProxy::start(([127, 0, 0, 1], port).into()).await;
     let cut_off = connect(&proxy.url(url, port))().await;
-    let server = TestServer::start(cut_off, |b| b.app_name("catch-up")).await;
+    let server = TestServer::start(cut_off, |b| b.app_name("catch-up").routing(routing)).await;
     let mut stream = server.stream("eventName=e&sessionId=s1").await;
     server.wait_for_streams(1).await;
-    let publisher =
-        crate::common::TestServer::start(connect(url)().await, |b| b.app_name("catch-up")).await;
+    let publisher = crate::common::TestServer::start(connect(url)().await, |b| {
+        b.app_name("catch-up").routing(routing)
+    })
+    .await;
     let publish = |n: u32| {
         publisher
             .hub
@@ -404,8 +408,14 @@ pub async fn a_cut_connection_catches_up_from_the_history(
             "event {n}, published while the connection was cut"
         );
     }
-    publish(6).await.unwrap();
-    assert_eq!(stream.next().await.data, "6", "live again");
+    for n in 6..=8 {
+        publish(n).await.unwrap();
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "live again: {routing:?}"
+        );
+    }
     assert!(
         server.hub.backend_reconnects() >= 1,
         "the connection was cut"
@@ -437,5 +447,9 @@ pub async fn cut_connection_on<F, Fut>(
     };
     let channel = super::unique("cut");
     let _forget = super::backends::Forget::new(&url, &channel, forget);
-    a_cut_connection_catches_up_from_the_history(&url, port, |u| connect(u, &channel)).await;
+    // Both routings: in session routing the cut instance also subscribes its routes again.
+    for routing in [Routing::Broadcast, Routing::session()] {
+        a_cut_connection_catches_up_from_the_history(&url, port, routing, |u| connect(u, &channel))
+            .await;
+    }
 }
