@@ -52,7 +52,7 @@ async fn targeted_events_reach_only_their_holders(hubs: &[HubProcess], exact: bo
         let url = hub.url(&format!("/sse/event-stream?eventName=e&sessionId={s}"));
         async move { SseClient::connect(&url, &[]).await }
     };
-    let mut clients = vec![
+    let mut clients = [
         stream(&hubs[0], alpha).await,
         stream(&hubs[1], beta).await,
         stream(&hubs[2], beta).await,

@@ -386,10 +386,10 @@ pub async fn a_resume_where_the_route_lapsed_misses_nothing(factory: &dyn Factor
                 .unwrap();
             let text = String::from_utf8_lossy(&frame).into_owned();
             reset |= text.contains(&format!("event: {RESET_EVENT}\n"));
-            if let Some(d) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if !reset {
-                    data.push(d.to_owned());
-                }
+            if let Some(d) = text.lines().find_map(|l| l.strip_prefix("data: "))
+                && !reset
+            {
+                data.push(d.to_owned());
             }
         }
         if history {
