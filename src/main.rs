@@ -109,6 +109,11 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_ROUTE_LINGER", default_value = "5", value_parser = parse_duration)]
     route_linger: Duration,
 
+    /// Session routing on RabbitMQ: the hash partitions of session ids, each one binding when an
+    /// instance holds a session in it (see README's RabbitMQ section for the trade-off).
+    #[arg(long, env = "SSE_FANOUT_ROUTE_PARTITIONS")]
+    route_partitions: Option<u32>,
+
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
     #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
     max_streams: usize,
@@ -362,7 +367,10 @@ async fn connect_backend(
             let url = url.unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
             // The instance's own queue, named so it can be declared again after a reconnect.
             let queue = format!("{}.{instance_id}", args.app_name);
-            let config = RabbitConfig::new(channel, queue).history(history);
+            let mut config = RabbitConfig::new(channel, queue).history(history);
+            if let Some(partitions) = args.route_partitions {
+                config.route_partitions = partitions.max(1);
+            }
             Arc::new(RabbitBackend::connect(url, config).await?)
         }
         #[cfg(feature = "kafka")]

@@ -39,6 +39,17 @@
 //! subscription, each subscription reads the stream from a few seconds before the last message
 //! it received and hands that to the hub ahead of what comes next; the hub drops what it had, so
 //! nothing published meanwhile is missing (without history it would be).
+//!
+//! # Routed delivery
+//!
+//! In [session routing](sse_core::route) a targeted envelope is published to the subject
+//! `{subject}.{token}` ([`route_token`](sse_core::route::route_token): one token of `A–Z a–z 0–9
+//! _ -`, so no `.`, `*` or `>` from a session id reaches a subject), and an instance subscribes
+//! the subjects of the sessions it holds on its one connection; the JetStream history stream
+//! captures `{subject}` and `{subject}.*`. One round trip (a message to an inbox of ours coming
+//! back) confirms a batch of subscribes: the server has them before any later publish.
+//! async-nats subscribes them again after a reconnect by itself. A targeted event and a
+//! broadcast travel on different subjects, so their relative order is not kept.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Process facts: the clock the payloads carry, resident memory, the open-file limit.
+//! Process facts: the clock the payloads carry, resident memory, CPU time, the open-file limit.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// CPU seconds process `pid` has used, user and system together (`/proc/<pid>/stat`, in clock
+/// ticks of 1/100 s, which Linux fixes for this interface).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of the full line; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Raises this process's open-file limit to the hard limit; returns the limit now in force.

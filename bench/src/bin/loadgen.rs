@@ -66,6 +66,17 @@ enum Cmd {
     /// A reconnect storm: N streams come back at once to a freshly started instance with a
     /// `Last-Event-ID` some events behind, which it knows only from the broker's history.
     Resume(ResumeArgs),
+    /// Routed delivery: N hub processes on one broker, one stream per session spread evenly over
+    /// them, targeted events published by a hub in this process; what each instance received
+    /// and the CPU it spent (run with the hubs and this tool in `--routing broadcast` and
+    /// `session`).
+    Routing(RoutingArgs),
+    /// Stream opens at a fixed rate, each of a new session: the time until each one's `200`
+    /// (in session routing, the route's subscribe is part of it).
+    Opens(OpensArgs),
+    /// What subscribing and unsubscribing session routes costs the backend: N sessions in the
+    /// hub's batches of 1 000 (what a hub does after a broker reconnect).
+    RouteSubscribe(RouteSubscribeArgs),
     /// Turns the JSON lines of a benchmark run into BENCHMARKS.md's table.
     Report(ReportArgs),
     /// Internal: holds streams for the other commands.
@@ -200,6 +211,9 @@ struct BrokerArgs {
     /// Whether the backend keeps its history in the broker: `on` or `off`.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     history: String,
+    /// RabbitMQ: the hash partitions of session ids in session routing.
+    #[arg(long, default_value_t = sse_fanout::rabbit::DEFAULT_ROUTE_PARTITIONS)]
+    route_partitions: u32,
 }
 
 impl BrokerArgs {
@@ -241,6 +255,52 @@ struct CrossArgs {
     /// The app name of the hubs.
     #[arg(long, default_value = "sse-fanout")]
     app_name: String,
+}
+
+#[derive(Debug, Args)]
+struct RoutingArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The hubs, `http://host:port`, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// Their process ids, in the same order, to read their CPU time.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Sessions, one stream each, spread evenly over the hubs (the first third on the first...).
+    #[arg(long, default_value_t = 3000)]
+    sessions: usize,
+    /// How the publishing hub in this process routes: `broadcast` or `session` (as the hubs').
+    #[arg(long, default_value = "broadcast", value_parser = ["broadcast", "session"])]
+    routing: String,
+    /// A name for the run in the JSON line.
+    #[arg(long, default_value = "sse-fanout")]
+    label: String,
+}
+
+#[derive(Debug, Args)]
+struct RouteSubscribeArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Sessions to subscribe.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+}
+
+#[derive(Debug, Args)]
+struct OpensArgs {
+    /// The hub, `http://host:port`.
+    #[arg(long)]
+    url: String,
+    /// Opens per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds to open streams for.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// What the hub runs (for the JSON line), e.g. `redis session`.
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +359,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BrokerRtt(args) => broker_rtt(args).await?,
         Cmd::PublishCost(args) => publish_cost(args).await?,
         Cmd::Resume(args) => resume(args).await?,
+        Cmd::Routing(args) => routing(args).await?,
+        Cmd::Opens(args) => opens(args).await?,
+        Cmd::RouteSubscribe(args) => route_subscribe(args).await?,
         Cmd::Report(args) => {
             print!("{}", report::table(&std::fs::read_to_string(&args.file)?)?);
             return Ok(());
@@ -439,16 +502,30 @@ struct Workers {
 impl Workers {
     /// Starts workers for `args.streams` streams and waits until every stream is open or failed.
     async fn start(args: &StreamArgs, per_event: bool) -> anyhow::Result<(Workers, Ready)> {
+        Self::start_ranges(args, &[(args.url.clone(), 0, args.streams)], per_event).await
+    }
+
+    /// Like [`start`](Self::start), with streams `first..first + count` on each `(url, first,
+    /// count)` (stream `i` is of session `s{i % sessions}`).
+    async fn start_ranges(
+        args: &StreamArgs,
+        ranges: &[(String, usize, usize)],
+        per_event: bool,
+    ) -> anyhow::Result<(Workers, Ready)> {
         let exe = std::env::current_exe()?;
         let per_proc = args.per_proc.max(1);
         let mut procs = Vec::new();
-        let mut first = 0;
-        while first < args.streams {
-            let count = per_proc.min(args.streams - first);
+        let chunks = ranges.iter().flat_map(|(url, start, total)| {
+            (0..total.div_ceil(per_proc)).map(move |c| {
+                let first = start + c * per_proc;
+                (url, first, per_proc.min(start + total - first))
+            })
+        });
+        for (url, first, count) in chunks {
             let mut command = Command::new(&exe);
             command
                 .arg("worker")
-                .args(["--url", &args.url, "--path", &args.path])
+                .args(["--url", url, "--path", &args.path])
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(["--sessions", &args.sessions.to_string()])
                 .args(["--sources", &args.sources.to_string()])
@@ -463,7 +540,6 @@ impl Workers {
             let stdin = child.stdin.take().context("worker stdin")?;
             let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
             procs.push((child, stdin, stdout));
-            first += count;
         }
         let mut workers = Workers { procs };
         let mut ready = Ready::default();
@@ -803,7 +879,8 @@ async fn connect_backend(
         Backend::Rabbit => {
             use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
             let queue = format!("{app}.{instance}");
-            let config = RabbitConfig::new(channel, queue).history(history);
+            let mut config = RabbitConfig::new(channel, queue).history(history);
+            config.route_partitions = broker.route_partitions;
             Arc::new(RabbitBackend::connect(url, config).await?)
         }
         Backend::Kafka => {
@@ -850,6 +927,197 @@ async fn cross(args: CrossArgs) -> anyhow::Result<Value> {
         "lost": report.published.saturating_sub(merged.received),
         "latency_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
+    }))
+}
+
+/// N hubs, a third of the sessions' streams on each (for N = 3), targeted events published at
+/// `rate` by a hub in this process: per hub, envelopes received and CPU seconds spent from the
+/// first publish until the last delivery.
+async fn routing(args: RoutingArgs) -> anyhow::Result<Value> {
+    let broker = &args.broker;
+    let n = args.urls.len();
+    if n == 0 || args.pids.len() != n {
+        bail!("--urls and --pids need one entry per hub");
+    }
+    let stream_args = StreamArgs {
+        url: args.urls[0].clone(),
+        path: "/sse/event-stream".to_owned(),
+        streams: args.sessions,
+        sessions: args.sessions,
+        per_proc: 5000,
+        sources: 8,
+        concurrency: 64,
+        label: args.label.clone(),
+    };
+    let ranges: Vec<(String, usize, usize)> = args
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(k, url)| {
+            let first = k * args.sessions / n;
+            (url.clone(), first, (k + 1) * args.sessions / n - first)
+        })
+        .collect();
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, "sse-fanout").await?;
+    let mut builder = Hub::builder_arc(backend)
+        .app_name("sse-fanout")
+        .instance_id(instance)
+        .replay(None);
+    if args.routing == "session" {
+        builder = builder.routing(sse_fanout::Routing::session());
+    }
+    let hub = builder.start().await?;
+    let (mut workers, ready) = Workers::start_ranges(&stream_args, &ranges, false).await?;
+    check_ready(&ready, args.sessions)?;
+    let spec = |rate, seconds| PumpSpec::new(rate, seconds, args.sessions);
+    pump::through_hub(&spec(200, 1.0), &hub).await;
+    until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    workers.clear().await?;
+    let received = |url: &String| {
+        let url = url.clone();
+        async move { metric_sum(&url, "sse_events_received_total").await }
+    };
+    let mut before = Vec::new();
+    for url in &args.urls {
+        before.push((received(url).await?, 0.0));
+    }
+    for (b, &pid) in before.iter_mut().zip(&args.pids) {
+        b.1 = sse_fanout_bench::sys::cpu_secs(pid).context("reading a hub's CPU time")?;
+    }
+    let started = Instant::now();
+    let report = pump::through_hub(&spec(broker.rate, broker.seconds), &hub).await;
+    let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(60)).await?;
+    let took = started.elapsed().as_secs_f64();
+    let mut per_instance = Vec::new();
+    for ((url, &pid), (received_before, cpu_before)) in
+        args.urls.iter().zip(&args.pids).zip(&before)
+    {
+        let cpu = sse_fanout_bench::sys::cpu_secs(pid).context("reading a hub's CPU time")?;
+        let got = received(url).await? - received_before;
+        per_instance.push(json!({
+            "received": got,
+            "cpu_secs": round(cpu - cpu_before, 2),
+        }));
+    }
+    workers.stop().await;
+    hub.shutdown().await.ok();
+    Ok(json!({
+        "scenario": "routing",
+        "server": args.label,
+        "backend": format!("{:?}", broker.backend).to_lowercase(),
+        "routing": args.routing,
+        "instances": n,
+        "sessions": ready.open,
+        "rate": broker.rate,
+        "published": report.published,
+        "publish_failed": report.failed,
+        "delivered": merged.received,
+        "lost": report.published.saturating_sub(merged.received),
+        "per_instance": per_instance,
+        "secs": round(took, 2),
+        "latency_ms": percentiles_ms(&merged.deliveries),
+        "streams_ended": ended,
+    }))
+}
+
+/// Subscribes `sessions` routes in batches of 1 000, then unsubscribes them, timing both.
+async fn route_subscribe(args: RouteSubscribeArgs) -> anyhow::Result<Value> {
+    let broker = &args.broker;
+    let instance = format!("loadgen-{}", std::process::id());
+    let backend = connect_backend(broker, &instance, "bench").await?;
+    // Routes belong to the subscription: open it as a hub does, and drain it.
+    let mut stream = backend.subscribe().await?;
+    let drain = tokio::spawn(async move { while stream.next().await.is_some() {} });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let routes = backend.routes().context("this backend has no routes")?;
+    let sessions: Vec<String> = (0..args.sessions).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = sessions.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    for batch in names.chunks(1000) {
+        routes.subscribe(batch).await?;
+    }
+    let subscribe = started.elapsed().as_secs_f64();
+    let subscribed = routes.subscribed();
+    let started = Instant::now();
+    for batch in names.chunks(1000) {
+        routes.unsubscribe(batch).await?;
+    }
+    let unsubscribe = started.elapsed().as_secs_f64();
+    let left = routes.subscribed();
+    backend.close().await.ok();
+    drain.abort();
+    Ok(json!({
+        "scenario": "route_subscribe",
+        "backend": format!("{:?}", broker.backend).to_lowercase(),
+        "sessions": args.sessions,
+        "route_partitions": (broker.backend == Backend::Rabbit).then_some(broker.route_partitions),
+        "routes_subscribed": subscribed,
+        "subscribe_secs": round(subscribe, 3),
+        "unsubscribe_secs": round(unsubscribe, 3),
+        "per_sec": round(args.sessions as f64 / subscribe.max(1e-9), 0),
+        "left": left,
+    }))
+}
+
+/// The sum over its label sets of `series` on the hub at `url`'s `/metrics`.
+async fn metric_sum(url: &str, series: &str) -> anyhow::Result<f64> {
+    let text = metrics_text(url)
+        .await
+        .with_context(|| format!("reading {url}/metrics"))?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Opens a stream of a new session every `1/rate` s for `seconds`, each on its own connection,
+/// and records the time from connecting until the response head (the `200`).
+async fn opens(args: OpensArgs) -> anyhow::Result<Value> {
+    let server = Server::parse(&args.url)?;
+    let total = (args.rate as f64 * args.seconds) as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let run = format!("o{}", std::process::id());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+        let (server, query) = (
+            server.clone(),
+            format!("/sse/event-stream?eventName=bench&sessionId={run}-{i}"),
+        );
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8);
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let stream = open_stream(&server, Some(source), &query).await;
+            let took = at.elapsed();
+            let opened = stream.is_ok();
+            // Held a moment, as a client would, then closed.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(stream);
+            opened.then_some(took)
+        }));
+    }
+    let mut latencies = histogram();
+    let mut failed = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Some(took)) => latencies.saturating_record(took.as_micros() as u64),
+            _ => failed += 1,
+        }
+    }
+    Ok(json!({
+        "scenario": "opens",
+        "server": args.label,
+        "rate": args.rate,
+        "opened": latencies.len(),
+        "failed": failed,
+        "open_ms": percentiles_ms(&latencies),
+        "route_changes": metric_sum(&args.url, "sse_route_changes_total").await.ok(),
     }))
 }
 
