@@ -60,6 +60,9 @@ for backend in redis nats rabbit; do
     echo "bench: BROKER MISSING: no $backend; its rows are left out" >&2
     continue
   fi
+  # The broker's process, when it listens on this machine (its CPU time is read, nothing else).
+  port=${url##*:}; port=${port%%/*}
+  broker_pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
   for run in "3 broadcast" "3 session" "1 broadcast" "1 session"; do
     set -- $run
     channel=bench.routing.$(date +%s%N)
@@ -68,9 +71,18 @@ for backend in redis nats rabbit; do
     "$bin/loadgen" routing --backend "$backend" --backend-url "$url" --channel "$channel" \
       --history off --urls "$(join "${urls[@]}")" --pids "$(join "${pids[@]}")" \
       --sessions "$sessions" --rate "$rate" --seconds "$seconds" --routing "$2" \
+      ${broker_pid:+--broker-pid "$broker_pid"} \
       | tee -a "$results"
     stop_hubs
   done
+  # What subscribing 10 000 routes costs the backend (RabbitMQ: with 1 024 partitions too).
+  subscribe() {
+    "$bin/loadgen" route-subscribe --backend "$backend" --backend-url "$url" \
+      --channel "bench.subscribe.$(date +%s%N)" --history off --sessions 10000 "$@" \
+      | tee -a "$results"
+  }
+  subscribe
+  [ "$backend" != rabbit ] || subscribe --route-partitions 1024
   for routing in broadcast session; do
     channel=bench.opens.$(date +%s%N)
     start_hubs 1 "$backend" "$url" "$channel" "$routing"

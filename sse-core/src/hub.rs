@@ -470,7 +470,8 @@ impl Hub {
     ///
     /// In [routed delivery](crate::route), the first stream of a session on this instance waits
     /// for its route to be subscribed (one broker round trip), so that whatever is published once
-    /// this returns reaches it; otherwise it returns at once.
+    /// this returns reaches it; otherwise it returns at once. A resume there that this instance's
+    /// log cannot serve whole is read from the broker's history (see `route::resume`).
     pub async fn open_after(
         &self,
         subscription: Subscription,

@@ -18,6 +18,10 @@
 //! to route on such a backend refuses to start. Routed envelopes arrive on the backend's one
 //! [`subscribe`](crate::FanoutBackend::subscribe) stream, beside the broadcasts.
 //!
+//! An instance's replay log then holds a session's events only while it held the session's
+//! route, so a `Last-Event-ID` resume is served from the broker's history whenever the log may
+//! have a gap (the crate-private `route::resume` module says how).
+//!
 //! Session ids are chosen by clients or an identity provider, so they never reach a broker's
 //! names as they are: [`route_token`] keeps short, plain ids readable and hashes every other one,
 //! and [`partition`] hashes an id into a fixed number of partitions for brokers where one route

@@ -267,6 +267,9 @@ struct RoutingArgs {
     /// Their process ids, in the same order, to read their CPU time.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// The broker's process id, when it runs on this machine, to read its CPU time too.
+    #[arg(long)]
+    broker_pid: Option<u32>,
     /// Sessions, one stream each, spread evenly over the hubs (the first third on the first...).
     #[arg(long, default_value_t = 3000)]
     sessions: usize,
@@ -985,10 +988,17 @@ async fn routing(args: RoutingArgs) -> anyhow::Result<Value> {
     for (b, &pid) in before.iter_mut().zip(&args.pids) {
         b.1 = sse_fanout_bench::sys::cpu_secs(pid).context("reading a hub's CPU time")?;
     }
+    let cpu = sse_fanout_bench::sys::cpu_secs;
+    let broker_before = args.broker_pid.and_then(cpu);
     let started = Instant::now();
     let report = pump::through_hub(&spec(broker.rate, broker.seconds), &hub).await;
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(60)).await?;
     let took = started.elapsed().as_secs_f64();
+    let broker_cpu = args
+        .broker_pid
+        .and_then(cpu)
+        .zip(broker_before)
+        .map(|(after, before)| round(after - before, 2));
     let mut per_instance = Vec::new();
     for ((url, &pid), (received_before, cpu_before)) in
         args.urls.iter().zip(&args.pids).zip(&before)
@@ -1015,6 +1025,7 @@ async fn routing(args: RoutingArgs) -> anyhow::Result<Value> {
         "delivered": merged.received,
         "lost": report.published.saturating_sub(merged.received),
         "per_instance": per_instance,
+        "broker_cpu_secs": broker_cpu,
         "secs": round(took, 2),
         "latency_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
