@@ -43,7 +43,7 @@
 //! # Routed delivery
 //!
 //! In [session routing](sse_core::route) a targeted envelope is published to the subject
-//! `{subject}.{token}` ([`route_token`](sse_core::route::route_token): one token of `A–Z a–z 0–9
+//! `{subject}.{token}` (the [route token](sse_core::route::route_token): one token of `A–Z a–z 0–9
 //! _ -`, so no `.`, `*` or `>` from a session id reaches a subject), and an instance subscribes
 //! the subjects of the sessions it holds on its one connection; the JetStream history stream
 //! captures `{subject}` and `{subject}.*`. One round trip (a message to an inbox of ours coming

@@ -42,7 +42,7 @@
 //! # Routed delivery
 //!
 //! In [session routing](sse_core::route) a targeted envelope is published to its session's own
-//! channel, `{channel}:{token}` ([`route_token`](sse_core::route::route_token)), with the same
+//! channel, `{channel}:{token}` (its [route token](sse_core::route::route_token)), with the same
 //! history script, and an instance `SUBSCRIBE`s the channels of the sessions it holds on its
 //! subscription connection, up to 1 000 per command; after a reconnect it subscribes them all
 //! again in such batches before it catches up from the history. Plain channels, never patterns:
