@@ -47,8 +47,9 @@
 //! subscription connection, up to 1 000 per command; after a reconnect it subscribes them all
 //! again in such batches before it catches up from the history. Plain channels, never patterns:
 //! a pattern subscription makes every `PUBLISH` on the server match against every pattern, while
-//! a channel is one hash lookup (10 000 channels subscribe in about 20 ms, BENCHMARKS.md). Redis
-//! Cluster's sharded pub/sub (`SSUBSCRIBE`) is not supported: use one Redis (or Sentinel).
+//! a channel is one hash lookup (10 000 channels subscribe in about 20 ms, BENCHMARKS.md). The
+//! backend talks to one Redis server: Redis Cluster, and with it sharded pub/sub
+//! (`SSUBSCRIBE`), is not supported yet.
 
 use std::collections::HashSet;
 use std::fmt;
