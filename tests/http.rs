@@ -119,14 +119,127 @@ async fn heartbeat_comments_arrive_on_an_idle_stream() {
         .unwrap();
     let mut seen = String::new();
     tokio::time::timeout(WAIT, async {
-        while !seen.contains(": heartbeat\n\n: heartbeat\n\n") {
+        while !seen.contains(": heartbeat\n: heartbeat\n") {
             let chunk = response.chunk().await.unwrap().unwrap();
             seen.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     })
     .await
     .unwrap();
-    assert!(seen.starts_with(": ok\nretry: 3000\n\n"), "{seen:?}");
+    assert!(seen.starts_with(": ok\nretry: 3000\n"), "{seen:?}");
+}
+
+/// A payload reaches the client as it was posted: keys in their order, numbers as spelled, only
+/// the whitespace between tokens gone; a string's CR and CRLF arrive as LF (SSE cannot carry CR).
+#[tokio::test]
+async fn payloads_arrive_as_they_were_posted() {
+    let server = TestServer::start(local(), |b| b).await;
+    let mut stream = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let bodies = [
+        r#"{"eventName":"e","sessionId":"s1","payload":{"order":17,"status":"shipped","note":"zwölf €"}}"#,
+        "{\"eventName\":\"e\",\"sessionId\":\"s1\",\"payload\":{\n  \"zeta\": 1.50,\n  \"alpha\": [1e2, 12345678901234567890123]\n}}",
+        r#"{"eventName":"e","sessionId":"s1","payload":"line 1\r\nline 2\rline 3"}"#,
+    ];
+    for body in bodies {
+        let response = client()
+            .post(server.url("/sse/publish"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{body}");
+    }
+    for want in [
+        r#"{"order":17,"status":"shipped","note":"zwölf €"}"#,
+        r#"{"zeta":1.50,"alpha":[1e2,12345678901234567890123]}"#,
+        "line 1\nline 2\nline 3",
+    ] {
+        assert_eq!(stream.next().await.data, want);
+    }
+}
+
+/// What a lax client makes of a stream: one that dispatches at every blank line once any field
+/// was seen, even with no data, as Python's `httpx-sse` 0.4 does (its decoder keeps the last
+/// event id across events, so after the first event with an id every blank line dispatches).
+fn lax_events(stream: &str) -> Vec<(String, String)> {
+    let (mut events, mut name, mut data, mut last_id, mut retry) = (
+        Vec::new(),
+        String::new(),
+        Vec::<&str>::new(),
+        String::new(),
+        false,
+    );
+    // Complete lines only: what follows the last LF is not a line yet.
+    for line in stream
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+    {
+        if line.is_empty() {
+            if !name.is_empty() || !data.is_empty() || !last_id.is_empty() || retry {
+                events.push((std::mem::take(&mut name), data.join("\n")));
+                data.clear();
+                retry = false;
+            }
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_owned(),
+            "data" => data.push(value),
+            "id" => last_id = value.to_owned(),
+            "retry" => retry = true,
+            _ => {}
+        }
+    }
+    events
+}
+
+/// The opening `retry:`, heartbeats and the farewell carry no blank line, so a lax client (see
+/// [`lax_events`]) sees exactly the events published, none empty.
+#[tokio::test]
+async fn a_lax_client_sees_no_empty_events() {
+    let server =
+        TestServer::start(local(), |b| b.heartbeat(Some(Duration::from_millis(100)))).await;
+    let mut response = client()
+        .get(server.url("/sse/event-stream?eventName=e&sessionId=s1"))
+        .send()
+        .await
+        .unwrap();
+    server.wait_for_streams(1).await;
+    let mut seen = String::new();
+    // Heartbeats before, between and after the two events.
+    let pause = Duration::from_millis(350);
+    for n in 0..2 {
+        let deadline = tokio::time::Instant::now() + pause;
+        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or(Ok(None))
+        {
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        server
+            .publish(json!({"eventName": "e", "sessionId": "s1", "payload": n}))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + pause;
+    while !seen.contains("data: 1\n\n") || tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(WAIT, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(std::str::from_utf8(&chunk).unwrap()),
+            other => panic!("the stream broke off: {other:?}; seen {seen:?}"),
+        }
+    }
+    server.stop().await;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.matches(": heartbeat").count() >= 4, "{seen:?}");
+    assert!(seen.ends_with("retry: 1000\n"), "{seen:?}");
+    let events = lax_events(&seen);
+    let data: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(data, ["0", "1"], "what a lax client saw in {seen:?}");
 }
 
 #[tokio::test]
@@ -611,7 +724,7 @@ async fn shutdown_tells_clients_to_come_back_soon() {
     {
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
-    assert!(seen.ends_with("retry: 1000\n\n"), "{seen:?}");
+    assert!(seen.ends_with("retry: 1000\n"), "{seen:?}");
     stop.await.unwrap();
 }
 
@@ -660,7 +773,7 @@ async fn the_hub_binary_drains_on_sigterm_and_exits_zero() {
         rest.extend_from_slice(&chunk);
     }
     assert!(
-        rest.ends_with(b"retry: 1000\n\n"),
+        rest.ends_with(b"retry: 1000\n"),
         "{:?}",
         String::from_utf8_lossy(&rest)
     );
@@ -710,6 +823,62 @@ async fn prometheus_metrics_count_what_happened() {
     ] {
         assert!(text.contains(line), "{line} missing in:\n{text}");
     }
+}
+
+/// Every family on `/metrics` says what it is (`# HELP` beside `# TYPE`), and the process
+/// metrics operators expect from any exporter are there, with the build's version.
+#[tokio::test]
+async fn metrics_have_help_text_process_metrics_and_build_info() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b.instance_id("help-test"),
+        |r| r.config(router_config(|c| c.metrics_path = Some("/metrics".into()))),
+    )
+    .await;
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(families.len() > 20, "{text}");
+    for family in &families {
+        let help = format!("# HELP {family} ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&help) && l.len() > help.len()),
+            "{family} has no help text in:\n{text}"
+        );
+    }
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "sse_build_info",
+        "sse_route_subscribe_duration_seconds",
+    ] {
+        assert!(families.contains(&family), "{family} missing in:\n{text}");
+    }
+    let version = format!(
+        "sse_build_info{{instance=\"help-test\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{version} missing in:\n{text}");
+    let rss = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(rss > 1_000_000.0, "resident memory {rss} in:\n{text}");
 }
 
 #[tokio::test]

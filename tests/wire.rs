@@ -114,7 +114,7 @@ async fn an_event_stream_is_http_1_1_chunks_one_frame_each_ending_with_the_last_
     let mut raw = Raw::connect(&server).await;
     raw.send(b"GET /sse/event-stream?eventName=e&sessionId=s HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    let response = raw.until("retry: 3000\n\n\r\n").await;
+    let response = raw.until("retry: 3000\n\r\n").await;
     let (head, body) = split(&response);
     let mut lines = head.lines();
     assert_eq!(lines.next(), Some("HTTP/1.1 200 OK"));
@@ -133,7 +133,7 @@ async fn an_event_stream_is_http_1_1_chunks_one_frame_each_ending_with_the_last_
     );
     assert_eq!(
         dechunk(body),
-        (vec![": ok\nretry: 3000\n\n".to_owned()], false)
+        (vec![": ok\nretry: 3000\n".to_owned()], false)
     );
     server.wait_for_streams(1).await;
 
@@ -150,9 +150,9 @@ async fn an_event_stream_is_http_1_1_chunks_one_frame_each_ending_with_the_last_
     assert_eq!(
         chunks,
         vec![
-            ": ok\nretry: 3000\n\n".to_owned(),
+            ": ok\nretry: 3000\n".to_owned(),
             event,
-            "retry: 1000\n\n".to_owned()
+            "retry: 1000\n".to_owned()
         ]
     );
     assert!(ended, "the body ends with the last chunk: {response:?}");
@@ -164,12 +164,12 @@ async fn an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_close
     let mut raw = Raw::connect(&server).await;
     raw.send(b"GET /sse/event-stream?eventName=e HTTP/1.0\r\n\r\n")
         .await;
-    let response = raw.until("retry: 3000\n\n").await;
+    let response = raw.until("retry: 3000\n").await;
     let (head, body) = split(&response);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
-    assert_eq!(body, ": ok\nretry: 3000\n\n");
+    assert_eq!(body, ": ok\nretry: 3000\n");
     server.wait_for_streams(1).await;
     server
         .publish(json!({"eventName": "e", "payload": "to all"}))
@@ -179,7 +179,7 @@ async fn an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_close
     assert!(
         raw.until_closed()
             .await
-            .ends_with("data: to all\n\nretry: 1000\n\n")
+            .ends_with("data: to all\n\nretry: 1000\n")
     );
 }
 
@@ -210,7 +210,7 @@ async fn a_keep_alive_connection_may_ask_for_a_stream_after_another_request() {
     // Same connection, now served by hyper: the stream works all the same.
     raw.send(b"GET /sse/event-stream?eventName=e HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    raw.until(": ok\nretry: 3000\n\n").await;
+    raw.until(": ok\nretry: 3000\n").await;
     server.wait_for_streams(1).await;
     server
         .publish(json!({"eventName": "e", "payload": "after health"}))
@@ -226,7 +226,7 @@ async fn a_request_head_that_arrives_in_pieces_is_served_by_hyper() {
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     raw.send(b"st: x\r\n\r\n").await;
-    let response = raw.until(": ok\nretry: 3000\n\n").await;
+    let response = raw.until(": ok\nretry: 3000\n").await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"));
     assert!(
         !split(&response).0.contains("connection: close"),

@@ -153,14 +153,17 @@ pub fn comment(text: &str) -> Result<Bytes, FieldError> {
 
 /// A frame holding only a `retry:` field: the reconnection delay the client adopts.
 ///
+/// It ends with the field's own line and no blank line: the spec applies `retry:` as the line is
+/// read, and a blank line after it would dispatch nothing in a conforming client but an empty
+/// `message` event in a lax one (e.g. Python's `httpx-sse`).
+///
 /// ```
 /// # use std::time::Duration;
-/// assert_eq!(&sse_core::encode::retry(Duration::from_secs(3))[..], b"retry: 3000\n\n");
+/// assert_eq!(&sse_core::encode::retry(Duration::from_secs(3))[..], b"retry: 3000\n");
 /// ```
 pub fn retry(delay: Duration) -> Bytes {
     let mut buf = BytesMut::with_capacity(32);
     put_retry(&mut buf, delay);
-    buf.put_u8(b'\n');
     buf.freeze()
 }
 
@@ -285,6 +288,6 @@ mod tests {
     #[test]
     fn comment_and_retry() {
         assert_eq!(&comment("").unwrap()[..], b": \n\n");
-        assert_eq!(&retry(Duration::from_millis(250))[..], b"retry: 250\n\n");
+        assert_eq!(&retry(Duration::from_millis(250))[..], b"retry: 250\n");
     }
 }

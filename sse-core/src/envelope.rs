@@ -15,7 +15,7 @@
 //! | `origin` | no | the publishing instance, for logs |
 //! | `eventName` | yes | the SSE `event:` name |
 //! | `sessionId` | no | target session; absent or `null` broadcasts to every stream of the app |
-//! | `payload` | yes | any JSON: a string is sent as its text, anything else as compact JSON |
+//! | `payload` | yes | any JSON: a string is sent as its text, anything else as its JSON text as written, whitespace between tokens removed |
 //! | `ts` | no | publish time, milliseconds since the Unix epoch |
 //!
 //! Unknown fields are ignored, so later minor additions stay readable by older instances.
@@ -91,7 +91,7 @@ impl Envelope {
             origin: Some(origin.to_owned()),
             event_name: event.event_name.clone(),
             session_id: event.session_id.clone(),
-            payload: serde_json::value::to_raw_value(&event.payload)?,
+            payload: event.payload.as_raw().to_owned(),
             ts: Some(now_millis()),
         };
         envelope.validate()?;
@@ -154,7 +154,7 @@ impl Envelope {
             origin: &'a str,
             event_name: &'a str,
             session_id: Option<&'a str>,
-            payload: &'a serde_json::Value,
+            payload: &'a RawValue,
             ts: u64,
         }
         let id = match &event.id {
@@ -176,7 +176,7 @@ impl Envelope {
             origin,
             event_name: &event.event_name,
             session_id,
-            payload: &event.payload,
+            payload: event.payload.as_raw(),
             ts: now_millis(),
         };
         let mut bytes = Vec::with_capacity(
@@ -200,7 +200,8 @@ impl Envelope {
         }
     }
 
-    /// The payload as the SSE `data` text: a JSON string's own text, any other value as compact JSON.
+    /// The payload as the SSE `data` text: a JSON string's own text, any other value as its JSON
+    /// text without whitespace between tokens.
     pub fn data(&self) -> Cow<'_, str> {
         data(&self.payload)
     }
@@ -353,7 +354,8 @@ fn validate(
     Ok(())
 }
 
-/// A payload as SSE `data` text: a JSON string's own text, any other value as compact JSON.
+/// A payload as SSE `data` text: a JSON string's own text, any other value as its JSON text
+/// without whitespace between tokens.
 fn data(payload: &RawValue) -> Cow<'_, str> {
     let raw = payload.get();
     if raw.starts_with('"') {
@@ -361,12 +363,35 @@ fn data(payload: &RawValue) -> Cow<'_, str> {
             return text;
         }
     } else if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_some() {
-        // Pretty-printed by a foreign publisher: compact it so it stays on one `data:` line.
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) {
-            return Cow::Owned(value.to_string());
-        }
+        // Pretty-printed: compact it so it stays on one `data:` line.
+        return Cow::Owned(compact(raw));
     }
     Cow::Borrowed(raw)
+}
+
+/// Valid JSON text without the whitespace between its tokens: keys keep their order and numbers
+/// their spelling (a parse and re-serialization would sort the keys and respell the numbers).
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Checks an event id: non-empty, no CR, LF or NUL.
@@ -492,6 +517,24 @@ mod tests {
         .unwrap();
         assert_eq!(env.data(), r#"{"k":[1,2]}"#);
         assert!(env.session_id.is_none());
+    }
+
+    #[test]
+    fn a_payload_keeps_its_key_order_and_number_spelling() {
+        let env = Envelope::decode(
+            br#"{"v":1,"id":"x","app":"a","eventName":"e","payload":{
+                "zeta" : 1.50, "alpha": [1e2, 12345678901234567890123],
+                "s": "a \" b  \\",  "t" : "x\ny"
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            env.data(),
+            r#"{"zeta":1.50,"alpha":[1e2,12345678901234567890123],"s":"a \" b  \\","t":"x\ny"}"#
+        );
+        let raw = RawValue::from_string(r#"{"order":17,"status":"shipped"}"#.to_owned()).unwrap();
+        let env = Envelope::from_event(&SendSseEvent::with_json("e", raw), "a", "o").unwrap();
+        assert_eq!(env.data(), r#"{"order":17,"status":"shipped"}"#);
     }
 
     #[test]

@@ -5,6 +5,59 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// An event's payload: JSON, kept as the text it was given rather than as a parsed tree, so a
+/// payload posted over HTTP or written by another service reaches clients as it was written
+/// (its keys in their order, its numbers as spelled) and is never parsed twice.
+///
+/// Built from a [`Value`] (`SendSseEvent::new`) or from JSON text
+/// ([`SendSseEvent::with_json`]); compares equal to a `Value` holding the same JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The payload's JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as JSON text in a box, as envelopes carry it.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The payload parsed into a [`Value`].
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        // A `Value` always serializes; `null` would be the answer to the impossible.
+        Payload(serde_json::value::to_raw_value(&value).unwrap_or_default())
+    }
+}
+
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Self {
+        Payload(raw)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value() == *other
+    }
+}
 
 /// "Send event X to session S", or to every connected client when there is no session.
 ///
@@ -29,8 +82,9 @@ pub struct SendSseEvent {
     /// The session whose streams receive the event; `None` broadcasts to every stream of the app.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// The event's data. A JSON string is written as its text, any other value as compact JSON.
-    pub payload: Value,
+    /// The event's data. A JSON string is written as its text, any other value as its JSON text
+    /// (kept as given, whitespace between tokens removed).
+    pub payload: Payload,
     /// The SSE `id:`; when `None`, the hub assigns a time-ordered UUIDv7 at publish time.
     #[serde(default)]
     pub id: Option<String>,
@@ -42,7 +96,28 @@ impl SendSseEvent {
         SendSseEvent {
             event_name: event_name.into(),
             session_id: None,
-            payload: payload.into(),
+            payload: Payload::from(payload.into()),
+            id: None,
+        }
+    }
+
+    /// An event whose payload is JSON text taken as it is, e.g. the body of a request: clients
+    /// receive its keys in its order and its numbers as they were written.
+    ///
+    /// ```
+    /// use serde_json::value::RawValue;
+    /// use sse_core::SendSseEvent;
+    ///
+    /// let raw = RawValue::from_string(r#"{"order":17,"status":"shipped","price":1.50}"#.into())?;
+    /// let event = SendSseEvent::with_json("order-update", raw);
+    /// assert_eq!(event.payload.get(), r#"{"order":17,"status":"shipped","price":1.50}"#);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn with_json(event_name: impl Into<String>, payload: Box<RawValue>) -> Self {
+        SendSseEvent {
+            event_name: event_name.into(),
+            session_id: None,
+            payload: Payload(payload),
             id: None,
         }
     }

@@ -359,9 +359,11 @@ fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The first bytes of every stream: a comment (so proxies and clients see the stream open at
+/// once) and the `retry:` delay, with no blank line after them (see [`encode::retry`]).
 fn opening_frame(retry: Option<Duration>) -> Bytes {
     match retry {
-        None => Bytes::from_static(b": ok\n\n"),
+        None => Bytes::from_static(b": ok\n"),
         Some(retry) => {
             let mut frame = b": ok\n".to_vec();
             frame.extend_from_slice(&encode::retry(retry));
@@ -848,8 +850,8 @@ mod tests {
             .open_stream(Some("s2".into()), EventFilter::parse("e").unwrap())
             .await
             .unwrap();
-        assert_eq!(next(&mut s1).await, ": ok\nretry: 3000\n\n");
-        assert_eq!(next(&mut s2).await, ": ok\nretry: 3000\n\n");
+        assert_eq!(next(&mut s1).await, ": ok\nretry: 3000\n");
+        assert_eq!(next(&mut s2).await, ": ok\nretry: 3000\n");
         let id = hub
             .publish(SendSseEvent::new("e", json!("hi")).to_session("s1"))
             .await
@@ -950,13 +952,13 @@ mod tests {
         let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
         next_paused(&mut s).await;
         let start = Instant::now();
-        assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
+        assert_eq!(next_paused(&mut s).await, ": heartbeat\n");
         assert_eq!(start.elapsed(), Duration::from_secs(15));
         tokio::time::sleep(Duration::from_secs(10)).await;
         hub.publish(SendSseEvent::new("e", json!(1))).await.unwrap();
         next_paused(&mut s).await;
         let event_at = Instant::now();
-        assert_eq!(next_paused(&mut s).await, ": heartbeat\n\n");
+        assert_eq!(next_paused(&mut s).await, ": heartbeat\n");
         assert_eq!(event_at.elapsed(), Duration::from_secs(15));
     }
 
@@ -991,10 +993,10 @@ mod tests {
             .await
             .unwrap();
         let mut s = hub.open_stream(None, EventFilter::Any).await.unwrap();
-        assert_eq!(next(&mut s).await, ": ok\nretry: 1500\n\n");
+        assert_eq!(next(&mut s).await, ": ok\nretry: 1500\n");
         hub.shutdown().await.unwrap();
         // The last frame tells the client to come back soon (to another instance).
-        assert_eq!(s.next().await.as_deref(), Some(&b"retry: 1000\n\n"[..]));
+        assert_eq!(s.next().await.as_deref(), Some(&b"retry: 1000\n"[..]));
         assert_eq!(s.next().await, None);
         drop(s);
         assert_eq!(hub.stats().closed_shutdown, 1);

@@ -34,7 +34,7 @@ pub mod testkit;
 
 pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
-pub use event::{EventId, SendSseEvent};
+pub use event::{EventId, Payload, SendSseEvent};
 pub use history::{BrokerHistory, HistoryStream};
 pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};
 pub use local::LocalBackend;

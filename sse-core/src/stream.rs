@@ -45,8 +45,9 @@ struct Heartbeat {
     last_sent: Instant,
 }
 
-/// The heartbeat frame, built once.
-const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
+/// The heartbeat frame, built once: a comment line alone, with no blank line after it, so that
+/// no client, however lax, takes it for an (empty) event.
+const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n");
 
 impl EventStream {
     pub(crate) fn new(

@@ -5,10 +5,15 @@
 //! histogram too), so the hot path pays nothing for metrics. The Prometheus recorder is installed
 //! once per process (the first call), unless the application installed a `metrics` recorder of its
 //! own; every series carries the hub's `instance` label.
+//!
+//! Every family has `# HELP` text. Beside the hub's own series come the process metrics every
+//! Prometheus exporter has (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+//! `process_open_fds`, `process_max_fds`, ... from the `metrics-process` crate) and
+//! `sse_build_info{version}`.
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sse_core::{Hub, LatencySnapshot};
 
@@ -23,14 +28,165 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// What each family of the hub means, for `# HELP` (described once per process).
+const HELP: &[(&str, bool, &str)] = &[
+    (
+        "sse_open_streams",
+        false,
+        "Event streams open on this instance.",
+    ),
+    (
+        "sse_backend_up",
+        false,
+        "1 when the backend's broker connection is up, else 0.",
+    ),
+    (
+        "sse_backend_reconnects_total",
+        true,
+        "Times the backend connected to its broker again.",
+    ),
+    ("sse_streams_opened_total", true, "Event streams opened."),
+    (
+        "sse_streams_closed_total",
+        true,
+        "Event streams closed, by reason.",
+    ),
+    (
+        "sse_streams_rejected_total",
+        true,
+        "Stream requests refused, by the limit they hit.",
+    ),
+    (
+        "sse_events_published_total",
+        true,
+        "Events published through this instance.",
+    ),
+    (
+        "sse_publish_failed_total",
+        true,
+        "Publishes the backend refused or failed.",
+    ),
+    (
+        "sse_publish_rejected_total",
+        true,
+        "Publish requests refused before publishing, by reason.",
+    ),
+    (
+        "sse_events_received_total",
+        true,
+        "Envelopes received from the backend.",
+    ),
+    (
+        "sse_events_delivered_total",
+        true,
+        "Frames queued to streams (one per recipient).",
+    ),
+    (
+        "sse_events_dropped_total",
+        true,
+        "Envelopes received and not delivered, by reason.",
+    ),
+    (
+        "sse_events_received_unmatched_total",
+        true,
+        "Targeted envelopes received that no stream here wanted.",
+    ),
+    (
+        "sse_routes_sessions",
+        false,
+        "Sessions holding a route on this instance (session routing), lingering ones included.",
+    ),
+    (
+        "sse_routes_subscribed",
+        false,
+        "Routes (or partitions) the backend is subscribed to.",
+    ),
+    (
+        "sse_route_changes_total",
+        true,
+        "Session routes subscribed and unsubscribed, by operation.",
+    ),
+    (
+        "sse_route_failures_total",
+        true,
+        "Session routes that failed to subscribe or unsubscribe.",
+    ),
+    (
+        "sse_events_replayed_total",
+        true,
+        "Events replayed to resuming streams.",
+    ),
+    (
+        "sse_replay_unknown_total",
+        true,
+        "Resumes whose Last-Event-ID was unknown (they got the reset event).",
+    ),
+    (
+        "sse_replays_total",
+        true,
+        "Resuming streams, by where their replay came from.",
+    ),
+    (
+        "sse_history_reads_total",
+        true,
+        "Reads of the broker's history.",
+    ),
+    (
+        "sse_history_read_failed_total",
+        true,
+        "Reads of the broker's history that failed.",
+    ),
+    (
+        "sse_history_events_loaded_total",
+        true,
+        "Envelopes read from the broker's history.",
+    ),
+    ("sse_build_info", false, "The hub's version; always 1."),
+];
+
+/// `# HELP` of the histograms written by hand.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "sse_publish_duration_seconds",
+        "How long publishing an event took, until the broker had it.",
+    ),
+    (
+        "sse_history_read_duration_seconds",
+        "How long a read of the broker's history took.",
+    ),
+    (
+        "sse_route_subscribe_duration_seconds",
+        "How long a session's first stream waited for its route.",
+    ),
+];
+
+/// Describes the families and the process collector, once per process.
+fn describe() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        for &(name, is_counter, help) in HELP {
+            if is_counter {
+                describe_counter!(name, help);
+            } else {
+                describe_gauge!(name, help);
+            }
+        }
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    })
+}
+
 /// The Prometheus text for `hub` (and the router's own refusals), or `None` without a recorder.
 pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     let handle = prometheus()?;
+    describe().collect();
     let instance = hub.config().instance_id.clone();
     let s = hub.stats();
     let health = hub.health().await;
     let backend = hub.backend_name();
     let i = || instance.clone();
+    gauge!("sse_build_info", "instance" => i(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("sse_open_streams", "instance" => i()).set(hub.open_streams() as f64);
     gauge!("sse_backend_up", "instance" => i(), "backend" => backend)
         .set(f64::from(u8::from(health.up)));
@@ -91,31 +247,22 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     counter!("sse_history_read_failed_total", "instance" => i()).absolute(s.history_read_failed);
     counter!("sse_history_events_loaded_total", "instance" => i()).absolute(s.history_loaded);
     let mut text = handle.render();
-    write_histogram(
-        &mut text,
-        "sse_publish_duration_seconds",
-        &instance,
-        &hub.publish_latency(),
-    );
-    write_histogram(
-        &mut text,
-        "sse_history_read_duration_seconds",
-        &instance,
-        &hub.history_read_latency(),
-    );
-    write_histogram(
-        &mut text,
-        "sse_route_subscribe_duration_seconds",
-        &instance,
-        &hub.route_subscribe_latency(),
-    );
+    let histograms = [
+        hub.publish_latency(),
+        hub.history_read_latency(),
+        hub.route_subscribe_latency(),
+    ];
+    for (&(name, help), h) in HISTOGRAMS.iter().zip(&histograms) {
+        write_histogram(&mut text, name, help, &instance, h);
+    }
     Some(text)
 }
 
 /// Appends a histogram in the Prometheus text format.
-fn write_histogram(text: &mut String, name: &str, instance: &str, h: &LatencySnapshot) {
+fn write_histogram(text: &mut String, name: &str, help: &str, instance: &str, h: &LatencySnapshot) {
     use std::fmt::Write;
     let instance = escape_label(instance);
+    let _ = writeln!(text, "# HELP {name} {help}");
     let _ = writeln!(text, "# TYPE {name} histogram");
     for (le, count) in &h.buckets {
         let _ = writeln!(

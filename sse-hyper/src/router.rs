@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sse_core::{BackendError, EventFilter, Hub, OpenError, PublishError, SendSseEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -554,14 +554,15 @@ fn last_event_id(request: &Parts) -> Option<String> {
 struct PublishBody {
     event_name: Option<String>,
     session_id: Option<String>,
+    /// Kept as the JSON text it was posted as (see [`sse_core::Payload`]).
     #[serde(default, deserialize_with = "present")]
-    payload: Option<Value>,
+    payload: Option<Box<RawValue>>,
     id: Option<String>,
 }
 
 /// `Some` whenever the field is present, even as `null`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Reads a publish body, `{"eventName", "sessionId"?, "payload", "id"?}`; `400` for anything else.
@@ -575,12 +576,10 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     let payload = body
         .payload
         .ok_or_else(|| ApiError::bad_request("payload is required (it may be null)"))?;
-    Ok(SendSseEvent {
-        event_name,
-        session_id: body.session_id,
-        payload,
-        id: body.id,
-    })
+    let mut event = SendSseEvent::with_json(event_name, payload);
+    event.session_id = body.session_id;
+    event.id = body.id;
+    Ok(event)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -594,6 +593,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn publish_body_parsing() {
@@ -608,6 +608,14 @@ mod tests {
                 .unwrap()
                 .payload,
             Value::Null
+        );
+        assert_eq!(
+            parse_publish_body(br#"{"eventName":"e","payload":{"z":1, "a":1.50}}"#)
+                .unwrap()
+                .payload
+                .get(),
+            r#"{"z":1, "a":1.50}"#,
+            "the payload as posted"
         );
         for bad in [
             &br#"{"payload":1}"#[..],
