@@ -2,7 +2,9 @@
 //! an EventSource through a load balancer onto hub A, receives named events published through hub
 //! B (a real Redis between them), then hub A is restarted; the page reconnects by itself (to B,
 //! the balancer's other instance, with `Last-Event-ID`) and shows the events published while it was
-//! away, then hub A is back. The screenshot is kept in `target/browser-e2e.png`.
+//! away, then hub A is back. The screenshot is kept in `target/browser-e2e.png`. And the page
+//! asked for every event name (`eventName=*`) shows every event: a reset, a broadcast, a targeted
+//! event, a long one folded (`target/browser-every-event.png`).
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
@@ -153,4 +155,63 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
     eprintln!("screenshot: {}", screenshot.display());
     hub_a.terminate();
     hub_b.terminate();
+}
+
+/// `?eventName=*` with an id the hub does not know: the page shows the reset event first, then a
+/// broadcast, a targeted event and a 100 KiB one (folded), each under its own name.
+#[tokio::test]
+async fn the_demo_page_shows_every_event_name_resets_included() {
+    let Some(redis) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    if !browser_ready() {
+        brokers::not_installed("a browser: /usr/bin/chromium and tests/browser/node_modules");
+        return;
+    }
+    let channel = unique("e2e");
+    let port = free_port();
+    let hub = start_hub(port, &redis, &channel);
+    wait_healthy(port).await;
+    let screenshot =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-every-event.png");
+    let mut page = Page::open(
+        &format!("http://127.0.0.1:{port}/?eventName=*&sessionId=s1&lastEventId=gone-id"),
+        &screenshot,
+    );
+    page.expect("READY").await;
+    page.expect("SEEN 1").await;
+    let long = "x".repeat(100 * 1024);
+    for body in [
+        json!({"eventName": "news", "payload": "to everyone"}),
+        json!({"eventName": "order-update", "sessionId": "s1", "payload": {"order": 17, "status": "shipped"}}),
+        json!({"eventName": "order-update", "sessionId": "s2", "payload": "not for this page"}),
+        json!({"eventName": "bulk", "sessionId": "s1", "payload": long}),
+    ] {
+        let r = client()
+            .post(format!("http://127.0.0.1:{port}/sse/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    writeln!(page.stdin, "DONE 4").unwrap();
+    let folded = page.expect("FOLDED ").await;
+    let names = page.expect("NAMES ").await;
+    let rows = page.expect("ROWS ").await;
+    let names: Vec<String> = serde_json::from_str(&names["NAMES ".len()..]).unwrap();
+    let rows: Vec<String> = serde_json::from_str(&rows["ROWS ".len()..]).unwrap();
+    assert_eq!(
+        names,
+        ["sse-fanout-reset", "news", "order-update", "bulk"],
+        "{rows:?}"
+    );
+    assert!(rows[0].contains("gone-id"), "{rows:?}");
+    assert_eq!(rows[1], "to everyone");
+    assert_eq!(rows[2], r#"{"order":17,"status":"shipped"}"#);
+    assert_eq!(rows[3].len(), long.len(), "the long payload is all there");
+    assert_eq!(folded, "FOLDED 1", "only the long payload is folded");
+    assert!(screenshot.exists());
+    eprintln!("screenshot: {}", screenshot.display());
+    hub.terminate();
 }

@@ -1,6 +1,7 @@
 // Opens the demo page in headless Chromium and reports what it shows. Driven by tests/browser.rs
 // over stdin/stdout: prints READY once the page's EventSource is open, "SEEN n" whenever the page
-// shows n events, and waits for "DONE <n>" on stdin before the final screenshot and ROWS line.
+// shows n events, and waits for "DONE <n>" on stdin before the final screenshot and the FOLDED
+// (long payloads shown folded), NAMES and ROWS lines.
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 
@@ -38,6 +39,9 @@ for (;;) {
   await page.waitForTimeout(100);
 }
 await page.screenshot({ path: shot, fullPage: true });
+console.log("FOLDED " + (await page.$$eval("td.data div.fold:not(.open)", (els) => els.length)));
+console.log("NAMES " + JSON.stringify(
+  (await page.$$eval("#events tr.event td.name", (tds) => tds.map((td) => td.textContent))).reverse()));
 console.log("ROWS " + JSON.stringify(await rows()));
 await browser.close();
 process.exit(0);
