@@ -138,6 +138,11 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
 
+    /// Without `--jwt-secret` (development mode: a client names its own session), listen on a
+    /// non-loopback address all the same. Anyone who reaches the hub can then read any session.
+    #[arg(long, env = "SSE_FANOUT_ALLOW_DEV_SESSIONS")]
+    allow_dev_sessions: bool,
+
     /// Path of the event-stream endpoint.
     #[arg(long, env = "SSE_FANOUT_PATH", default_value = "/sse/event-stream")]
     path: String,
@@ -250,6 +255,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    for warning in security_warnings(&args)? {
+        tracing::warn!("{warning}");
+    }
     let mut config = HubConfig::new(args.app_name.clone());
     if let Some(id) = &args.instance_id {
         config.instance_id = id.clone();
@@ -400,6 +408,40 @@ async fn connect_backend(
 }
 
 /// A listener with a backlog deep enough for a reconnect storm (the kernel caps it at somaxconn).
+/// What the configuration leaves open, said at startup; development mode beyond loopback is
+/// refused unless `--allow-dev-sessions` says it is meant.
+fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    if args.jwt_secret.is_none() {
+        if !args.listen.ip().is_loopback() && !args.allow_dev_sessions {
+            anyhow::bail!(
+                "development mode (no --jwt-secret: clients name their own sessions) on {}, \
+                 beyond loopback: anyone who reaches it can read any session's events; set \
+                 --jwt-secret, or --allow-dev-sessions if that is meant",
+                args.listen
+            );
+        }
+        warnings.push(
+            "development mode: no --jwt-secret, so clients name their own session and anyone \
+             can read any session's events"
+                .to_owned(),
+        );
+    }
+    if args.publish_token.is_none() {
+        warnings.push(
+            "no --publish-token: anyone who reaches POST /sse/publish can publish".to_owned(),
+        );
+    }
+    if args.cors_credentials && args.cors_origins.iter().any(|o| o == "*") {
+        warnings.push(
+            "--cors-origin '*' with --cors-credentials: credentials go only to the origins \
+             listed by name; '*' lets any other site read streams without them"
+                .to_owned(),
+        );
+    }
+    Ok(warnings)
+}
+
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

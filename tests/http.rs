@@ -323,14 +323,18 @@ async fn publish_errors_are_json_and_publish_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let r = client()
-        .post(server.url("/sse/publish"))
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
+    // Only JSON: no content type at all, or one that merely starts like JSON, is what a web page
+    // can send cross-origin without a preflight.
+    for content_type in [Some("text/plain"), None, Some("application/jsonp-evil")] {
+        let mut request = client()
+            .post(server.url("/sse/publish"))
+            .body(r#"{"eventName":"e","payload":1}"#);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{content_type:?}");
+    }
     let r = client()
         .get(server.url("/sse/publish"))
         .send()
@@ -417,6 +421,37 @@ async fn the_jwt_resolver_takes_the_session_from_sub() {
             .await
             .is_none()
     );
+
+    // Not valid yet (`nbf` an hour ahead), or with a critical header extension nobody here
+    // understands: refused like a forged one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let early = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "user-7", "exp": now + 7200, "nbf": now + 3600}),
+        &EncodingKey::from_secret(b"s3cret"),
+    )
+    .unwrap();
+    let mut critical = Header::new(Algorithm::HS256);
+    critical.crit = Some(vec!["exp-extension".to_owned()]);
+    let critical = jsonwebtoken::encode(
+        &critical,
+        &json!({"sub": "user-7", "exp": now + 600}),
+        &EncodingKey::from_secret(b"s3cret"),
+    )
+    .unwrap();
+    for (what, token) in [("nbf ahead", early), ("crit", critical)] {
+        let r = client()
+            .get(server.url(&format!(
+                "/sse/event-stream?eventName=e&access_token={token}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+    }
 
     let forged = jwt("user-7", b"wrong");
     let r = client()
@@ -728,6 +763,51 @@ async fn shutdown_tells_clients_to_come_back_soon() {
     stop.await.unwrap();
 }
 
+/// The hub says at startup what its configuration leaves open, and will not run in development
+/// mode (clients name their own sessions) beyond loopback unless told it is meant.
+#[tokio::test]
+async fn the_hub_binary_warns_of_what_is_open_and_refuses_dev_mode_beyond_loopback() {
+    let hub = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Refused before it binds anything: nothing listens beyond loopback.
+    let refused = hub(&["--listen", "0.0.0.0:0"]).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--allow-dev-sessions"), "{stderr}");
+
+    let port = common::cluster::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = hub(&[
+        "--listen",
+        &addr,
+        "--cors-origin",
+        "*",
+        "--cors-credentials",
+    ]);
+    common::cluster::wait_healthy(port).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    // The log goes to standard output.
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut log).unwrap();
+    assert!(child.wait().unwrap().success());
+    for warning in [
+        "development mode",
+        "no --publish-token",
+        "--cors-origin '*' with --cors-credentials",
+    ] {
+        assert!(log.contains(warning), "{warning} not in {log}");
+    }
+}
+
 /// The hub binary on SIGTERM: streams get their last `retry:` and end, the process exits 0 soon.
 #[tokio::test]
 async fn the_hub_binary_drains_on_sigterm_and_exits_zero() {
@@ -942,6 +1022,51 @@ async fn cors_lets_allowed_origins_in_and_is_off_by_default() {
         .await
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+/// `*` with credentials: any origin may read without credentials, only a listed one with them,
+/// and the opaque `null` origin (sandboxed frames, `file:` pages) not at all unless listed.
+#[tokio::test]
+async fn a_wildcard_origin_never_gets_credentials() {
+    let server = TestServer::start_with(
+        local(),
+        |b| b,
+        |r| {
+            r.config(router_config(|c| {
+                c.cors = Some(sse_fanout::hyper::Cors {
+                    allowed_origins: vec!["*".into(), "https://app.example".into()],
+                    allow_credentials: true,
+                })
+            }))
+        },
+    )
+    .await;
+    let headers = |origin: &'static str| {
+        let url = server.url("/healthz");
+        async move {
+            client()
+                .get(url)
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+                .headers()
+                .clone()
+        }
+    };
+    let listed = headers("https://app.example").await;
+    assert_eq!(listed["access-control-allow-credentials"], "true");
+    let any = headers("https://evil.example").await;
+    assert_eq!(any["access-control-allow-origin"], "https://evil.example");
+    assert!(
+        any.get("access-control-allow-credentials").is_none(),
+        "{any:?}"
+    );
+    let null = headers("null").await;
+    assert!(
+        null.get("access-control-allow-origin").is_none(),
+        "{null:?}"
+    );
 }
 
 async fn server_without_cors() -> TestServer {

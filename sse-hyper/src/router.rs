@@ -65,16 +65,26 @@ impl Default for RouterConfig {
 /// (`new EventSource(url, {withCredentials: true})`, cookies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cors {
-    /// Allowed origins (`https://app.example.com`); `*` allows any (never with credentials: the
-    /// request's own origin is echoed then).
+    /// Allowed origins (`https://app.example.com`); `*` allows any but the opaque `null`
+    /// origin (sandboxed frames, `file:` pages), which only an explicit `null` entry allows.
     pub allowed_origins: Vec<String>,
-    /// Sends `Access-Control-Allow-Credentials: true`.
+    /// Sends `Access-Control-Allow-Credentials: true` to the origins listed by name, never to
+    /// one let in by `*` only: a `*` with credentials would let any site read a visitor's stream.
     pub allow_credentials: bool,
 }
 
 impl Cors {
+    fn listed(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == origin)
+    }
+
     fn allows(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
+        self.listed(origin) || (origin != "null" && self.allowed_origins.iter().any(|o| o == "*"))
+    }
+
+    /// Whether `origin` gets `Access-Control-Allow-Credentials`.
+    fn credentials_for(&self, origin: &str) -> bool {
+        self.allow_credentials && self.listed(origin)
     }
 }
 
@@ -295,10 +305,11 @@ impl SseRouter {
         let (Some(origin), Some(cors)) = (origin, &self.inner.config.cors) else {
             return response;
         };
+        let credentials = origin.to_str().is_ok_and(|o| cors.credentials_for(o));
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.append(header::VARY, HeaderValue::from_static("origin"));
-        if cors.allow_credentials {
+        if credentials {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
@@ -379,22 +390,14 @@ impl SseRouter {
                 _ => return Err(ApiError::unauthorized("a valid publish token is required")),
             }
         }
-        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
-            let is_json = content_type
-                .to_str()
-                .map(|ct| {
-                    ct.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("application/json")
-                })
-                .unwrap_or(false);
-            if !is_json {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "the body must be application/json",
-                ));
-            }
+        // A JSON content type is required: a body without one (or `text/plain`, a form) is what
+        // any web page can send cross-origin without a preflight (CSRF).
+        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be sent as Content-Type: application/json",
+            ));
         }
         let too_large = || {
             self.inner
@@ -582,6 +585,14 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     Ok(event)
 }
 
+/// Whether a `Content-Type` is `application/json` (parameters such as `charset` allowed).
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|ct| ct.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -594,6 +605,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn only_json_content_types_publish() {
+        let ct = |v: &'static str| Some(HeaderValue::from_static(v));
+        for good in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ",
+        ] {
+            assert!(is_json(ct(good).as_ref()), "{good}");
+        }
+        for bad in [
+            "application/jsonp-evil",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+        ] {
+            assert!(!is_json(ct(bad).as_ref()), "{bad}");
+        }
+        assert!(!is_json(None));
+    }
 
     #[test]
     fn publish_body_parsing() {

@@ -96,11 +96,14 @@ struct Claims {
 }
 
 impl JwtSessions {
-    /// Verifies HS256 tokens with `secret`; `exp` is required and checked.
+    /// Verifies HS256 tokens with `secret`; `exp` is required and checked, and so is `nbf` when
+    /// present (both with 60 s of leeway for clocks that differ).
     pub fn hs256(secret: impl AsRef<[u8]>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_nbf = true;
         JwtSessions {
             key: DecodingKey::from_secret(secret.as_ref()),
-            validation: Validation::new(Algorithm::HS256),
+            validation,
             require_token: false,
         }
     }
@@ -111,8 +114,16 @@ impl JwtSessions {
         self
     }
 
-    /// Checks `token` and returns its `sub`.
+    /// Checks `token` and returns its `sub`. A token whose header names `crit` (critical)
+    /// extensions is refused: this verifier understands none (RFC 7515, 4.1.11).
     pub fn verify(&self, token: &str) -> Result<String, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        if let Some(crit) = header.crit {
+            return Err(ApiError::unauthorized(format!(
+                "invalid token: critical header parameters {crit:?} are not understood"
+            )));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
         if data.claims.sub.is_empty() {
