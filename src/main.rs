@@ -130,6 +130,10 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_MAX_EVENT_NAME_LEN", default_value_t = 256)]
     max_event_name_len: usize,
 
+    /// Bytes of a published event id or session id at most (longer: 400).
+    #[arg(long, env = "SSE_FANOUT_MAX_ID_LEN", default_value_t = 256)]
+    max_id_len: usize,
+
     /// Bearer token that POST /sse/publish requires (default: none required).
     #[arg(long, env = "SSE_FANOUT_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
@@ -320,6 +324,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     router_config.max_event_name_len = args.max_event_name_len;
+    router_config.max_id_len = args.max_id_len;
     let page = DEMO_PAGE
         .replace("{{STREAM_PATH}}", &args.path)
         .replace("{{PUBLISH_PATH}}", &args.publish_path);

@@ -325,6 +325,32 @@ async fn publish_errors_are_json_and_publish_nothing() {
     assert_eq!(r.status(), 413);
     // Only JSON: no content type at all, or one that merely starts like JSON, is what a web page
     // can send cross-origin without a preflight.
+    // Oversized names and ids, and a `null` session (a broadcast leaves the field out).
+    for (body, what) in [
+        (
+            json!({"eventName": "e".repeat(300), "payload": 1}),
+            "eventName",
+        ),
+        (
+            json!({"eventName": "e", "id": "i".repeat(300), "payload": 1}),
+            "id",
+        ),
+        (
+            json!({"eventName": "e", "sessionId": "s".repeat(300), "payload": 1}),
+            "sessionId",
+        ),
+        (
+            json!({"eventName": "e", "sessionId": null, "payload": 1}),
+            "sessionId is null",
+        ),
+    ] {
+        let (status, answer) = server.publish(body).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(what),
+            "{answer}"
+        );
+    }
     for content_type in [Some("text/plain"), None, Some("application/jsonp-evil")] {
         let mut request = client()
             .post(server.url("/sse/publish"))

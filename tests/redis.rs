@@ -153,3 +153,69 @@ async fn a_lost_subscription_catches_up_from_the_history() {
 async fn a_cut_connection_catches_up_from_the_history() {
     common::fanout::cut_connection_on(Broker::Redis, connect, forget).await;
 }
+
+/// A publisher writing garbage to the channel: every envelope is counted as malformed, but the
+/// hub logs at most one line a second about it, not one per envelope.
+#[tokio::test]
+async fn malformed_envelopes_are_counted_each_and_logged_at_a_bounded_rate() {
+    let Some(url) = brokers::url(Broker::Redis).await else {
+        return;
+    };
+    let channel = unique("garbage");
+    let _forget = common::backends::Forget::new(&url, &channel, forget);
+    let port = common::cluster::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(common::backends::hub_args("redis", &url, &channel, &[]))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::cluster::wait_healthy(port).await;
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for n in 0..2000 {
+        let _: i64 = ::redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(format!("not an envelope {n}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = common::client()
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let malformed = text
+            .lines()
+            .find(|l| l.starts_with("sse_events_dropped_total{") && l.contains("malformed"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        if malformed == Some(2000) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counted {malformed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut log).unwrap();
+    child.wait().unwrap();
+    let lines = log.matches("skipping a malformed envelope").count();
+    // 2000 envelopes arrive within a second or two: one line per second they span, at most.
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} lines for 2000 envelopes:\n{log}"
+    );
+}

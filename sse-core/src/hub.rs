@@ -21,7 +21,7 @@ use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
 use crate::route::resume::{Resume, ResumeFrom, Resumes};
 use crate::route::{RouteLease, RouteTable, Routing};
-use crate::stats::{LatencySnapshot, Stats, StatsSnapshot};
+use crate::stats::{LatencySnapshot, LogLimit, Stats, StatsSnapshot};
 use crate::stream::EventStream;
 
 /// Which applications' envelopes an instance delivers (jEAP's sending-application filter).
@@ -278,6 +278,7 @@ impl HubBuilder {
             opening: opening_frame(self.config.retry),
             farewell: encode::retry(self.config.shutdown_retry),
             replay: self.config.replay.map(|c| Mutex::new(ReplayLog::new(c))),
+            malformed_log: LogLimit::default(),
             config: self.config,
             stats,
         });
@@ -352,6 +353,8 @@ struct Shared {
     opening: Bytes,
     farewell: Bytes,
     replay: Option<Mutex<ReplayLog>>,
+    /// Malformed envelopes are logged at most once a second.
+    malformed_log: LogLimit,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -758,7 +761,15 @@ impl Shared {
             Ok(envelope) => envelope,
             Err(error) => {
                 Stats::bump(&self.stats.malformed);
-                tracing::warn!(%error, len = bytes.len(), "skipping a malformed envelope");
+                if let Some(held_back) = self.malformed_log.allow(Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %error,
+                        len = bytes.len(),
+                        held_back,
+                        "skipping a malformed envelope (one such line a second at most; \
+                         sse_events_dropped_total{{reason=\"malformed\"}} counts them all)"
+                    );
+                }
                 return;
             }
         };

@@ -222,3 +222,60 @@ mod tests {
         assert!((s.sum_seconds - 9.044).abs() < 1e-9);
     }
 }
+
+/// Lets a log line through at most once per period, counting the ones it held back: one bad
+/// publisher must not flood the log (the counters still count every case).
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    /// Milliseconds since the Unix epoch before which no line goes through.
+    next_at: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimit {
+    /// `Some(lines held back since the last one)` when a line may be written now.
+    pub(crate) fn allow(&self, every: Duration) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.allow_at(now, every)
+    }
+
+    fn allow_at(&self, now_ms: u64, every: Duration) -> Option<u64> {
+        let next = self.next_at.load(Ordering::Relaxed);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if now_ms >= next
+            && self
+                .next_at
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod log_limit_tests {
+    use super::*;
+
+    #[test]
+    fn one_line_a_period_and_a_count_of_the_rest() {
+        let limit = LogLimit::default();
+        let second = Duration::from_secs(1);
+        assert_eq!(limit.allow_at(10_000, second), Some(0));
+        for t in 10_001..10_500 {
+            assert_eq!(limit.allow_at(t, second), None);
+        }
+        assert_eq!(limit.allow_at(10_999, second), None);
+        assert_eq!(limit.allow_at(11_000, second), Some(500));
+        assert_eq!(limit.allow_at(12_500, second), Some(0));
+    }
+}

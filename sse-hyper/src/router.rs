@@ -38,8 +38,12 @@ pub struct RouterConfig {
     pub max_publish_body: usize,
     /// Event names one stream may ask for, default 64; more get `400`.
     pub max_event_names: usize,
-    /// Bytes of one event name, default 256; longer ones get `400`.
+    /// Bytes of one event name, default 256; longer ones get `400` (asked for by a stream or
+    /// published).
     pub max_event_name_len: usize,
+    /// Bytes of a publisher-chosen event id and of a session id in a publish, default 256;
+    /// longer ones get `400`.
+    pub max_id_len: usize,
     /// `Retry-After` seconds sent with `503` and `429` when a stream limit is reached.
     pub retry_after_secs: u32,
 }
@@ -56,6 +60,7 @@ impl Default for RouterConfig {
             max_publish_body: 1024 * 1024,
             max_event_names: EventFilter::MAX_NAMES,
             max_event_name_len: EventFilter::MAX_NAME_LEN,
+            max_id_len: 256,
             retry_after_secs: 5,
         }
     }
@@ -430,6 +435,24 @@ impl SseRouter {
             }
         };
         let event = parse_publish_body(&body)?;
+        let too_long = |what: &str, len: usize, max: usize| {
+            ApiError::bad_request(format!(
+                "{what} is {len} bytes long; at most {max} are allowed"
+            ))
+        };
+        if event.event_name.len() > config.max_event_name_len {
+            let len = event.event_name.len();
+            return Err(too_long("eventName", len, config.max_event_name_len));
+        }
+        for (what, value) in [("id", &event.id), ("sessionId", &event.session_id)] {
+            if let Some(len) = value
+                .as_ref()
+                .map(String::len)
+                .filter(|&l| l > config.max_id_len)
+            {
+                return Err(too_long(what, len, config.max_id_len));
+            }
+        }
         match self.inner.hub.publish(event).await {
             Ok(id) => {
                 #[derive(Serialize)]
@@ -556,11 +579,18 @@ fn last_event_id(request: &Parts) -> Option<String> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PublishBody {
     event_name: Option<String>,
-    session_id: Option<String>,
+    /// `Some(None)` when the body says `"sessionId": null`.
+    #[serde(default, deserialize_with = "present_session")]
+    session_id: Option<Option<String>>,
     /// Kept as the JSON text it was posted as (see [`sse_core::Payload`]).
     #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
     id: Option<String>,
+}
+
+/// `Some` whenever the field is present, `Some(None)` when it is `null`.
+fn present_session<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// `Some` whenever the field is present, even as `null`.
@@ -579,8 +609,19 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     let payload = body
         .payload
         .ok_or_else(|| ApiError::bad_request("payload is required (it may be null)"))?;
+    // A broadcast leaves `sessionId` out. An explicit `null` is most often a variable that was
+    // meant to hold a session: refused rather than sent to everyone.
+    let session_id = match body.session_id {
+        None => None,
+        Some(Some(session)) => Some(session),
+        Some(None) => {
+            return Err(ApiError::bad_request(
+                "sessionId is null: leave it out to broadcast to every session",
+            ));
+        }
+    };
     let mut event = SendSseEvent::with_json(event_name, payload);
-    event.session_id = body.session_id;
+    event.session_id = session_id;
     event.id = body.id;
     Ok(event)
 }
@@ -654,6 +695,7 @@ mod tests {
             br#"{"eventName":"e"}"#,
             br#"{"eventName":"e","payload":1,"sessionID":"typo"}"#,
             br#"{"eventName":5,"payload":1}"#,
+            br#"{"eventName":"e","payload":1,"sessionId":null}"#,
             b"[]",
             b"",
             b"{",
