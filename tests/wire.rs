@@ -277,3 +277,37 @@ async fn with_direct_streams_off_hyper_serves_every_stream() {
     let d = SseClient::connect(&direct.url("/sse/event-stream?eventName=e"), &[]).await;
     assert_eq!(d.headers["connection"], "close");
 }
+
+/// A client that pushes bytes up its open event stream (nothing an event-stream client does) has
+/// them read in bulk and dropped, and once it has sent more than 1 MiB its stream ends; the
+/// server's other streams are untouched.
+#[tokio::test]
+async fn junk_sent_up_a_direct_stream_is_dropped_and_ends_it_past_a_bound() {
+    let server = server().await;
+    let mut other = server.stream("eventName=e").await;
+    let mut raw = Raw::connect(&server).await;
+    raw.send(b"GET /sse/event-stream?eventName=e HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    raw.until("retry: 3000\n\r\n").await;
+    server.wait_for_streams(2).await;
+    // A little junk is ignored: the stream stays and still delivers.
+    raw.send(&[b'x'; 4096]).await;
+    server
+        .publish(json!({"eventName": "e", "payload": "still here"}))
+        .await;
+    raw.until("data: still here\n\n").await;
+    assert_eq!(other.next().await.data, "still here");
+    // More than 1 MiB: the server ends the stream (the writes may fail once it has).
+    let junk = vec![b'x'; 64 * 1024];
+    for _ in 0..32 {
+        if raw.socket.write_all(&junk).await.is_err() {
+            break;
+        }
+    }
+    raw.until_closed().await;
+    server.wait_for_streams(1).await;
+    server
+        .publish(json!({"eventName": "e", "payload": "others go on"}))
+        .await;
+    assert_eq!(other.next().await.data, "others go on");
+}

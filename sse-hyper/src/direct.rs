@@ -36,6 +36,10 @@ const MAX_HEADERS: usize = 48;
 /// Frames written in one go when several are waiting.
 const MAX_BATCH: usize = 64 * 1024;
 
+/// What a client may send after its request head before its stream is ended: an event-stream
+/// client sends nothing, so this is junk, read in bulk (16 KiB a call) and dropped.
+const MAX_IGNORED: usize = 1024 * 1024;
+
 /// What the first bytes of a connection asked for.
 #[derive(Debug)]
 pub(crate) enum FirstRequest {
@@ -153,6 +157,7 @@ async fn respond(
     take_ready(&mut body, &mut out, chunked);
     write_all(socket, &mut [IoSlice::new(&out)], abort).await?;
     drop(out);
+    let mut ignored = 0usize;
     loop {
         let next = std::future::poll_fn(|cx| {
             if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
@@ -169,10 +174,21 @@ async fn respond(
             },
             Next::Readable(ready) => {
                 ready?;
-                // Nothing more is expected from the client: its end (EOF), or bytes to ignore.
-                match socket.try_read(&mut [0; 64]) {
+                // Nothing more is expected from the client: its end (EOF), or bytes to ignore,
+                // read in bulk (a temporary: it is not kept across the loop's waits) and only
+                // up to `MAX_IGNORED`, after which the stream ends.
+                match socket.try_read(&mut [0; 16 * 1024]) {
                     Ok(0) => return Ok(()),
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        ignored += n;
+                        if ignored > MAX_IGNORED {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "the client sent more than 1 MiB on its event stream",
+                            ));
+                        }
+                        continue;
+                    }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return Err(error),
                 }
