@@ -311,3 +311,28 @@ async fn junk_sent_up_a_direct_stream_is_dropped_and_ends_it_past_a_bound() {
         .await;
     assert_eq!(other.next().await.data, "others go on");
 }
+
+/// A publish body over the limit, sent whole without `Expect: 100-continue` (as most HTTP
+/// clients do): the client reads the `413` answer rather than a reset connection, every time.
+#[tokio::test]
+async fn an_oversized_publish_sent_whole_gets_its_413() {
+    let server = server().await; // max_publish_body: 1 MiB
+    for attempt in 0..3 {
+        let mut raw = Raw::connect(&server).await;
+        let body = format!(
+            r#"{{"eventName":"e","payload":"{}"}}"#,
+            "x".repeat(8 * 1024 * 1024)
+        );
+        let head = format!(
+            "POST /sse/publish HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        raw.send(head.as_bytes()).await;
+        raw.send(body.as_bytes()).await;
+        let response = raw.until("payload_too_large").await;
+        assert!(
+            response.starts_with("HTTP/1.1 413 "),
+            "attempt {attempt}: {response}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use sse_core::{BackendError, EventFilter, Hub, OpenError, PublishError, SendSseEvent};
@@ -419,16 +419,14 @@ impl SseRouter {
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > config.max_publish_body as u64) {
+        if declared.is_some_and(|len| len > DRAIN_AT_MOST as u64) {
+            // Too large to read on: answered at once, and the connection closes.
             return Err(too_large());
         }
-        let body = match Limited::new(request.into_body(), config.max_publish_body)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
-            Err(error) => {
+        let body = match read_body(request.into_body(), config.max_publish_body).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return Err(too_large()),
+            Err(BodyError::Failed(error)) => {
                 return Err(ApiError::bad_request(format!(
                     "could not read the body: {error}"
                 )));
@@ -624,6 +622,53 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     event.session_id = session_id;
     event.id = body.id;
     Ok(event)
+}
+
+/// A body over the limit is still read (and dropped) up to this many bytes, for at most
+/// [`DRAIN_FOR`], before the `413` goes out: a client that sends its whole body before reading
+/// (no `Expect: 100-continue`) then reads the answer instead of a reset connection.
+const DRAIN_AT_MOST: usize = 16 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+enum BodyError {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a body of at most `max` bytes; a larger one is drained (see [`DRAIN_AT_MOST`]) and
+/// reported as too large.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Failed(e.into().to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                collected.extend_from_slice(&data);
+            } else if seen > DRAIN_AT_MOST {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_FOR, read).await {
+        Ok(Ok(())) if seen <= max => Ok(collected.freeze()),
+        Ok(Ok(())) => Err(BodyError::TooLarge),
+        Ok(Err(error)) => Err(error),
+        Err(_) if seen > max => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Failed(
+            "the body did not arrive in time".to_owned(),
+        )),
+    }
 }
 
 /// Whether a `Content-Type` is `application/json` (parameters such as `charset` allowed).
