@@ -341,14 +341,7 @@ async fn retention(cluster: Cluster) {
         }
     }
     // What the fresh instance says about it: one read of the broker, two resets.
-    let metrics = common::client()
-        .get(fresh.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&fresh.url("/metrics")).await;
     let value = |series: &str, label: &str| {
         metrics
             .lines()

@@ -941,14 +941,7 @@ async fn metrics_have_help_text_process_metrics_and_build_info() {
         |r| r.config(router_config(|c| c.metrics_path = Some("/metrics".into()))),
     )
     .await;
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&server.url("/metrics")).await;
     let families: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -185,14 +185,7 @@ async fn malformed_envelopes_are_counted_each_and_logged_at_a_bounded_rate() {
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = common::client()
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::get_text(&metrics).await;
         let malformed = text
             .lines()
             .find(|l| l.starts_with("sse_events_dropped_total{") && l.contains("malformed"))

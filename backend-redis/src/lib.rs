@@ -277,6 +277,10 @@ impl Inner {
         format!("{}:{}", self.config.channel, route_token(session))
     }
 
+    fn route_channels(&self, sessions: &[&str]) -> Vec<String> {
+        sessions.iter().map(|s| self.route_channel(s)).collect()
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -581,10 +585,7 @@ impl SessionRoutes for RedisBackend {
     }
 
     async fn subscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
-        let channels: Vec<String> = sessions
-            .iter()
-            .map(|s| self.inner.route_channel(s))
-            .collect();
+        let channels = self.inner.route_channels(sessions);
         let sink = {
             let mut routes = self.inner.routes();
             routes.channels.extend(channels.iter().cloned());
@@ -604,10 +605,7 @@ impl SessionRoutes for RedisBackend {
     }
 
     async fn unsubscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
-        let channels: Vec<String> = sessions
-            .iter()
-            .map(|s| self.inner.route_channel(s))
-            .collect();
+        let channels = self.inner.route_channels(sessions);
         let sink = {
             let mut routes = self.inner.routes();
             for channel in &channels {

@@ -83,14 +83,7 @@ impl HubProcess {
 
     /// The sum of a series' samples on `/metrics` (every label set of `name`), 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = super::get_text(&self.url("/metrics")).await;
         text.lines()
             .filter(|l| {
                 l.strip_prefix(name)

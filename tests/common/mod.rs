@@ -222,6 +222,18 @@ impl SseClient {
     }
 }
 
+/// The body of `GET url` as text (a hub's `/metrics`, say).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A unique name for this test's channel, subject, exchange, topic or session.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid_like())

@@ -240,16 +240,7 @@ pub async fn routed_events_are_kept_in_the_history(factory: &dyn Factory) {
 /// broadcast reaches all three; the route goes once the stream has left and the linger passed.
 pub async fn hubs_route_targeted_events_to_their_sessions(factory: &dyn Factory) {
     let linger = Duration::from_millis(300);
-    let mut hubs = Vec::new();
-    for _ in 0..3 {
-        let hub = Hub::builder_arc(factory.instance().await)
-            .app_name("testkit")
-            .routing(Routing::Session { linger })
-            .start()
-            .await
-            .unwrap();
-        hubs.push(hub);
-    }
+    let hubs = session_hubs(factory, linger).await;
     let exact = factory
         .instance()
         .await
@@ -331,16 +322,7 @@ pub async fn hubs_route_targeted_events_to_their_sessions(factory: &dyn Factory)
 /// order; without it both send the reset event, never a replay with a hole.
 pub async fn a_resume_where_the_route_lapsed_misses_nothing(factory: &dyn Factory) {
     let linger = Duration::from_millis(100);
-    let mut hubs = Vec::new();
-    for _ in 0..3 {
-        let hub = Hub::builder_arc(factory.instance().await)
-            .app_name("testkit")
-            .routing(Routing::Session { linger })
-            .start()
-            .await
-            .unwrap();
-        hubs.push(hub);
-    }
+    let hubs = session_hubs(factory, linger).await;
     let history = factory.instance().await.history().is_some();
     let s = session();
     let session_id: std::sync::Arc<str> = s.as_str().into();
@@ -409,6 +391,21 @@ pub async fn a_resume_where_the_route_lapsed_misses_nothing(factory: &dyn Factor
     for hub in hubs {
         hub.shutdown().await.ok();
     }
+}
+
+/// Three hubs of app `testkit` in session routing with `linger`.
+async fn session_hubs(factory: &dyn Factory, linger: Duration) -> Vec<Hub> {
+    let mut hubs = Vec::new();
+    for _ in 0..3 {
+        let hub = Hub::builder_arc(factory.instance().await)
+            .app_name("testkit")
+            .routing(Routing::Session { linger })
+            .start()
+            .await
+            .unwrap();
+        hubs.push(hub);
+    }
+    hubs
 }
 
 /// Waits until `hub` has received at least `n` envelopes.
