@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sse_fanout::hyper::{Cors, RouterConfig, SseRouter};
+use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter};
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
@@ -146,6 +146,15 @@ struct Args {
     /// non-loopback address all the same. Anyone who reaches the hub can then read any session.
     #[arg(long, env = "SSE_FANOUT_ALLOW_DEV_SESSIONS")]
     allow_dev_sessions: bool,
+
+    /// Seconds a request head may take on a connection, counted from when it is idle (so also
+    /// how long an idle keep-alive connection stays). `10` or `10s`.
+    #[arg(long, env = "SSE_FANOUT_HEAD_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    head_timeout: Duration,
+
+    /// HTTP/2: seconds without a frame from the client before a PING, and to wait for its answer.
+    #[arg(long, env = "SSE_FANOUT_HTTP2_KEEP_ALIVE", default_value = "20", value_parser = parse_duration)]
+    http2_keep_alive: Duration,
 
     /// Path of the event-stream endpoint.
     #[arg(long, env = "SSE_FANOUT_PATH", default_value = "/sse/event-stream")]
@@ -343,7 +352,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backend = hub.backend_name(),
         "sse-fanout listening; demo page at /"
     );
-    sse_fanout::hyper::serve(listener, router, shutdown_signal()).await?;
+    let mut options = ServeOptions::default();
+    options.head_timeout = args.head_timeout.max(Duration::from_millis(100));
+    options.http2_keep_alive = args.http2_keep_alive.max(Duration::from_secs(1));
+    sse_fanout::hyper::serve_with(listener, router, shutdown_signal(), options).await?;
     hub.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

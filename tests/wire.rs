@@ -336,3 +336,78 @@ async fn an_oversized_publish_sent_whole_gets_its_413() {
         );
     }
 }
+
+/// Connections that never finish a request head (one byte, or a byte at a time), and keep-alive
+/// connections left idle after a request, are closed once the head timeout has passed, while
+/// the server goes on answering others.
+#[tokio::test]
+async fn unfinished_heads_and_idle_keep_alive_connections_are_closed_at_the_head_timeout() {
+    let mut options = ServeOptions::default();
+    options.head_timeout = Duration::from_millis(500);
+    let server = server_with(options).await;
+    let mut stuck = Vec::new();
+    for _ in 0..100 {
+        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        socket.write_all(b"G").await.unwrap();
+        stuck.push(socket);
+    }
+    for _ in 0..20 {
+        let mut raw = Raw::connect(&server).await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        raw.until("\"status\":\"ok\"").await;
+        stuck.push(raw.socket);
+    }
+    let mut trickle = TcpStream::connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" {
+        if trickle.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stuck.push(trickle);
+    let (status, _) = server.health().await;
+    assert_eq!(status, 200, "the server answers while they wait");
+    for (n, mut socket) in stuck.into_iter().enumerate() {
+        let mut buf = [0; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // an error answer (408) before the close is fine
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "connection {n} is still open");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+/// The head timeout bounds reading a request, never a response being sent: an event stream
+/// served by hyper (HTTP/1 and HTTP/2) stays open and delivers well past it.
+#[tokio::test]
+async fn an_event_stream_outlives_the_head_timeout() {
+    let mut options = ServeOptions::default();
+    options.head_timeout = Duration::from_millis(300);
+    options.direct_streams = false;
+    let server = server_with(options).await;
+    let mut h1 = server.stream("eventName=e").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut h2_stream =
+        SseClient::connect_with(&h2, &server.url("/sse/event-stream?eventName=e"), &[]).await;
+    server.wait_for_streams(2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server
+        .publish(json!({"eventName": "e", "payload": "later"}))
+        .await;
+    assert_eq!(h1.next().await.data, "later");
+    assert_eq!(h2_stream.next().await.data, "later");
+}

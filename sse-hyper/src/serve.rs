@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +36,14 @@ pub struct ServeOptions {
     /// How long a new connection may take to send its first bytes before it is dropped (with
     /// `direct_streams`; default 30 s).
     pub first_request_timeout: Duration,
+    /// How long a request head may take to arrive on a connection served by hyper, counted from
+    /// when the connection is idle (accepted, or its last response sent): so also how long an
+    /// idle keep-alive connection stays (default 10 s). A head sent a byte at a time, or never
+    /// finished, ends the connection then.
+    pub head_timeout: Duration,
+    /// HTTP/2: a PING after this long without a frame from the client, and the connection is
+    /// closed when the answer does not come within as long again (default 20 s).
+    pub http2_keep_alive: Duration,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +52,8 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(10),
             direct_streams: true,
             first_request_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(10),
+            http2_keep_alive: Duration::from_secs(20),
         }
     }
 }
@@ -78,7 +88,18 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> io::Result<()> {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.head_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.http2_keep_alive)
+        .keep_alive_timeout(options.http2_keep_alive);
+    let builder = Arc::new(builder);
+    let mut accept_errors = AcceptErrors::default();
     let graceful = GracefulShutdown::new();
     let direct_tasks = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -88,8 +109,9 @@ pub async fn serve_with(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and
+                    // say so once a second, not once a try.
+                    accept_errors.failed(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -139,6 +161,28 @@ pub async fn serve_with(
         }
     }
     Ok(())
+}
+
+/// Accept failures, logged once a second at most with how many there were.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &io::Error) {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracing::warn!(%error, failures = self.since, "accept failed; backing off");
+            self.last_logged = Some(now);
+            self.since = 0;
+        }
+    }
 }
 
 /// Serves a new connection directly when its first request is an event stream, else hands it to
