@@ -115,10 +115,14 @@ impl HistoryRead {
     }
 }
 
-/// The reads resumes share: the latest one, kept while newer resumes can use it.
+/// How long the latest read is kept for resumes that come after it (a reconnect storm lasts
+/// seconds); then its memory is given back even if no resume comes again.
+const KEEP_READ: Duration = Duration::from_secs(10);
+
+/// The reads resumes share: the latest one, kept for [`KEEP_READ`].
 #[derive(Debug, Default)]
 pub(crate) struct Resumes {
-    latest: tokio::sync::Mutex<Option<Arc<HistoryRead>>>,
+    latest: Arc<tokio::sync::Mutex<Option<Arc<HistoryRead>>>>,
 }
 
 /// What deciding a resume needs from the hub.
@@ -224,6 +228,19 @@ impl Resumes {
             index,
         });
         *latest = Some(read.clone());
+        let (slot, kept) = (Arc::downgrade(&self.latest), Arc::downgrade(&read));
+        tokio::spawn(async move {
+            tokio::time::sleep(KEEP_READ).await;
+            if let Some(slot) = slot.upgrade() {
+                let mut latest = slot.lock().await;
+                if latest
+                    .as_ref()
+                    .is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), kept.as_ptr()))
+                {
+                    *latest = None;
+                }
+            }
+        });
         Ok(read)
     }
 }
@@ -280,6 +297,70 @@ mod tests {
             .into_uuid()
             .to_string();
         assert!(last_event_time(&future, None).is_none());
+    }
+
+    /// A broker history holding a fixed list of envelopes.
+    #[derive(Debug)]
+    struct Fixed(Vec<Bytes>);
+
+    #[async_trait::async_trait]
+    impl BrokerHistory for Fixed {
+        async fn read_since(
+            &self,
+            _since: SystemTime,
+        ) -> Result<history::HistoryStream, BackendError> {
+            let items: Vec<Result<Bytes, BackendError>> = self.0.iter().cloned().map(Ok).collect();
+            Ok(Box::pin(futures_util::stream::iter(items)))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_is_shared_then_let_go() {
+        let event = |n: u32| {
+            let e = crate::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1");
+            Envelope::from_event(&e, "app", "o").unwrap()
+        };
+        let (first, second) = (event(1), event(2));
+        let history = Fixed(vec![first.encode().unwrap(), second.encode().unwrap()]);
+        let log = std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default()));
+        let stats = Stats::default();
+        let accepts = |_: &str| true;
+        let resume = || Resume {
+            history: Some(&history),
+            log: &log,
+            max_age: Duration::from_secs(300),
+            accepts: &accepts,
+            stats: &stats,
+        };
+        let resumes = Resumes::default();
+        let covered = Instant::now();
+        let ResumeFrom::Broker(a) = resumes.decide(resume(), &first.id, covered).await.unwrap()
+        else {
+            panic!("not from the broker")
+        };
+        let ResumeFrom::Broker(b) = resumes.decide(resume(), &first.id, covered).await.unwrap()
+        else {
+            panic!("not from the broker")
+        };
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second resume shares the first read"
+        );
+        assert_eq!(
+            stats
+                .history_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let filter = crate::EventFilter::Any;
+        let Replay::Frames { frames, .. } = a.replay(&first.id, Some("s1"), &filter, &lock(&log))
+        else {
+            panic!("nothing replayed")
+        };
+        assert_eq!(frames.len(), 1, "what followed the last event");
+        drop((a, b));
+        tokio::time::sleep(KEEP_READ + Duration::from_secs(1)).await;
+        assert!(resumes.latest.lock().await.is_none(), "the read was let go");
     }
 
     #[test]
