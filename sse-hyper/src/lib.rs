@@ -6,6 +6,7 @@
 //! | `GET /sse/event-stream?eventName=a,b` | `200 text/event-stream`, open until the client leaves |
 //! | `POST /sse/publish` `{"eventName","sessionId"?,"payload","id"?}` | `202 {"id": ...}` |
 //! | `GET /healthz` | `200 {"status":"ok",...}` or `503 {"status":"down",...}` |
+//! | `GET /openapi.json` (when [`RouterConfig::openapi_path`] is set) | this API as OpenAPI 3.0 ([`openapi`]) |
 //!
 //! Every endpoint returns `http::Response<SseBody>`, so they mount in axum too.
 
@@ -13,6 +14,7 @@ mod body;
 mod direct;
 mod error;
 pub mod metrics;
+pub mod openapi;
 mod router;
 mod serve;
 pub mod session;

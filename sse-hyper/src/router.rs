@@ -30,6 +30,9 @@ pub struct RouterConfig {
     pub health_path: String,
     /// Where Prometheus metrics are served; `None` (the default) serves none.
     pub metrics_path: Option<String>,
+    /// Where the API's OpenAPI document ([`crate::openapi`]) is served; `None` (the default)
+    /// serves none.
+    pub openapi_path: Option<String>,
     /// Cross-origin access for browsers on other origins; `None` (the default) allows none.
     pub cors: Option<Cors>,
     /// When set, publishing needs `Authorization: Bearer <token>`.
@@ -55,6 +58,7 @@ impl Default for RouterConfig {
             publish_path: "/sse/publish".to_owned(),
             health_path: "/healthz".to_owned(),
             metrics_path: None,
+            openapi_path: None,
             cors: None,
             publish_token: None,
             max_publish_body: 1024 * 1024,
@@ -115,6 +119,8 @@ struct Inner {
     hub: Hub,
     resolver: Arc<dyn SessionResolver>,
     config: RouterConfig,
+    /// The OpenAPI document, made when the configuration is set.
+    openapi: Bytes,
     pages: Vec<StaticPage>,
 }
 
@@ -159,6 +165,7 @@ impl SseRouter {
                 hub,
                 resolver: Arc::new(AnonymousSessions),
                 config: RouterConfig::default(),
+                openapi: Bytes::new(),
                 pages: Vec::new(),
             }),
         }
@@ -180,7 +187,12 @@ impl SseRouter {
         if config.metrics_path.is_some() {
             crate::metrics::prometheus();
         }
-        self.inner_mut().config = config;
+        let inner = self.inner_mut();
+        inner.openapi = match &config.openapi_path {
+            Some(_) => Bytes::from(crate::openapi::document(&config)),
+            None => Bytes::new(),
+        };
+        inner.config = config;
         self
     }
 
@@ -262,22 +274,34 @@ impl SseRouter {
                     let (parts, _) = request.into_parts();
                     self.event_stream(&parts).await
                 }
-                _ => Err(method_not_allowed("GET")),
+                _ => Err(ApiError::method_not_allowed("GET")),
             }
         } else if path == config.publish_path {
             match method {
                 Method::POST => self.publish(request).await,
-                _ => Err(method_not_allowed("POST")),
+                _ => Err(ApiError::method_not_allowed("POST")),
             }
         } else if path == config.health_path {
             match method {
                 Method::GET => Ok(self.health().await),
-                _ => Err(method_not_allowed("GET")),
+                _ => Err(ApiError::method_not_allowed("GET")),
             }
         } else if config.metrics_path.as_deref() == Some(path) {
             match method {
                 Method::GET => self.metrics().await,
-                _ => Err(method_not_allowed("GET")),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            }
+        } else if config.openapi_path.as_deref() == Some(path) {
+            match method {
+                Method::GET => {
+                    let mut response = Response::new(SseBody::full(self.inner.openapi.clone()));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Ok(response)
+                }
+                _ => Err(ApiError::method_not_allowed("GET")),
             }
         } else if let Some(page) = self.inner.pages.iter().find(|p| p.path == path) {
             match method {
@@ -288,7 +312,7 @@ impl SseRouter {
                         .insert(header::CONTENT_TYPE, page.content_type.clone());
                     Ok(response)
                 }
-                _ => Err(method_not_allowed("GET, HEAD")),
+                _ => Err(ApiError::method_not_allowed("GET, HEAD")),
             }
         } else {
             Err(ApiError::new(
@@ -531,14 +555,6 @@ impl SseRouter {
         };
         json_response(status, &body)
     }
-}
-
-fn method_not_allowed(allow: &'static str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("use {allow}"),
-    )
 }
 
 fn event_filter(request: &Parts, config: &RouterConfig) -> Result<EventFilter, ApiError> {
