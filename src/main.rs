@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter};
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig, Routing};
 use tokio::net::TcpListener;
@@ -26,12 +26,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+mod healthcheck;
+
 const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// Pushes Server-Sent Events to browsers from any number of instances.
 #[derive(Debug, Parser)]
 #[command(name = "sse-fanout", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "SSE_FANOUT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -198,6 +203,13 @@ struct Args {
     max_publish_body: usize,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Asks the hub at the listen address (`--listen`, `SSE_FANOUT_LISTEN`; a wildcard address is
+    /// asked on loopback) for `/healthz`; exits 0 when it answers 200. For container health checks.
+    Healthcheck,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendKind {
     /// In-process: one instance, no broker.
@@ -251,6 +263,9 @@ fn nonzero(d: Duration) -> Option<Duration> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Healthcheck) = args.command {
+        return healthcheck::run(args.listen, "/healthz");
+    }
     // Every stream holds a socket: take the hard limit of open files, not the soft one.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     tracing_subscriber::fmt()
@@ -326,6 +341,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     router_config.max_publish_body = args.max_publish_body;
     router_config.max_event_names = args.max_event_names;
     router_config.metrics_path = Some("/metrics".to_owned());
+    router_config.openapi_path = Some("/openapi.json".to_owned());
     if !args.cors_origins.is_empty() {
         router_config.cors = Some(Cors {
             allowed_origins: args.cors_origins.clone(),
