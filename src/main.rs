@@ -81,6 +81,11 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_QUEUE_SIZE", default_value_t = 256)]
     queue_size: usize,
 
+    /// Bytes that may wait for one client before it is closed as too slow (one event of any size
+    /// may always wait). With --queue-size, what bounds a stream's memory.
+    #[arg(long, env = "SSE_FANOUT_MAX_STREAM_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_stream_bytes: usize,
+
     /// Reconnection delay sent to clients as `retry:` when a stream opens (0: none).
     #[arg(long, env = "SSE_FANOUT_RETRY", default_value = "3", value_parser = parse_duration)]
     retry: Duration,
@@ -318,6 +323,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.heartbeat = nonzero(args.heartbeat);
     config.emitter_timeout = nonzero(args.emitter_timeout);
     config.queue_size = args.queue_size.max(1);
+    config.max_stream_bytes = args.max_stream_bytes.max(1);
     config.retry = nonzero(args.retry);
     config.max_streams = (args.max_streams > 0).then_some(args.max_streams);
     config.max_streams_per_session =

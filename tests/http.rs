@@ -524,6 +524,112 @@ async fn http2_prior_knowledge_works() {
     assert!(a.next_within(Duration::from_millis(200)).await.is_none());
 }
 
+/// Issue 16, findings 2 and 9: HTTP/2 streams whose client never reads (a 1 KiB window, never
+/// opened) and 200 KB events for each. A stream is closed as slow once 1 MiB waits for it, its
+/// queue is let go at once, and it counts against `--max-streams` while hyper still holds it.
+#[tokio::test]
+async fn http2_streams_nobody_reads_are_bounded_in_bytes_and_count_until_freed() {
+    use common::cluster::{HubProcess, free_port};
+    const STREAMS: usize = 20;
+    const EVENTS_EACH: usize = 30;
+    let args = [
+        "--max-streams",
+        "20",
+        "--max-stream-bytes",
+        "1048576",
+        "--replay-events",
+        "0",
+    ]
+    .map(String::from);
+    let hub = HubProcess::ready(free_port(), &args).await;
+    let rss_before = hub.metric("process_resident_memory_bytes").await;
+
+    let tcp = tokio::net::TcpStream::connect(hub.addr()).await.unwrap();
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut unread = Vec::new();
+    for n in 0..STREAMS {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let uri = hub.url(&format!("/sse/event-stream?eventName=big&sessionId=s{n}"));
+        let request = http::Request::get(uri).body(()).unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        unread.push(response); // held, never read
+    }
+    hub.wait_streams(STREAMS as u64).await;
+
+    let payload = "x".repeat(200_000);
+    let http = reqwest::Client::new();
+    for n in 0..STREAMS {
+        for _ in 0..EVENTS_EACH {
+            let r = http
+                .post(hub.url("/sse/publish"))
+                .json(
+                    &json!({"eventName": "big", "sessionId": format!("s{n}"), "payload": payload}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    }
+    // Delivery runs behind the publishes: wait until every event was either queued or found
+    // its stream closed (20 sessions, each event delivered or dropped once its stream is gone).
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.metric("sse_events_received_total").await < (STREAMS * EVENTS_EACH) as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = r#"sse_streams_closed_total{instance"#;
+    let closed_slow = common::get_text(&hub.url("/metrics"))
+        .await
+        .lines()
+        .filter(|l| l.starts_with(slow) && l.contains(r#"reason="slow_client""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    let rss_after = hub.metric("process_resident_memory_bytes").await;
+    let grew = (rss_after - rss_before) / 1e6;
+    eprintln!(
+        "{STREAMS} unread HTTP/2 streams, {EVENTS_EACH} x 200 KB each: {closed_slow} closed as slow, resident memory {:.1} -> {:.1} MB",
+        rss_before / 1e6,
+        rss_after / 1e6
+    );
+    assert_eq!(
+        closed_slow, STREAMS as f64,
+        "every unread stream is closed as slow"
+    );
+    // Without the bound each stream would hold 30 x 200 KB = 6 MB (120 MB in all).
+    assert!(grew < 40.0, "resident memory grew {grew:.1} MB");
+    // Still held by hyper (not polled: the window is shut), so still counted: no 21st stream.
+    let (body, _) = health(&hub.url("/healthz")).await;
+    assert_eq!(body["streams"], STREAMS);
+    let r = client()
+        .get(hub.url("/sse/event-stream?eventName=big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The client leaves: the streams are let go.
+    drop(unread);
+    drop(h2);
+    connection.abort();
+    hub.wait_streams(0).await;
+}
+
+async fn health(url: &str) -> (serde_json::Value, u16) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (r.json().await.unwrap(), status)
+}
+
 #[tokio::test]
 async fn graceful_shutdown_ends_open_streams_promptly() {
     let server = server().await;

@@ -1,6 +1,7 @@
 //! The [`Hub`]: publish goes out through the backend, what any instance published comes back in,
 //! is filtered by application, encoded once and delivered to this instance's streams.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub struct HubConfig {
     pub emitter_timeout: Option<Duration>,
     /// Frames that may wait for one client before it is closed as too slow.
     pub queue_size: usize,
+    /// Bytes that may wait for one client before it is closed as too slow (one frame of any
+    /// size may always wait); its queue is let go at once. Default 4 MiB.
+    pub max_stream_bytes: usize,
     /// The reconnection delay sent to clients (`retry:`) when a stream opens; `None` sends none.
     pub retry: Option<Duration>,
     /// The reconnection delay sent in the last frame of a stream ended by shutdown, so that
@@ -73,7 +77,7 @@ pub struct HubConfig {
 
 impl HubConfig {
     /// The defaults: app `sse-fanout`, a random instance id, heartbeat 15 s, emitter timeout
-    /// 3 minutes (as in the Spring starter), queue of 256 frames, `retry: 3000` on connect and
+    /// 3 minutes (as in the Spring starter), queue of 256 frames and 4 MiB, `retry: 3000` on connect and
     /// `retry: 1000` at shutdown, the default [`ReplayConfig`], no stream limits.
     pub fn new(app_name: impl Into<String>) -> Self {
         HubConfig {
@@ -83,6 +87,7 @@ impl HubConfig {
             heartbeat: Some(Duration::from_secs(15)),
             emitter_timeout: Some(Duration::from_secs(180)),
             queue_size: 256,
+            max_stream_bytes: 4 * 1024 * 1024,
             retry: Some(Duration::from_secs(3)),
             shutdown_retry: Duration::from_secs(1),
             replay: Some(ReplayConfig::default()),
@@ -207,6 +212,12 @@ impl HubBuilder {
     /// Sets the per-stream queue size (see [`HubConfig::queue_size`]).
     pub fn queue_size(mut self, frames: usize) -> Self {
         self.config.queue_size = frames.max(1);
+        self
+    }
+
+    /// Sets the per-stream bound in bytes (see [`HubConfig::max_stream_bytes`]).
+    pub fn max_stream_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_stream_bytes = bytes.max(1);
         self
     }
 
@@ -449,9 +460,12 @@ impl Hub {
         Ok(id)
     }
 
-    /// A subscription with this hub's queue size, to adjust before [`open`](Self::open).
+    /// A subscription with this hub's queue bounds, to adjust before [`open`](Self::open).
     pub fn subscription(&self, session_id: Option<Arc<str>>, events: EventFilter) -> Subscription {
-        Subscription::new(session_id, events, self.inner.shared.config.queue_size)
+        let config = &self.inner.shared.config;
+        let mut subscription = Subscription::new(session_id, events, config.queue_size);
+        subscription.max_queued_bytes = config.max_stream_bytes;
+        subscription
     }
 
     /// Opens a stream for a session (or a session-less one, which gets broadcasts only).
@@ -605,7 +619,7 @@ impl Hub {
     fn check_limits(&self, subscription: &Subscription) -> Result<(), OpenError> {
         let shared = &self.inner.shared;
         if let Some(max) = shared.config.max_streams
-            && shared.repository.count() >= max
+            && self.open_streams() >= max
         {
             Stats::bump(&shared.stats.rejected_instance_limit);
             return Err(OpenError::TooManyStreams { max });
@@ -621,9 +635,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Streams open on this instance.
+    /// Streams open on this instance: from opening until the HTTP layer drops them, so a stream
+    /// closed as slow counts until its memory is let go.
     pub fn open_streams(&self) -> usize {
-        self.inner.shared.repository.count()
+        let held = self.inner.shared.stats.streams_held.load(Ordering::Acquire);
+        usize::try_from(held).unwrap_or(usize::MAX)
     }
 
     /// Sessions holding a route on this instance in [routed delivery](crate::route) (those
@@ -813,6 +829,7 @@ impl Shared {
             None => self.repository.deliver(target, event_name, &frame),
         };
         Stats::add(&self.stats.delivered, report.queued);
+        self.stats.closed_slow(report.closed_slow);
         if report.queued == 0 && session.is_some() && matches!(source, Source::Live) {
             Stats::bump(&self.stats.received_unmatched);
         }

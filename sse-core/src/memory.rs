@@ -289,13 +289,40 @@ mod tests {
         );
         assert_eq!(repo.count(), 1);
         assert_eq!(fast.recv().await.unwrap(), frame("y"));
-        // The slow stream gets what was queued, then ends, knowing why.
-        assert_eq!(slow.recv().await.unwrap(), frame("x"));
-        assert_eq!(slow.recv().await.unwrap(), frame("x"));
+        // The slow stream's queue is let go at once (the client replays it when it comes back):
+        // it ends, knowing why.
+        assert_eq!(slow.queued_bytes(), 0);
         assert_eq!(slow.recv().await, None);
         assert_eq!(slow.close_reason(), Some(CloseReason::SlowClient));
         drop(slow);
         assert_eq!(repo.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_byte_bound_closes_the_stream() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut bounded = sub(Some("s1"), "a", 64);
+        bounded.max_queued_bytes = 10;
+        let mut stream = repo.register(bounded);
+        let big = Bytes::from(vec![b'x'; 25]);
+        // One frame of any size may wait in an empty queue.
+        assert_eq!(repo.deliver(Target::Session("s1"), "a", &big).queued, 1);
+        assert_eq!(stream.queued_bytes(), 25);
+        assert_eq!(stream.recv().await.unwrap(), big);
+        assert_eq!(stream.queued_bytes(), 0);
+        for _ in 0..2 {
+            assert_eq!(
+                repo.deliver(Target::Session("s1"), "a", &frame("12345"))
+                    .queued,
+                1
+            );
+        }
+        // 2 x 5 bytes wait: one more is past the bound.
+        let r = repo.deliver(Target::Session("s1"), "a", &frame("1"));
+        assert_eq!(r.closed_slow, 1);
+        assert_eq!(stream.queued_bytes(), 0);
+        assert_eq!(stream.recv().await, None);
+        assert_eq!(stream.close_reason(), Some(CloseReason::SlowClient));
     }
 
     #[tokio::test]

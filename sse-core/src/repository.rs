@@ -187,18 +187,23 @@ pub struct Subscription {
     pub events: EventFilter,
     /// Frames that may wait for the client before it counts as slow (at least 1).
     pub queue_size: usize,
+    /// Bytes that may wait for the client before it counts as slow: a frame that would take the
+    /// queue past it closes the stream, unless the queue is empty (one frame of any size may
+    /// wait). Default: no bound beyond `queue_size`.
+    pub max_queued_bytes: usize,
     /// Cancelled when the stream is closed as slow: lets the HTTP layer drop a connection whose
     /// socket no longer drains, so its body is not left waiting to be polled.
     pub abort_on_overflow: Option<CancellationToken>,
 }
 
 impl Subscription {
-    /// A subscription with a queue of `queue_size` frames.
+    /// A subscription with a queue of `queue_size` frames (and no bound in bytes).
     pub fn new(session_id: Option<Arc<str>>, events: EventFilter, queue_size: usize) -> Self {
         Subscription {
             session_id,
             events,
             queue_size,
+            max_queued_bytes: usize::MAX,
             abort_on_overflow: None,
         }
     }
@@ -212,6 +217,7 @@ impl Subscription {
 struct Shared {
     queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
     reason: AtomicU8,
     abort_on_overflow: Option<CancellationToken>,
 }
@@ -219,6 +225,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
+    /// The bytes of `frames`.
+    bytes: usize,
     /// The repository let go of the stream: it ends once `frames` is empty.
     sink_gone: bool,
     /// The stream went away: nothing more is queued.
@@ -236,11 +244,22 @@ impl Shared {
             .reason
             .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        if first
-            && reason == CloseReason::SlowClient
-            && let Some(token) = &self.abort_on_overflow
-        {
-            token.cancel();
+        if first && reason == CloseReason::SlowClient {
+            // The client will not read what waits: its memory goes now, not when the client
+            // (or its HTTP/2 flow-control window) finally lets the stream be polled. It reconnects
+            // with `Last-Event-ID` and gets these events replayed.
+            let waker = {
+                let mut queue = self.queue();
+                queue.frames = VecDeque::new();
+                queue.bytes = 0;
+                queue.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            if let Some(token) = &self.abort_on_overflow {
+                token.cancel();
+            }
         }
         first
     }
@@ -275,9 +294,12 @@ impl Sink {
             if queue.emitter_gone {
                 return Offer::Closed;
             }
-            if queue.frames.len() >= self.shared.capacity {
+            let over_bytes =
+                queue.bytes > 0 && queue.bytes.saturating_add(frame.len()) > self.shared.max_bytes;
+            if queue.frames.len() >= self.shared.capacity || over_bytes {
                 return Offer::Full;
             }
+            queue.bytes += frame.len();
             queue.frames.push_back(frame.clone());
             queue.waker.take()
         };
@@ -321,6 +343,7 @@ impl Emitter {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             capacity: subscription.queue_size.max(1),
+            max_bytes: subscription.max_queued_bytes,
             reason: AtomicU8::new(0),
             abort_on_overflow: subscription.abort_on_overflow.clone(),
         });
@@ -341,6 +364,7 @@ impl Emitter {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut queue = self.shared.queue();
         if let Some(frame) = queue.frames.pop_front() {
+            queue.bytes -= frame.len();
             if queue.frames.is_empty() && queue.frames.capacity() > 16 {
                 // A burst is over: give its memory back.
                 queue.frames = VecDeque::new();
@@ -362,12 +386,20 @@ impl Emitter {
 
     /// The next frame if one is waiting; never waits (and never registers a waker).
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.shared.queue().frames.pop_front()
+        let mut queue = self.shared.queue();
+        let frame = queue.frames.pop_front()?;
+        queue.bytes -= frame.len();
+        Some(frame)
     }
 
     /// Frames waiting for the client.
     pub fn queued(&self) -> usize {
         self.shared.queue().frames.len()
+    }
+
+    /// Bytes of the frames waiting for the client.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queue().bytes
     }
 
     /// Why the stream was closed, if it was.
@@ -386,6 +418,7 @@ impl Drop for Emitter {
         let mut queue = self.shared.queue();
         queue.emitter_gone = true;
         queue.frames = VecDeque::new();
+        queue.bytes = 0;
         queue.waker = None;
     }
 }

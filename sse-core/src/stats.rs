@@ -31,6 +31,10 @@ pub(crate) struct Stats {
     pub(crate) route_failures: AtomicU64,
     pub(crate) rejected_instance_limit: AtomicU64,
     pub(crate) rejected_session_limit: AtomicU64,
+    /// Streams from opening until their [`EventStream`](crate::EventStream) is dropped: a stream
+    /// closed as slow keeps counting while the HTTP layer still holds it (an HTTP/2 stream whose
+    /// client does not read is not polled, so not dropped, until the client reads or leaves).
+    pub(crate) streams_held: AtomicU64,
     closed_client_gone: AtomicU64,
     closed_timeout: AtomicU64,
     closed_slow_client: AtomicU64,
@@ -107,13 +111,20 @@ impl Stats {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Counts a stream that ended, when it is let go; streams closed as slow are counted when
+    /// they are closed ([`closed_slow`](Self::closed_slow)), which may be long before.
     pub(crate) fn closed(&self, reason: CloseReason) {
         Self::bump(match reason {
             CloseReason::Timeout => &self.closed_timeout,
-            CloseReason::SlowClient => &self.closed_slow_client,
+            CloseReason::SlowClient => return,
             CloseReason::Shutdown => &self.closed_shutdown,
             _ => &self.closed_client_gone,
         });
+    }
+
+    /// Counts streams the repository closed as slow while delivering.
+    pub(crate) fn closed_slow(&self, streams: usize) {
+        Self::add(&self.closed_slow_client, streams);
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {

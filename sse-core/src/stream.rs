@@ -60,6 +60,9 @@ impl EventStream {
         route: Option<RouteLease>,
     ) -> Self {
         let now = Instant::now();
+        stats
+            .streams_held
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         EventStream {
             prelude: prelude.into(),
             farewell: Some(farewell),
@@ -178,5 +181,8 @@ impl Drop for EventStream {
         if let Some(reason) = self.emitter.close_reason() {
             self.stats.closed(reason);
         }
+        self.stats
+            .streams_held
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
