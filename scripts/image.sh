@@ -27,6 +27,7 @@ if [ -z "$base" ]; then
 fi
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-cp "$binary" "$context/sse-fanout"
+# Without its debug sections (line tables for backtraces; symbols stay): ~6x smaller.
+strip --strip-debug -o "$context/sse-fanout" "$binary"
 docker build --network host -q --build-arg "BASE=$base" -t "$tag" -f "$here/deploy/Dockerfile" "$context" >/dev/null
 echo "scripts/image.sh: built $tag on $base ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}'))" >&2
