@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(envelope_decode publish_body event_names encoder_roundtrip request_head)
+[ ${#targets[@]} -gt 0 ] || targets=(envelope_decode publish_body event_names encoder_roundtrip request_head jwt_verify)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 status=0
@@ -20,7 +20,7 @@ for t in "${targets[@]}"; do
     result="FINDING (see fuzz/artifacts/$t and $log)"
     status=1
   fi
-  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1)
+  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1 || true)
   echo "$t: ${runs:-no summary} -> $result"
 done
 exit $status

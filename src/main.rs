@@ -152,6 +152,46 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
 
+    /// A JWKS of RS256, ES256 and EdDSA keys, by URL (`https://…`): sessions come from a bearer
+    /// JWT's `sub`, verified with the key its `kid` names. Cached; fetched again for an unknown
+    /// `kid` (at most every 10 s) and every 5 minutes.
+    #[arg(long, env = "SSE_FANOUT_JWKS_URL", conflicts_with_all = ["jwt_secret", "jwks_file"])]
+    jwks_url: Option<String>,
+
+    /// A JWKS file, in place of --jwks-url (read again as a URL would be fetched again).
+    #[arg(long, env = "SSE_FANOUT_JWKS_FILE", conflicts_with = "jwt_secret")]
+    jwks_file: Option<std::path::PathBuf>,
+
+    /// Tokens must have one of these `iss` (repeatable).
+    #[arg(
+        long = "jwt-issuer",
+        env = "SSE_FANOUT_JWT_ISSUERS",
+        value_delimiter = ','
+    )]
+    jwt_issuers: Vec<String>,
+
+    /// Tokens must name one of these in `aud` (repeatable).
+    #[arg(
+        long = "jwt-audience",
+        env = "SSE_FANOUT_JWT_AUDIENCES",
+        value_delimiter = ','
+    )]
+    jwt_audiences: Vec<String>,
+
+    /// How far a token's `exp` and `nbf` may be off. `60` or `1m`.
+    #[arg(long, env = "SSE_FANOUT_JWT_LEEWAY", default_value = "60", value_parser = parse_duration)]
+    jwt_leeway: Duration,
+
+    /// The claim listing the event names a stream's token allows (array, or space-separated;
+    /// `*` wildcards): others get 403. Default: any event name.
+    #[arg(long, env = "SSE_FANOUT_JWT_EVENTS_CLAIM")]
+    jwt_events_claim: Option<String>,
+
+    /// Let publishers use a JWT (verified like stream tokens) whose claim of this name lists the
+    /// event names they may publish; others get 403. --publish-token stays valid for all.
+    #[arg(long, env = "SSE_FANOUT_JWT_PUBLISH_CLAIM")]
+    jwt_publish_claim: Option<String>,
+
     /// Without `--jwt-secret` (development mode: a client names its own session), listen on a
     /// non-loopback address all the same. Anyone who reaches the hub can then read any session.
     #[arg(long, env = "SSE_FANOUT_ALLOW_DEV_SESSIONS")]
@@ -165,6 +205,11 @@ struct Args {
     /// HTTP/2: seconds without a frame from the client before a PING, and to wait for its answer.
     #[arg(long, env = "SSE_FANOUT_HTTP2_KEEP_ALIVE", default_value = "20", value_parser = parse_duration)]
     http2_keep_alive: Duration,
+
+    /// Seconds a connection with no request in progress (an open stream is one) stays open: what
+    /// ends an HTTP/2 connection without streams that answers PINGs. `60` or `1m`.
+    #[arg(long, env = "SSE_FANOUT_IDLE_TIMEOUT", default_value = "60", value_parser = parse_duration)]
+    idle_timeout: Duration,
 
     /// Path of the event-stream endpoint.
     #[arg(long, env = "SSE_FANOUT_PATH", default_value = "/sse/event-stream")]
@@ -362,8 +407,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut router = SseRouter::new(hub.clone())
         .config(router_config)
         .static_page("/", "text/html; charset=utf-8", page);
-    router = match &args.jwt_secret {
-        Some(secret) => router.resolver(sse_fanout::JwtSessions::hs256(secret)),
+    router = match jwt_verifier(&args).await? {
+        Some(verifier) => {
+            if let Some(claim) = &args.jwt_publish_claim {
+                router = router.publish_jwt(verifier.clone(), claim);
+            }
+            let mut sessions = sse_fanout::JwtSessions::new(verifier);
+            if let Some(claim) = &args.jwt_events_claim {
+                sessions = sessions.events_claim(claim);
+            }
+            router.resolver(sessions)
+        }
         None => router.resolver(sse_fanout::DevSessions),
     };
 
@@ -377,6 +431,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut options = ServeOptions::default();
     options.head_timeout = args.head_timeout.max(Duration::from_millis(100));
     options.http2_keep_alive = args.http2_keep_alive.max(Duration::from_secs(1));
+    options.idle_timeout = args.idle_timeout.max(Duration::from_millis(100));
     sse_fanout::hyper::serve_with(listener, router, shutdown_signal(), options).await?;
     hub.shutdown().await?;
     tracing::info!("stopped");
@@ -449,9 +504,33 @@ async fn connect_backend(
 /// A listener with a backlog deep enough for a reconnect storm (the kernel caps it at somaxconn).
 /// What the configuration leaves open, said at startup; development mode beyond loopback is
 /// refused unless `--allow-dev-sessions` says it is meant.
+/// The JWT verifier of the flags: `None` in development mode (no secret, no JWKS).
+async fn jwt_verifier(args: &Args) -> anyhow::Result<Option<sse_fanout::hyper::JwtVerifier>> {
+    use sse_fanout::hyper::{JwtKeys, JwtVerifier};
+    let keys = if let Some(secret) = &args.jwt_secret {
+        JwtKeys::hs256(secret)
+    } else if let Some(url) = &args.jwks_url {
+        JwtKeys::jwks_url(url.clone()).await?
+    } else if let Some(file) = &args.jwks_file {
+        JwtKeys::jwks_file(file.clone()).await?
+    } else {
+        if args.jwt_events_claim.is_some() || args.jwt_publish_claim.is_some() {
+            anyhow::bail!("--jwt-events-claim and --jwt-publish-claim need --jwt-secret or a JWKS");
+        }
+        return Ok(None);
+    };
+    Ok(Some(
+        JwtVerifier::new(keys)
+            .issuers(args.jwt_issuers.clone())
+            .audiences(args.jwt_audiences.clone())
+            .leeway(args.jwt_leeway),
+    ))
+}
+
 fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut warnings = Vec::new();
-    if args.jwt_secret.is_none() {
+    let verified = args.jwt_secret.is_some() || args.jwks_url.is_some() || args.jwks_file.is_some();
+    if !verified {
         if !args.listen.ip().is_loopback() && !args.allow_dev_sessions {
             anyhow::bail!(
                 "development mode (no --jwt-secret: clients name their own sessions) on {}, \
@@ -466,7 +545,7 @@ fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
                 .to_owned(),
         );
     }
-    if args.publish_token.is_none() {
+    if args.publish_token.is_none() && args.jwt_publish_claim.is_none() {
         warnings.push(
             "no --publish-token: anyone who reaches POST /sse/publish can publish".to_owned(),
         );

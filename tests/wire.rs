@@ -346,7 +346,8 @@ async fn unfinished_heads_and_idle_keep_alive_connections_are_closed_at_the_head
     options.head_timeout = Duration::from_millis(500);
     let server = server_with(options).await;
     let mut stuck = Vec::new();
-    for _ in 0..100 {
+    // Issue 16's case: 1 000 connections that send one byte.
+    for _ in 0..1000 {
         let mut socket = TcpStream::connect(server.addr).await.unwrap();
         socket.write_all(b"G").await.unwrap();
         stuck.push(socket);
@@ -386,6 +387,76 @@ async fn unfinished_heads_and_idle_keep_alive_connections_are_closed_at_the_head
         "closed after {:?}",
         started.elapsed()
     );
+    eprintln!(
+        "1 000 one-byte connections, 20 idle keep-alive, 1 trickling: all closed {:?} after the trickle began",
+        started.elapsed()
+    );
+}
+
+/// An HTTP/2 connection that answers PINGs but holds no stream is closed at the idle timeout; one
+/// with an open event stream is not.
+#[tokio::test]
+async fn http2_connections_without_streams_are_closed_at_the_idle_timeout() {
+    let mut options = ServeOptions::default();
+    options.idle_timeout = Duration::from_millis(500);
+    options.http2_keep_alive = Duration::from_millis(200);
+    let server = server_with(options).await;
+    let h2_connection = || async {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        (h2, tokio::spawn(connection))
+    };
+    // One request, answered; then nothing, while the client answers the server's PINGs.
+    let (idle_h2, idle_connection) = h2_connection().await;
+    let request = http::Request::get(server.url("/healthz")).body(()).unwrap();
+    let (response, _) = idle_h2
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    // Another connection holds an event stream.
+    let (busy_h2, busy_connection) = h2_connection().await;
+    let request = http::Request::get(server.url("/sse/event-stream?eventName=e"))
+        .body(())
+        .unwrap();
+    let (response, _) = busy_h2
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle_connection)
+        .await
+        .expect("the idle connection is still open");
+    assert!(ended.is_ok());
+    eprintln!(
+        "idle HTTP/2 connection closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !busy_connection.is_finished(),
+        "the connection with a stream stays"
+    );
+    server
+        .publish(json!({"eventName": "e", "payload": "still here"}))
+        .await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("still here") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("the stream delivers")
+            .unwrap()
+            .unwrap();
+        seen.extend_from_slice(&chunk);
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    drop(busy_h2);
 }
 
 /// The head timeout bounds reading a request, never a response being sent: an event stream

@@ -60,6 +60,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the credentials are good, but do not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// The JSON response.
     pub fn into_response(self) -> Response<SseBody> {
         #[derive(Serialize)]

@@ -13,6 +13,8 @@
 mod body;
 mod direct;
 mod error;
+mod idle;
+pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 mod router;
@@ -21,12 +23,13 @@ pub mod session;
 
 pub use body::SseBody;
 pub use error::ApiError;
+pub use jwt::{EventGrant, JwtKeys, JwtVerifier};
 pub use router::{
     ConnectionAbort, Cors, RouterConfig, RouterStats, SseRouter, parse_event_names,
     parse_publish_body,
 };
 pub use serve::{ServeOptions, serve, serve_with};
-pub use session::{AnonymousSessions, DevSessions, JwtSessions, SessionResolver};
+pub use session::{AnonymousSessions, DevSessions, Identity, JwtSessions, SessionResolver};
 
 /// Internals reached by the fuzz targets and property tests; not part of the API.
 #[doc(hidden)]

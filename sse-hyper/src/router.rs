@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::SseBody;
 use crate::error::{ApiError, json_response};
+use crate::jwt::{EventGrant, JwtVerifier};
 use crate::session::{AnonymousSessions, SessionResolver, bearer_token};
 
 /// Where the endpoints live and how they guard themselves.
@@ -119,6 +120,8 @@ struct Inner {
     hub: Hub,
     resolver: Arc<dyn SessionResolver>,
     config: RouterConfig,
+    /// Publishing with a JWT whose claim names the event names it may publish.
+    publish_jwt: Option<(JwtVerifier, String)>,
     /// The OpenAPI document, made when the configuration is set.
     openapi: Bytes,
     pages: Vec<StaticPage>,
@@ -165,6 +168,7 @@ impl SseRouter {
                 hub,
                 resolver: Arc::new(AnonymousSessions),
                 config: RouterConfig::default(),
+                publish_jwt: None,
                 openapi: Bytes::new(),
                 pages: Vec::new(),
             }),
@@ -193,6 +197,14 @@ impl SseRouter {
             None => Bytes::new(),
         };
         inner.config = config;
+        self
+    }
+
+    /// Lets publishers authenticate with a JWT that `verifier` accepts, publishing only the event
+    /// names its `claim` allows ([`EventGrant`]; others are `403`), as Mercure's publishers do. A
+    /// configured [`RouterConfig::publish_token`] is still accepted, for every event name.
+    pub fn publish_jwt(mut self, verifier: JwtVerifier, claim: impl Into<String>) -> Self {
+        self.inner_mut().publish_jwt = Some((verifier, claim.into()));
         self
     }
 
@@ -360,7 +372,11 @@ impl SseRouter {
                 .bad_event_names
                 .fetch_add(1, Ordering::Relaxed);
         })?;
-        let session = self.inner.resolver.resolve(request).await?;
+        let identity = self.inner.resolver.identify(request).await?;
+        if let Some(grant) = &identity.events {
+            allowed(&events, grant)?;
+        }
+        let session = identity.session;
         let last_event_id = last_event_id(request);
         let hub = &self.inner.hub;
         let mut subscription = hub.subscription(session.map(Arc::from), events);
@@ -412,13 +428,7 @@ impl SseRouter {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let config = &self.inner.config;
-        if let Some(expected) = &config.publish_token {
-            match bearer_token(request.headers()) {
-                Some(Ok(token)) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {}
-                Some(Err(error)) => return Err(error),
-                _ => return Err(ApiError::unauthorized("a valid publish token is required")),
-            }
-        }
+        let grant = self.publish_grant(request.headers()).await?;
         // A JSON content type is required: a body without one (or `text/plain`, a form) is what
         // any web page can send cross-origin without a preflight (CSRF).
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
@@ -457,6 +467,14 @@ impl SseRouter {
             }
         };
         let event = parse_publish_body(&body)?;
+        if let Some(grant) = grant
+            && !grant.allows(&event.event_name)
+        {
+            return Err(ApiError::forbidden(format!(
+                "the token does not allow publishing {:?}",
+                event.event_name
+            )));
+        }
         let too_long = |what: &str, len: usize, max: usize| {
             ApiError::bad_request(format!(
                 "{what} is {len} bytes long; at most {max} are allowed"
@@ -504,6 +522,35 @@ impl SseRouter {
                 "backend_unavailable",
                 error.to_string(),
             )),
+        }
+    }
+
+    /// Who may publish: `Ok(None)` for any event name (no credentials configured, or the publish
+    /// token), `Ok(Some(grant))` for a JWT's grant, or `401`.
+    async fn publish_grant(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<EventGrant>, ApiError> {
+        let config = &self.inner.config;
+        if config.publish_token.is_none() && self.inner.publish_jwt.is_none() {
+            return Ok(None);
+        }
+        let token = match bearer_token(headers) {
+            Some(Ok(token)) => token,
+            Some(Err(error)) => return Err(error),
+            None => return Err(ApiError::unauthorized("a publish token is required")),
+        };
+        if let Some(expected) = &config.publish_token
+            && constant_time_eq(token.as_bytes(), expected.as_bytes())
+        {
+            return Ok(None);
+        }
+        match &self.inner.publish_jwt {
+            Some((verifier, claim)) => {
+                let claims = verifier.verify(token).await?;
+                Ok(Some(EventGrant::from_claim(&claims, claim)))
+            }
+            None => Err(ApiError::unauthorized("a valid publish token is required")),
         }
     }
 
@@ -574,6 +621,23 @@ pub fn parse_event_names(query: &str, config: &RouterConfig) -> Result<EventFilt
         config.max_event_name_len,
     )
     .map_err(|e| ApiError::bad_request(format!("eventName: {e}")))
+}
+
+/// `403` unless `grant` allows every event name of `events` (`*` needs a grant of `*`).
+fn allowed(events: &EventFilter, grant: &EventGrant) -> Result<(), ApiError> {
+    let refused = match events {
+        EventFilter::Any => (!grant.allows_all()).then(|| "*".to_owned()),
+        EventFilter::Names(names) => names
+            .iter()
+            .find(|n| !grant.allows(n))
+            .map(|n| n.to_string()),
+    };
+    match refused {
+        Some(name) => Err(ApiError::forbidden(format!(
+            "the token does not allow the event name {name:?}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Where a reconnecting client left off: the `Last-Event-ID` header, else `?lastEventId=`.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::direct::{self, FirstRequest};
+use crate::idle::{Activity, Tracked};
 use crate::router::{ConnectionAbort, SseRouter};
 
 /// How [`serve_with`] runs.
@@ -44,6 +45,10 @@ pub struct ServeOptions {
     /// HTTP/2: a PING after this long without a frame from the client, and the connection is
     /// closed when the answer does not come within as long again (default 20 s).
     pub http2_keep_alive: Duration,
+    /// A connection served by hyper with no request in progress (an open event stream is one)
+    /// for this long is closed (default 60 s): what ends an HTTP/2 connection that holds no
+    /// stream but answers the keep-alive PINGs. HTTP/1 meets `head_timeout` first.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -54,6 +59,7 @@ impl Default for ServeOptions {
             first_request_timeout: Duration::from_secs(30),
             head_timeout: Duration::from_secs(10),
             http2_keep_alive: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -123,6 +129,7 @@ pub async fn serve_with(
             router: router.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
+            idle_timeout: options.idle_timeout,
         };
         if options.direct_streams {
             direct_tasks.spawn(route(
@@ -217,6 +224,7 @@ struct Hyper {
     router: SseRouter,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
+    idle_timeout: Duration,
 }
 
 impl Hyper {
@@ -224,12 +232,18 @@ impl Hyper {
         let abort = CancellationToken::new();
         let request_abort = abort.clone();
         let router = self.router;
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service = service_fn(move |mut request: hyper::Request<Incoming>| {
             let router = router.clone();
+            let in_progress = requests.begin();
             request
                 .extensions_mut()
                 .insert(ConnectionAbort(request_abort.clone()));
-            async move { Ok::<_, Infallible>(router.handle(request).await) }
+            async move {
+                let response = router.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_progress)))
+            }
         });
         let connection = self
             .builder
@@ -244,6 +258,9 @@ impl Hyper {
             }
             () = abort.cancelled() => {
                 tracing::debug!(%peer, "dropped the connection of a slow client");
+            }
+            () = activity.idle_for(self.idle_timeout) => {
+                tracing::debug!(%peer, "closed an idle connection");
             }
         }
     }

@@ -5,13 +5,11 @@
 
 use std::fmt;
 
+use crate::error::ApiError;
+use crate::jwt::{EventGrant, JwtKeys, JwtVerifier};
 use async_trait::async_trait;
 use http::request::Parts;
 use http::{HeaderMap, header};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
-
-use crate::error::ApiError;
 
 /// Finds the session of a request to the event-stream endpoint.
 ///
@@ -40,6 +38,25 @@ use crate::error::ApiError;
 pub trait SessionResolver: Send + Sync + fmt::Debug + 'static {
     /// The session of `request`, `None` for an anonymous client, or the error to answer with.
     async fn resolve(&self, request: &Parts) -> Result<Option<String>, ApiError>;
+
+    /// The session and the event names it may ask for. The default: [`resolve`](Self::resolve)'s
+    /// session, any event name.
+    async fn identify(&self, request: &Parts) -> Result<Identity, ApiError> {
+        Ok(Identity {
+            session: self.resolve(request).await?,
+            events: None,
+        })
+    }
+}
+
+/// Who a stream is: its session and which event names it may ask for.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Identity {
+    /// The session; `None` for an anonymous client (broadcasts only).
+    pub session: Option<String>,
+    /// The event names it may ask for; `None` for any.
+    pub events: Option<EventGrant>,
 }
 
 /// Every client is anonymous: streams get broadcasts only.
@@ -69,42 +86,34 @@ impl SessionResolver for DevSessions {
     }
 }
 
-/// Bearer JWT, HS256: the session is the token's `sub` claim.
+/// Bearer JWT: the session is the token's `sub` claim, verified by a [`JwtVerifier`] (an HS256
+/// secret or a JWKS of RS256, ES256 and EdDSA keys).
 ///
 /// The token comes from `Authorization: Bearer …` or, because `EventSource` cannot set headers,
 /// from the `access_token` query parameter. No token at all is an anonymous client unless
 /// [`require_token`](Self::require_token) is set; a token that does not verify (bad signature,
-/// expired, no `sub`) is always `401`.
-#[derive(Clone)]
+/// expired, no `sub`) is always `401`. With [`events_claim`](Self::events_claim), a stream may
+/// ask only for the event names that claim allows ([`EventGrant`]); others are `403`.
+#[derive(Debug, Clone)]
 pub struct JwtSessions {
-    key: DecodingKey,
-    validation: Validation,
+    verifier: JwtVerifier,
     require_token: bool,
-}
-
-impl fmt::Debug for JwtSessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtSessions")
-            .field("require_token", &self.require_token)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
+    events_claim: Option<String>,
 }
 
 impl JwtSessions {
     /// Verifies HS256 tokens with `secret`; `exp` is required and checked, and so is `nbf` when
     /// present (both with 60 s of leeway for clocks that differ).
     pub fn hs256(secret: impl AsRef<[u8]>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.validate_nbf = true;
+        Self::new(JwtVerifier::new(JwtKeys::hs256(secret)))
+    }
+
+    /// Sessions from tokens `verifier` accepts.
+    pub fn new(verifier: JwtVerifier) -> Self {
         JwtSessions {
-            key: DecodingKey::from_secret(secret.as_ref()),
-            validation,
+            verifier,
             require_token: false,
+            events_claim: None,
         }
     }
 
@@ -114,38 +123,61 @@ impl JwtSessions {
         self
     }
 
+    /// Lets a stream ask only for the event names the token's `claim` allows (see
+    /// [`EventGrant`]); a token without the claim may ask for none.
+    pub fn events_claim(mut self, claim: impl Into<String>) -> Self {
+        self.events_claim = Some(claim.into());
+        self
+    }
+
     /// Checks `token` and returns its `sub`. A token whose header names `crit` (critical)
     /// extensions is refused: this verifier understands none (RFC 7515, 4.1.11).
-    pub fn verify(&self, token: &str) -> Result<String, ApiError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-        if let Some(crit) = header.crit {
-            return Err(ApiError::unauthorized(format!(
-                "invalid token: critical header parameters {crit:?} are not understood"
-            )));
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-        if data.claims.sub.is_empty() {
-            return Err(ApiError::unauthorized("invalid token: empty sub"));
-        }
-        Ok(data.claims.sub)
+    pub async fn verify(&self, token: &str) -> Result<String, ApiError> {
+        let claims = self.verifier.verify(token).await?;
+        claims
+            .subject()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::unauthorized("invalid token: no sub"))
     }
 }
 
 #[async_trait]
 impl SessionResolver for JwtSessions {
     async fn resolve(&self, request: &Parts) -> Result<Option<String>, ApiError> {
+        Ok(self.identify(request).await?.session)
+    }
+
+    async fn identify(&self, request: &Parts) -> Result<Identity, ApiError> {
         let token = match bearer_token(&request.headers) {
             Some(Ok(token)) => Some(token.to_owned()),
             Some(Err(error)) => return Err(error),
             None => query_param(request, "access_token"),
         };
-        match token {
-            Some(token) => self.verify(&token).map(Some),
-            None if self.require_token => Err(ApiError::unauthorized("a bearer token is required")),
-            None => Ok(None),
-        }
+        let Some(token) = token else {
+            if self.require_token {
+                return Err(ApiError::unauthorized("a bearer token is required"));
+            }
+            // Anonymous: broadcasts only, and with an events claim, no event at all.
+            return Ok(Identity {
+                session: None,
+                events: self
+                    .events_claim
+                    .as_ref()
+                    .map(|_| EventGrant::new(Vec::<String>::new())),
+            });
+        };
+        let claims = self.verifier.verify(&token).await?;
+        let session = claims
+            .subject()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::unauthorized("invalid token: no sub"))?;
+        Ok(Identity {
+            session: Some(session),
+            events: self
+                .events_claim
+                .as_ref()
+                .map(|claim| EventGrant::from_claim(&claims, claim)),
+        })
     }
 }
 
@@ -192,7 +224,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use http::Request;
-    use jsonwebtoken::{EncodingKey, Header};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
     fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
         let mut req = Request::builder().uri(uri);
