@@ -393,6 +393,17 @@ async fn unfinished_heads_and_idle_keep_alive_connections_are_closed_at_the_head
     );
 }
 
+/// `GET url` on an HTTP/2 connection, answered.
+async fn h2_get(
+    h2: &h2::client::SendRequest<bytes::Bytes>,
+    url: String,
+) -> http::Response<h2::RecvStream> {
+    let request = http::Request::get(url).body(()).unwrap();
+    let mut h2 = h2.clone().ready().await.unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    response.await.unwrap()
+}
+
 /// An HTTP/2 connection that answers PINGs but holds no stream is closed at the idle timeout; one
 /// with an open event stream is not.
 #[tokio::test]
@@ -408,28 +419,13 @@ async fn http2_connections_without_streams_are_closed_at_the_idle_timeout() {
     };
     // One request, answered; then nothing, while the client answers the server's PINGs.
     let (idle_h2, idle_connection) = h2_connection().await;
-    let request = http::Request::get(server.url("/healthz")).body(()).unwrap();
-    let (response, _) = idle_h2
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(request, true)
-        .unwrap();
-    assert_eq!(response.await.unwrap().status(), 200);
+    let response = h2_get(&idle_h2, server.url("/healthz")).await;
+    assert_eq!(response.status(), 200);
     // Another connection holds an event stream.
     let (busy_h2, busy_connection) = h2_connection().await;
-    let request = http::Request::get(server.url("/sse/event-stream?eventName=e"))
-        .body(())
-        .unwrap();
-    let (response, _) = busy_h2
-        .clone()
-        .ready()
+    let mut body = h2_get(&busy_h2, server.url("/sse/event-stream?eventName=e"))
         .await
-        .unwrap()
-        .send_request(request, true)
-        .unwrap();
-    let mut body = response.await.unwrap().into_body();
+        .into_body();
     let started = tokio::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), idle_connection)
         .await
