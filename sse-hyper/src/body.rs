@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use http_body::{Body, Frame, SizeHint};
 use sse_core::EventStream;
+use tokio_util::sync::DropGuard;
 
 /// A response body: either a whole buffer (JSON answers, pages) or an open event stream.
 ///
@@ -16,6 +17,8 @@ use sse_core::EventStream;
 #[derive(Debug)]
 pub struct SseBody {
     kind: Kind,
+    /// Dropped with the body: tells whoever waits that the body was let go.
+    on_drop: Option<DropGuard>,
 }
 
 #[derive(Debug)]
@@ -29,6 +32,7 @@ impl SseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         SseBody {
             kind: Kind::Full(Some(bytes.into())),
+            on_drop: None,
         }
     }
 
@@ -36,6 +40,7 @@ impl SseBody {
     pub fn empty() -> Self {
         SseBody {
             kind: Kind::Full(None),
+            on_drop: None,
         }
     }
 
@@ -43,7 +48,13 @@ impl SseBody {
     pub fn stream(stream: EventStream) -> Self {
         SseBody {
             kind: Kind::Stream(Box::new(stream)),
+            on_drop: None,
         }
+    }
+
+    /// Cancels `guard`'s token when the body is dropped (sent, or let go by the HTTP layer).
+    pub(crate) fn on_drop(&mut self, guard: DropGuard) {
+        self.on_drop = Some(guard);
     }
 }
 

@@ -380,11 +380,15 @@ impl SseRouter {
         let last_event_id = last_event_id(request);
         let hub = &self.inner.hub;
         let mut subscription = hub.subscription(session.map(Arc::from), events);
+        let connection = request.extensions.get::<ConnectionAbort>();
+        // HTTP/2: see `release_unread_stream`.
+        let mut unread_watch = None;
         if request.version < Version::HTTP_2 {
-            subscription.abort_on_overflow = request
-                .extensions
-                .get::<ConnectionAbort>()
-                .map(|abort| abort.0.clone());
+            subscription.abort_on_overflow = connection.map(|abort| abort.0.clone());
+        } else if let Some(connection) = connection {
+            let overflow = CancellationToken::new();
+            subscription.abort_on_overflow = Some(overflow.clone());
+            unread_watch = Some((overflow, connection.0.clone()));
         }
         let stream = hub
             .open_after(subscription, last_event_id.as_deref())
@@ -409,7 +413,13 @@ impl SseRouter {
                 }
                 .retry_after(config.retry_after_secs)
             })?;
-        let mut response = Response::new(SseBody::stream(stream));
+        let mut body = SseBody::stream(stream);
+        if let Some((overflow, connection)) = unread_watch {
+            let released = CancellationToken::new();
+            body.on_drop(released.clone().drop_guard());
+            tokio::spawn(release_unread_stream(overflow, released, connection));
+        }
+        let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -621,6 +631,31 @@ pub fn parse_event_names(query: &str, config: &RouterConfig) -> Result<EventFilt
         config.max_event_name_len,
     )
     .map_err(|e| ApiError::bad_request(format!("eventName: {e}")))
+}
+
+/// How long an HTTP/2 stream closed as slow may stay unread before its connection is dropped.
+pub(crate) const UNREAD_STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An HTTP/2 stream closed as slow: its queue is let go at once, but hyper polls its body (and
+/// so ends it) only once the client opens its flow-control window, and gives no handle to reset
+/// one stream. If the body is still held [`UNREAD_STREAM_GRACE`] later, the connection is
+/// dropped: every stream on it ends, and their clients come back with `Last-Event-ID`.
+async fn release_unread_stream(
+    overflow: CancellationToken,
+    released: CancellationToken,
+    connection: CancellationToken,
+) {
+    tokio::select! {
+        () = released.cancelled() => return,
+        () = overflow.cancelled() => {}
+    }
+    tokio::select! {
+        () = released.cancelled() => {}
+        () = tokio::time::sleep(UNREAD_STREAM_GRACE) => {
+            tracing::debug!("an HTTP/2 stream closed as slow is still unread: dropping its connection");
+            connection.cancel();
+        }
+    }
 }
 
 /// `403` unless `grant` allows every event name of `events` (`*` needs a grant of `*`).
