@@ -158,6 +158,10 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_JWKS_URL", conflicts_with_all = ["jwt_secret", "jwks_file"])]
     jwks_url: Option<String>,
 
+    /// A CA certificate (PEM) to trust for --jwks-url's TLS, besides the usual roots.
+    #[arg(long, env = "SSE_FANOUT_JWKS_CA_FILE", requires = "jwks_url")]
+    jwks_ca_file: Option<std::path::PathBuf>,
+
     /// A JWKS file, in place of --jwks-url (read again as a URL would be fetched again).
     #[arg(long, env = "SSE_FANOUT_JWKS_FILE", conflicts_with = "jwt_secret")]
     jwks_file: Option<std::path::PathBuf>,
@@ -510,7 +514,14 @@ async fn jwt_verifier(args: &Args) -> anyhow::Result<Option<sse_fanout::hyper::J
     let keys = if let Some(secret) = &args.jwt_secret {
         JwtKeys::hs256(secret)
     } else if let Some(url) = &args.jwks_url {
-        JwtKeys::jwks_url(url.clone()).await?
+        let ca = match &args.jwks_ca_file {
+            Some(file) => Some(
+                std::fs::read(file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+            ),
+            None => None,
+        };
+        JwtKeys::jwks_url_trusting(url.clone(), ca.as_deref()).await?
     } else if let Some(file) = &args.jwks_file {
         JwtKeys::jwks_file(file.clone()).await?
     } else {

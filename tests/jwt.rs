@@ -1,7 +1,8 @@
 //! Tokens as identity providers issue them, against the hub process: RS256, ES256 and EdDSA keys
 //! the test makes (with `openssl`), published as a JWKS by a local HTTP server of the test's own
-//! that counts its requests; `iss`, `aud`, `exp`, `nbf` and algorithm checks; key rotation; event
-//! names allowed by a claim, for streams and for publishers.
+//! that counts its requests, or over HTTPS by `openssl s_server` with a certificate of a CA the
+//! test made; `iss`, `aud`, `exp`, `nbf` and algorithm checks; key rotation; event names allowed
+//! by a claim, for streams and for publishers.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -374,5 +375,126 @@ async fn a_jwks_file_and_a_refused_http_url() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("use https://"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `openssl s_server` serving `dir` over HTTPS with a certificate of a CA the test made.
+struct HttpsServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_over_https_from_a_private_ca() {
+    if !openssl_installed() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(common::unique("jwt-https"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sse-fanout test CA",
+    ];
+    ca.extend_from_slice(&ec);
+    let (ca_key, ca_pem) = (path("ca.key"), path("ca.pem"));
+    ca.extend_from_slice(&["-keyout", &ca_key, "-out", &ca_pem]);
+    openssl(&ca);
+    let (key, csr, cert, ext) = (
+        path("srv.key"),
+        path("srv.csr"),
+        path("srv.pem"),
+        path("ext"),
+    );
+    let mut request = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ];
+    request.extend_from_slice(&ec);
+    openssl(&request);
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        &cert,
+        "-extfile",
+        &ext,
+    ]);
+    let ed = TestKey::make(&dir, Algorithm::EdDSA, "ed-tls");
+    std::fs::write(dir.join("jwks.json"), json!({"keys": [ed.jwk]}).to_string()).unwrap();
+    let port = free_port();
+    let child = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-WWW",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["-cert", &cert, "-key", &key])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = HttpsServer { port, child };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    while std::net::TcpStream::connect(addr).is_err() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.port);
+
+    // Without the CA, the provider's certificate is not trusted: the hub does not start.
+    let untrusted = Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+        .args(["--listen", "127.0.0.1:0", "--jwks-url", &url])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("cannot fetch the JWKS"), "{stderr}");
+
+    let args = ["--jwks-url", &url, "--jwks-ca-file", &ca_pem].map(String::from);
+    let hub = HubProcess::ready(free_port(), &args).await;
+    let mut no_aud = claims("tls-user");
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_eq!(
+        stream_status(&hub, "eventName=news", &ed.sign(&no_aud)).await,
+        200
+    );
+    drop(hub);
+    drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }

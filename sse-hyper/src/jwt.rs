@@ -39,6 +39,9 @@ pub enum JwksError {
     /// The document is not a JWKS.
     #[error("not a JWKS: {0}")]
     Parse(String),
+    /// The CA certificate to trust is not PEM.
+    #[error("not a PEM certificate: {0}")]
+    Certificate(String),
     /// The JWKS holds no key this verifier can use (RS256, ES256 or EdDSA, for signatures).
     #[error("the JWKS holds no RS256, ES256 or EdDSA signing key")]
     NoUsableKey,
@@ -115,7 +118,8 @@ impl KeySet {
 #[derive(Debug, Clone)]
 enum Source {
     File(PathBuf),
-    Url(String),
+    /// A URL, and a CA to trust besides the usual roots.
+    Url(String, Option<reqwest::Certificate>),
 }
 
 impl Source {
@@ -131,7 +135,7 @@ impl Source {
                         source,
                     })?
             }
-            Source::Url(url) => fetch(url).await?,
+            Source::Url(url, ca) => fetch(url, ca.as_ref()).await?,
         };
         let jwks: JwkSet =
             serde_json::from_slice(&text).map_err(|e| JwksError::Parse(e.to_string()))?;
@@ -141,12 +145,16 @@ impl Source {
 
 /// Fetches a JWKS: `https://`, or `http://` (for a provider on loopback or a sidecar), with a
 /// 10 s deadline and a 1 MiB cap.
-async fn fetch(url: &str) -> Result<Vec<u8>, JwksError> {
+async fn fetch(url: &str, ca: Option<&reqwest::Certificate>) -> Result<Vec<u8>, JwksError> {
     let failed = |message: String| JwksError::Fetch {
         url: url.to_owned(),
         message,
     };
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        client = client.add_root_certificate(ca.clone());
+    }
+    let client = client
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| failed(e.to_string()))?;
@@ -224,6 +232,19 @@ impl JwtKeys {
     /// The keys of a JWKS at `url` (`https://…`; `http://` only for a local provider), fetched
     /// now; fetched again when a token names an unknown key id, and every 5 minutes.
     pub async fn jwks_url(url: impl Into<String>) -> Result<Self, JwksError> {
+        Self::jwks_url_trusting(url, None).await
+    }
+
+    /// Like [`jwks_url`](Self::jwks_url), also trusting the CA certificate `ca_pem` (PEM) for the
+    /// provider's TLS certificate: for a provider inside a company's own PKI.
+    pub async fn jwks_url_trusting(
+        url: impl Into<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, JwksError> {
+        let ca = ca_pem
+            .map(reqwest::Certificate::from_pem)
+            .transpose()
+            .map_err(|e| JwksError::Certificate(e.to_string()))?;
         let url = url.into();
         let parsed = reqwest::Url::parse(&url).map_err(|e| JwksError::Fetch {
             url: url.clone(),
@@ -236,7 +257,7 @@ impl JwtKeys {
                 message: "use https:// (http:// only for a provider on loopback)".to_owned(),
             });
         }
-        let source = Source::Url(url);
+        let source = Source::Url(url, ca);
         let set = source.load().await?;
         Ok(Self::with(Some(source), set))
     }
