@@ -168,15 +168,19 @@ impl JwksServer {
     }
 }
 
-fn openssl_installed() -> bool {
-    let ok = Command::new("openssl")
+/// A fresh directory for a test's keys, or `None` (said loudly) when `openssl` is missing.
+fn key_dir(name: &str) -> Option<std::path::PathBuf> {
+    let installed = Command::new("openssl")
         .arg("version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
+    if !installed {
         brokers::not_installed("openssl");
+        return None;
     }
-    ok
+    let dir = std::env::temp_dir().join(common::unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(dir)
 }
 
 async fn stream_status(hub: &HubProcess, query: &str, token: &str) -> u16 {
@@ -192,11 +196,9 @@ async fn stream_status(hub: &HubProcess, query: &str, token: &str) -> u16 {
 
 #[tokio::test]
 async fn tokens_of_an_identity_provider_verified_against_its_jwks() {
-    if !openssl_installed() {
+    let Some(dir) = key_dir("jwt-keys") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(common::unique("jwt-keys"));
-    std::fs::create_dir_all(&dir).unwrap();
+    };
     let rsa = TestKey::make(&dir, Algorithm::RS256, "rsa-1");
     let ec = TestKey::make(&dir, Algorithm::ES256, "ec-1");
     let ed = TestKey::make(&dir, Algorithm::EdDSA, "ed-1");
@@ -341,11 +343,9 @@ async fn tokens_of_an_identity_provider_verified_against_its_jwks() {
 
 #[tokio::test]
 async fn a_jwks_file_and_a_refused_http_url() {
-    if !openssl_installed() {
+    let Some(dir) = key_dir("jwt-file") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(common::unique("jwt-file"));
-    std::fs::create_dir_all(&dir).unwrap();
+    };
     let ed = TestKey::make(&dir, Algorithm::EdDSA, "ed-file");
     let file = dir.join("jwks.json");
     std::fs::write(&file, json!({"keys": [ed.jwk]}).to_string()).unwrap();
@@ -393,11 +393,9 @@ impl Drop for HttpsServer {
 
 #[tokio::test]
 async fn a_jwks_over_https_from_a_private_ca() {
-    if !openssl_installed() {
+    let Some(dir) = key_dir("jwt-https") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(common::unique("jwt-https"));
-    std::fs::create_dir_all(&dir).unwrap();
+    };
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let ec = [
         "-newkey",
