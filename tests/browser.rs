@@ -92,9 +92,14 @@ impl Drop for Page {
     }
 }
 
+/// Whether Chromium and the Node modules are there; says loudly that the test cannot run if not.
 fn browser_ready() -> bool {
     let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules");
-    std::path::Path::new("/usr/bin/chromium").exists() && modules.exists()
+    let ready = std::path::Path::new("/usr/bin/chromium").exists() && modules.exists();
+    if !ready {
+        brokers::not_installed("a browser: /usr/bin/chromium and tests/browser/node_modules");
+    }
+    ready
 }
 
 #[tokio::test]
@@ -103,7 +108,6 @@ async fn the_demo_page_survives_a_restart_of_its_hub_without_losing_events() {
         return;
     };
     if !browser_ready() {
-        brokers::not_installed("a browser: /usr/bin/chromium and tests/browser/node_modules");
         return;
     }
     let channel = unique("e2e");
@@ -165,7 +169,6 @@ async fn the_demo_page_shows_every_event_name_resets_included() {
         return;
     };
     if !browser_ready() {
-        brokers::not_installed("a browser: /usr/bin/chromium and tests/browser/node_modules");
         return;
     }
     let channel = unique("e2e");

@@ -101,34 +101,18 @@ impl Drop for TempDir {
     }
 }
 
-fn nginx(hub: u16) -> Proxy {
-    let port = free_port();
-    let dir = TempDir::new("nginx");
-    std::fs::create_dir_all(dir.0.join("logs")).unwrap();
-    let config = deploy_file(
-        "nginx.conf",
-        &[
-            ("listen 80;", format!("listen 127.0.0.1:{port};")),
-            ("server 127.0.0.1:8080;", format!("server 127.0.0.1:{hub};")),
-        ],
-    );
-    let file = dir.0.join("nginx.conf");
-    std::fs::write(&file, config).unwrap();
-    let error_log = dir.0.join("logs/error.log");
-    let mut command = Command::new("nginx");
-    command
-        .arg("-p")
-        .arg(&dir.0)
-        .arg("-e")
-        .arg(&error_log)
-        .arg("-c")
-        .arg(&file)
-        .arg("-g")
-        .arg(format!(
-            "daemon off; pid {}/nginx.pid;",
-            dir.0.to_string_lossy()
-        ));
-    let child = spawn_logged(command, &dir);
+/// Starts a proxy on a free port with `deploy/{file}` (its `replacements` for that port) written
+/// into a directory of its own; `command` gets the directory and the configuration's path.
+fn start_proxy(
+    file: &str,
+    replacements: &[(&str, String)],
+    port: u16,
+    command: impl FnOnce(&Path, &Path) -> Command,
+) -> Proxy {
+    let dir = TempDir::new(file);
+    let config = dir.0.join(file);
+    std::fs::write(&config, deploy_file(file, replacements)).unwrap();
+    let child = spawn_logged(command(&dir.0, &config), &dir);
     Proxy {
         port,
         child,
@@ -136,26 +120,40 @@ fn nginx(hub: u16) -> Proxy {
     }
 }
 
+fn nginx(hub: u16) -> Proxy {
+    let port = free_port();
+    let replacements = [
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ("server 127.0.0.1:8080;", format!("server 127.0.0.1:{hub};")),
+    ];
+    start_proxy("nginx.conf", &replacements, port, |dir, config| {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let mut command = Command::new("nginx");
+        command
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"));
+        command.arg("-c").arg(config).arg("-g");
+        command.arg(format!(
+            "daemon off; pid {}/nginx.pid;",
+            dir.to_string_lossy()
+        ));
+        command
+    })
+}
+
 fn haproxy(hub: u16) -> Proxy {
     let port = free_port();
-    let dir = TempDir::new("haproxy");
-    let config = deploy_file(
-        "haproxy.cfg",
-        &[
-            ("bind :80", format!("bind 127.0.0.1:{port}")),
-            ("127.0.0.1:8080 check", format!("127.0.0.1:{hub} check")),
-        ],
-    );
-    let file = dir.0.join("haproxy.cfg");
-    std::fs::write(&file, config).unwrap();
-    let mut command = Command::new("haproxy");
-    command.arg("-db").arg("-f").arg(&file);
-    let child = spawn_logged(command, &dir);
-    Proxy {
-        port,
-        child,
-        _dir: dir,
-    }
+    let replacements = [
+        ("bind :80", format!("bind 127.0.0.1:{port}")),
+        ("127.0.0.1:8080 check", format!("127.0.0.1:{hub} check")),
+    ];
+    start_proxy("haproxy.cfg", &replacements, port, |_, config| {
+        let mut command = Command::new("haproxy");
+        command.arg("-db").arg("-f").arg(config);
+        command
+    })
 }
 
 /// How long a stream stays idle behind a proxy: longer than the proxies' 45 s timeouts in
