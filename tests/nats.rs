@@ -45,7 +45,11 @@ async fn subscribe_holds_before_it_returns_every_time() {
         let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
             .unwrap_or_else(|_| panic!("round {round}: the event was missed"));
-        assert_eq!(got, Some(envelope), "round {round}");
+        assert_eq!(
+            got,
+            Some(sse_core::Received::Envelope(envelope)),
+            "round {round}"
+        );
         subscriber.close().await.unwrap();
     }
 }

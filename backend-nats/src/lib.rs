@@ -36,9 +36,9 @@
 //! The server must have JetStream enabled (`nats-server -js`); set `history` to `None` otherwise.
 //!
 //! When the connection comes back after it was lost, or the client dropped messages of a slow
-//! subscription, each subscription reads the stream from a few seconds before the last message
-//! it received and hands that to the hub ahead of what comes next; the hub drops what it had, so
-//! nothing published meanwhile is missing (without history it would be).
+//! subscription, the subscription reports a [gap](sse_core::Received::Gap) from a few seconds
+//! before the last message it received, and the hub reads what it missed from the stream before
+//! what comes next (without history it would be missing).
 //!
 //! # Routed delivery
 //!
@@ -66,7 +66,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
 use sse_core::history::{BrokerHistory, HistoryStream};
 use sse_core::route::{SessionRoutes, route_token};
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The client's connect options, for [`NatsBackend::connect_with`].
@@ -160,6 +160,8 @@ struct Counters {
     slow_consumer: AtomicU64,
     reconnects: AtomicU64,
     connected_once: AtomicBool,
+    /// Set by a disconnect: the next `Connected` event is a reconnect.
+    disconnected: AtomicBool,
     closed: AtomicBool,
     /// Bumped when messages may have been missed (the connection came back, or the client
     /// dropped messages of a slow subscription): subscriptions then catch up from the history.
@@ -366,13 +368,20 @@ impl Counters {
                 tracing::warn!(%subject, sid, "NATS dropped messages: a subscription is a slow consumer");
             }
             Event::Connected => {
-                if self.connected_once.load(Ordering::Relaxed) {
+                // The first connection's own event can come after `connect` returned: only a
+                // connection that follows a disconnect is a reconnect.
+                if self.disconnected.swap(false, Ordering::Relaxed) {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.missed.send_modify(|n| *n += 1);
                     tracing::info!(%subject, "NATS connection restored");
                 }
             }
-            Event::Disconnected => tracing::warn!(%subject, "NATS connection lost; reconnecting"),
+            Event::Disconnected => {
+                if self.connected_once.load(Ordering::Relaxed) {
+                    self.disconnected.store(true, Ordering::Relaxed);
+                }
+                tracing::warn!(%subject, "NATS connection lost; reconnecting");
+            }
             other => tracing::info!(%subject, event = %other, "NATS event"),
         }
     }
@@ -411,8 +420,7 @@ impl FanoutBackend for NatsBackend {
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let (routes_tx, routes_rx) = tokio::sync::mpsc::channel(64);
         *lock(&self.routes.forward) = Some(routes_tx);
-        tokio::spawn(forward_catching_up(
-            self.clone(),
+        tokio::spawn(forward(
             subscriber,
             routes_rx,
             self.counters.missed.subscribe(),
@@ -451,21 +459,20 @@ impl FanoutBackend for NatsBackend {
     }
 }
 
-/// How far before its last sign of life a subscription that may have missed messages reads the
-/// history again (this host's and the server's clocks may differ by this much).
-const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
+/// How far before its last sign of life the gap of a subscription that may have missed messages
+/// begins (this host's and the server's clocks may differ by this much).
+const GAP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Forwards a subscription's messages; when messages may have been missed (a reconnect, a slow
-/// consumer), first hands over the history since a little before the last message received. The
-/// hub drops what it had.
+/// consumer), first reports a [gap](Received::Gap) from a little before the last message
+/// received, which the hub reads from the history.
 ///
 /// The session routes' subscriptions join the shared subject's here, as they are subscribed.
-async fn forward_catching_up(
-    backend: NatsBackend,
+async fn forward(
     subscriber: async_nats::Subscriber,
     mut routes: tokio::sync::mpsc::Receiver<BoxStream<'static, Bytes>>,
     mut missed: tokio::sync::watch::Receiver<u64>,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
+    tx: tokio::sync::mpsc::Sender<Received>,
 ) {
     let mut alive_at = std::time::SystemTime::now();
     let mut subscriber = subscriber;
@@ -485,33 +492,16 @@ async fn forward_catching_up(
                 if changed.is_err() {
                     return;
                 }
-                let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
-                match backend.read_since(since).await {
-                    Ok(mut history) => {
-                        let mut n = 0;
-                        while let Some(item) = history.next().await {
-                            match item {
-                                Ok(envelope) => {
-                                    if tx.send(envelope).await.is_err() {
-                                        return;
-                                    }
-                                    n += 1;
-                                }
-                                Err(error) => {
-                                    tracing::warn!(%error, "reading the history to catch up failed part way");
-                                    break;
-                                }
-                            }
-                        }
-                        tracing::info!(envelopes = n, subject = %backend.config.subject, "NATS subscription caught up from the history");
-                    }
-                    Err(error) => tracing::warn!(%error, "reading the history to catch up failed; messages published meanwhile may be missing"),
+                // The hub reads what this subscription missed from the history.
+                let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
+                if tx.send(Received::Gap { since }).await.is_err() {
+                    return;
                 }
                 continue;
             }
             () = tx.closed() => return,
         };
-        if tx.send(payload).await.is_err() {
+        if tx.send(Received::Envelope(payload)).await.is_err() {
             return;
         }
         alive_at = std::time::SystemTime::now();

@@ -184,39 +184,6 @@ impl Inner {
     }
 }
 
-/// How far before its last sign of life a restored subscription reads the history again (this
-/// host's and the broker's clocks may differ by this much).
-const CATCH_UP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Hands the history since a little before `alive_at` to a restored subscription's receiver;
-/// `false` when the receiver is gone.
-pub(crate) async fn catch_up(
-    inner: &Inner,
-    alive_at: SystemTime,
-    tx: &tokio::sync::mpsc::Sender<Bytes>,
-) -> bool {
-    let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
-    match inner.timed(inner.read_since(since)).await {
-        Ok(envelopes) => {
-            let n = envelopes.len();
-            for envelope in envelopes {
-                if tx.send(envelope).await.is_err() {
-                    return false;
-                }
-            }
-            tracing::info!(
-                envelopes = n,
-                "rabbitmq subscription caught up from the history"
-            );
-        }
-        Err(error) => tracing::warn!(
-            %error,
-            "reading the history after a reconnect failed; events published meanwhile may be missing"
-        ),
-    }
-    true
-}
-
 fn marker_of(properties: &BasicProperties) -> Option<&[u8]> {
     match properties.headers().as_ref()?.inner().get(MARKER)? {
         AMQPValue::LongString(value) => Some(value.as_bytes()),

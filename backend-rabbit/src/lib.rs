@@ -57,7 +57,7 @@ use lapin::{
 };
 use sse_core::backend::Reconnects;
 use sse_core::history::BrokerHistory;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -435,6 +435,10 @@ impl FanoutBackend for RabbitBackend {
     }
 }
 
+/// How far before its last sign of life a restored subscription's gap begins (this host's and the
+/// broker's clocks may differ by this much).
+const GAP_MARGIN: Duration = Duration::from_secs(5);
+
 /// Forwards one subscription's deliveries, acknowledging each once it is handed over; reconnects
 /// and declares the queue again when the connection dies, until the backend is closed or the
 /// receiving side is dropped.
@@ -442,13 +446,12 @@ async fn run_subscription(
     inner: Arc<Inner>,
     queue: String,
     first: (Connection, lapin::Consumer, Channel),
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Received>,
 ) {
     let mut session = Some(first);
     let mut backoff = Duration::from_millis(100);
     let mut state = inner.reconnects.subscription();
-    // When this subscription last received something; after a reconnect, what was published
-    // since (the instance's queue went away with its connection) is read from the history.
+    // When this subscription last received something: where its gap begins after a reconnect.
     let mut alive_at = std::time::SystemTime::now();
     'reconnect: loop {
         let (connection, mut consumer, _channel) = match session.take() {
@@ -464,9 +467,10 @@ async fn run_subscription(
                         state.restored();
                         tracing::info!(%queue, "rabbitmq subscription restored");
                         backoff = Duration::from_millis(100);
-                        if inner.config.history.is_some()
-                            && !history::catch_up(&inner, alive_at, &tx).await
-                        {
+                        // The queue went away with the connection: the hub reads what was
+                        // published meanwhile from the history.
+                        let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
+                        if tx.send(Received::Gap { since }).await.is_err() {
                             break 'reconnect;
                         }
                         session
@@ -490,7 +494,11 @@ async fn run_subscription(
             match delivery {
                 Some(Ok(delivery)) => {
                     alive_at = std::time::SystemTime::now();
-                    if tx.send(Bytes::from(delivery.data.clone())).await.is_err() {
+                    if tx
+                        .send(Received::Envelope(Bytes::from(delivery.data.clone())))
+                        .await
+                        .is_err()
+                    {
                         let _ = connection.close(200, "bye".into()).await;
                         break 'reconnect;
                     }

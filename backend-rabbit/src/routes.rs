@@ -213,7 +213,7 @@ impl SessionRoutes for RabbitBackend {
             (new, routes.bound_to.clone())
         };
         // While the consuming connection is down, the partitions are recorded: the next one
-        // binds them, and catches up from the history.
+        // binds them, and the hub catches up from the history.
         let Some((channel, queue)) = bound_to else {
             return Ok(());
         };

@@ -34,10 +34,10 @@
 //! not the history.
 //!
 //! Redis pub/sub delivers to the subscribers connected at the moment of publishing. When an
-//! instance's subscription comes back after it was lost, the backend reads the stream from a few
-//! seconds before its last sign of life and hands those envelopes to the hub ahead of the live
-//! ones; the hub drops the ones it had, so nothing published meanwhile is lost (without history,
-//! what was published while the subscription was down does not reach that instance).
+//! instance's subscription comes back after it was lost, the backend reports a
+//! [gap](sse_core::Received::Gap) from a few seconds before its last sign of life, and the hub
+//! reads what it missed from the stream before it goes on (without history, what was published
+//! while the subscription was down does not reach that instance).
 //!
 //! # Routed delivery
 //!
@@ -45,7 +45,7 @@
 //! channel, `{channel}:{token}` (its [route token](sse_core::route::route_token)), with the same
 //! history script, and an instance `SUBSCRIBE`s the channels of the sessions it holds on its
 //! subscription connection, up to 1 000 per command; after a reconnect it subscribes them all
-//! again in such batches before it catches up from the history. Plain channels, never patterns:
+//! again in such batches before it reports the gap. Plain channels, never patterns:
 //! a pattern subscription makes every `PUBLISH` on the server match against every pattern, while
 //! a channel is one hash lookup (10 000 channels subscribe in about 20 ms, BENCHMARKS.md). The
 //! backend talks to one Redis server: Redis Cluster, and with it sharded pub/sub
@@ -63,7 +63,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use sse_core::backend::Reconnects;
 use sse_core::history::{self, BrokerHistory, HistoryStream};
 use sse_core::route::{SessionRoutes, route_token};
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -139,9 +139,9 @@ const ROUTE_BATCH: usize = 1000;
 /// Entries one `XRANGE` reads.
 const PAGE: usize = 1000;
 
-/// How far before its last sign of life a restored subscription reads the history again: the
-/// clocks of this host and the Redis server may differ by this much.
-const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
+/// How far before its last sign of life a restored subscription's gap begins: the clocks of this
+/// host and the Redis server may differ by this much.
+const GAP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Fans envelopes out over Redis pub/sub. Cheap to clone.
 #[derive(Clone)]
@@ -474,7 +474,7 @@ fn envelope_field(fields: Vec<Vec<u8>>) -> Option<Bytes> {
 async fn run_subscription(
     inner: Arc<Inner>,
     first: (PubSubSink, redis::aio::PubSubStream),
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Received>,
 ) {
     let mut connection = Some(first);
     let mut backoff = Duration::from_millis(50);
@@ -513,33 +513,12 @@ async fn run_subscription(
             inner.routes().sink = None;
             continue;
         }
-        if std::mem::take(&mut lost) && inner.config.history.is_some() {
+        if std::mem::take(&mut lost) {
             // Subscribed again: what was published while this subscription was down is in the
-            // history; the hub drops what it had already.
-            let since = alive_at.checked_sub(CATCH_UP_MARGIN).unwrap_or(alive_at);
-            // The publishing connection the read goes through may have been lost too; it comes
-            // back on its own, so a failed read is tried again a few times.
-            let mut attempt = 0;
-            loop {
-                match catch_up(&inner, since, &tx).await {
-                    Ok(n) => {
-                        tracing::info!(
-                            envelopes = n,
-                            "redis subscription caught up from the history"
-                        );
-                        break;
-                    }
-                    Err(CatchUp::Gone) => return,
-                    Err(CatchUp::Failed(error)) if attempt < 5 => {
-                        tracing::debug!(%error, attempt, "reading the history after a reconnect failed; trying again");
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    }
-                    Err(CatchUp::Failed(error)) => {
-                        tracing::warn!(%error, "reading the history after a reconnect failed; events published meanwhile may be missing");
-                        break;
-                    }
-                }
+            // history, which the hub reads for this gap.
+            let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
+            if tx.send(Received::Gap { since }).await.is_err() {
+                return;
             }
         }
         let mut ping = tokio::time::interval(inner.config.ping_interval);
@@ -550,7 +529,7 @@ async fn run_subscription(
                 message = stream.next() => match message {
                     Some(message) => {
                         let bytes = Bytes::copy_from_slice(message.get_payload_bytes());
-                        if tx.send(bytes).await.is_err() {
+                        if tx.send(Received::Envelope(bytes)).await.is_err() {
                             return; // nobody is listening any more
                         }
                         alive_at = SystemTime::now();
@@ -621,28 +600,6 @@ impl SessionRoutes for RedisBackend {
     fn subscribed(&self) -> usize {
         self.inner.routes().channels.len()
     }
-}
-
-enum CatchUp {
-    /// The hub is gone.
-    Gone,
-    Failed(BackendError),
-}
-
-/// Hands the history since `since` to the subscription's receiver.
-async fn catch_up(
-    inner: &Inner,
-    since: SystemTime,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<usize, CatchUp> {
-    let mut stream = inner.read_since(since).await.map_err(CatchUp::Failed)?;
-    let mut n = 0;
-    while let Some(item) = stream.next().await {
-        let envelope = item.map_err(CatchUp::Failed)?;
-        tx.send(envelope).await.map_err(|_| CatchUp::Gone)?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// rustls needs a process-wide crypto provider for `rediss://`; install ring's unless one is set.

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,15 +18,44 @@ use crate::route::SessionRoutes;
 /// A boxed error from a broker client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The messages a subscription yields: every envelope any instance published after it started.
-pub type BackendStream = BoxStream<'static, Bytes>;
+/// What a subscription yields: every envelope any instance published after it started, and a
+/// [`Received::Gap`] wherever it may have missed some.
+pub type BackendStream = BoxStream<'static, Received>;
+
+/// One item of a [`BackendStream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Received {
+    /// An envelope, as some instance (or another program) published it.
+    Envelope(Bytes),
+    /// The subscription may have missed envelopes published at or after `since` and before the
+    /// next item (its broker connection was lost and is back, or the broker dropped messages of
+    /// a slow subscriber). The hub reads them from the backend's
+    /// [history](FanoutBackend::history), once, and delivers those it did not have before it
+    /// goes on with the items after this one; a backend reports the gap and never reads the
+    /// history itself. `since` is a little before the subscription's last sign of life (clocks
+    /// of hosts and broker differ): reading from too early costs only the read.
+    Gap {
+        /// Nothing published before this time was missed.
+        since: SystemTime,
+    },
+}
+
+impl From<Bytes> for Received {
+    fn from(envelope: Bytes) -> Self {
+        Received::Envelope(envelope)
+    }
+}
 
 /// The stream of a subscription whose task forwards messages into a bounded channel: the usual
-/// shape of a backend's [`FanoutBackend::subscribe`]. The stream ends when the task drops its sender.
-pub fn channel_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> BackendStream {
+/// shape of a backend's [`FanoutBackend::subscribe`]. The stream ends when the task drops its
+/// sender. The channel carries envelopes ([`Bytes`]) or [`Received`] items (to report gaps).
+pub fn channel_stream<T: Into<Received> + Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> BackendStream {
     use futures_util::StreamExt;
     futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (bytes, rx))
+        rx.recv().await.map(|item| (item.into(), rx))
     })
     .boxed()
 }
@@ -228,10 +257,10 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     /// Starts receiving. Returns only once the broker holds the subscription, so that anything
     /// published after it returns is received. The stream yields each envelope once, in the order
     /// each publisher published them, and keeps going across broker outages (the backend
-    /// reconnects by itself). A backend with [`history`](Self::history) may, after a reconnect,
-    /// yield again envelopes from shortly before the loss as it catches up from the history: the
-    /// hub recognises them by id and delivers each event once. It ends only after
-    /// [`close`](Self::close).
+    /// reconnects by itself). Where it may have missed envelopes (a lost connection that is
+    /// back, messages the broker dropped), it yields a [`Received::Gap`] before what follows:
+    /// the hub catches up from the [`history`](Self::history), the backend never reads it for
+    /// that. It ends only after [`close`](Self::close).
     async fn subscribe(&self) -> Result<BackendStream, BackendError>;
 
     /// Whether the broker connection is up.

@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
-use crate::backend::{BackendError, BackendStream, FanoutBackend, Health};
+use crate::backend::{BackendError, BackendStream, FanoutBackend, Health, Received};
+use crate::catch_up;
 use crate::encode;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
@@ -297,7 +298,12 @@ impl HubBuilder {
             shared.load_history(history, replay.max_age).await?;
         }
         let stop = CancellationToken::new();
-        tokio::spawn(consume(shared.clone(), stream, stop.clone()));
+        tokio::spawn(consume(
+            shared.clone(),
+            self.backend.clone(),
+            stream,
+            stop.clone(),
+        ));
         if let Some(routes) = &routes {
             tokio::spawn(routes.clone().run(self.backend.clone(), stop.clone()));
         }
@@ -715,7 +721,15 @@ impl Hub {
     }
 }
 
-async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: CancellationToken) {
+async fn consume(
+    shared: Arc<Shared>,
+    backend: Arc<dyn FanoutBackend>,
+    mut stream: BackendStream,
+    stop: CancellationToken,
+) {
+    // The last envelope received live: where a catch-up after a gap begins (see
+    // [`crate::catch_up`]).
+    let mut last_live: Option<Bytes> = None;
     loop {
         let message = tokio::select! {
             biased;
@@ -723,7 +737,15 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
             message = stream.next() => message,
         };
         match message {
-            Some(bytes) => shared.receive(&bytes, Source::Live),
+            Some(Received::Envelope(bytes)) => {
+                shared.receive(&bytes, Source::Live);
+                last_live = Some(bytes);
+            }
+            Some(Received::Gap { since }) => {
+                shared
+                    .catch_up(backend.as_ref(), since, last_live.as_deref(), &stop)
+                    .await;
+            }
             None => {
                 tracing::error!(
                     "the backend's subscription ended; this instance receives no more events"
@@ -735,6 +757,59 @@ async fn consume(shared: Arc<Shared>, mut stream: BackendStream, stop: Cancellat
 }
 
 impl Shared {
+    /// Delivers what the subscription missed in a gap, read from the history (see
+    /// [`crate::catch_up`]), before anything received after the gap.
+    async fn catch_up(
+        &self,
+        backend: &dyn FanoutBackend,
+        since: std::time::SystemTime,
+        last_live: Option<&[u8]>,
+        stop: &CancellationToken,
+    ) {
+        Stats::bump(&self.stats.gaps);
+        let Some(history) = backend.history() else {
+            Stats::bump(&self.stats.gaps_unrecovered);
+            tracing::warn!(
+                backend = backend.name(),
+                "the subscription may have missed envelopes, and there is no history to read \
+                 them from"
+            );
+            return;
+        };
+        let started = Instant::now();
+        Stats::bump(&self.stats.history_reads);
+        let read = match catch_up::read(history, since, stop).await {
+            catch_up::Read::Envelopes(read) => read,
+            catch_up::Read::Stopped => return,
+            catch_up::Read::Failed(error) => {
+                Stats::bump(&self.stats.history_read_failed);
+                Stats::bump(&self.stats.gaps_unrecovered);
+                tracing::warn!(
+                    %error,
+                    "reading the history after a gap failed for {:?}; envelopes published \
+                     meanwhile may be missing on this instance",
+                    catch_up::GIVE_UP
+                );
+                return;
+            }
+        };
+        self.stats.history_read_latency.record(started.elapsed());
+        let last_live = last_live
+            .and_then(|bytes| Envelope::decode_ref(bytes).ok())
+            .map(|envelope| envelope.id().to_owned());
+        let from = catch_up::missed_from(&read, last_live.as_deref());
+        for bytes in &read[from..] {
+            self.receive(bytes, Source::CatchUp);
+        }
+        tracing::info!(
+            read = read.len(),
+            after_last_received = read.len() - from,
+            took = ?started.elapsed(),
+            instance = %self.config.instance_id,
+            "caught up from the history after a gap"
+        );
+    }
+
     /// Reads the broker's history of the last `max_age` into the replay log (see
     /// [`crate::history`]); what arrives live afterwards under an id read here is a duplicate.
     async fn load_history(
@@ -772,6 +847,7 @@ impl Shared {
         Stats::bump(match source {
             Source::Live => &self.stats.received,
             Source::Broker => &self.stats.history_loaded,
+            Source::CatchUp => &self.stats.caught_up,
         });
         let envelope = match Envelope::decode_ref(bytes) {
             Ok(envelope) => envelope,
@@ -813,7 +889,7 @@ impl Shared {
         let report = match &self.replay {
             Some(log) => {
                 let at = match source {
-                    Source::Live => Instant::now(),
+                    Source::Live | Source::CatchUp => Instant::now(),
                     Source::Broker => published_at(envelope.ts()),
                 };
                 let mut log = lock(log);

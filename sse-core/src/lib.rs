@@ -17,6 +17,7 @@
 //! `sse_core::testkit::run_all` from a test with a factory for your backend.
 
 pub mod backend;
+mod catch_up;
 pub mod encode;
 pub mod envelope;
 pub mod event;
@@ -32,7 +33,7 @@ mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health};
+pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health, Received};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
 pub use event::{EventId, Payload, SendSseEvent};
 pub use history::{BrokerHistory, HistoryStream};

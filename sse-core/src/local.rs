@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::backend::{BackendError, BackendStream, FanoutBackend, Health};
+use crate::backend::{BackendError, BackendStream, FanoutBackend, Health, Received};
 use crate::route::SessionRoutes;
 
 /// What travels on the channel: an envelope, and the session whose route it was published to.
@@ -113,15 +113,21 @@ impl FanoutBackend for LocalBackend {
         let stream = futures_util::stream::unfold(state, |(mut rx, inner, own)| async move {
             loop {
                 match rx.recv().await {
-                    Ok((None, bytes)) => return Some((bytes, (rx, inner, own))),
+                    Ok((None, bytes)) => {
+                        return Some((Received::Envelope(bytes), (rx, inner, own)));
+                    }
                     Ok((Some(session), bytes)) => {
                         if lock(&own.routes).contains(&session) {
-                            return Some((bytes, (rx, inner, own)));
+                            return Some((Received::Envelope(bytes), (rx, inner, own)));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         inner.lagged.fetch_add(n, Ordering::Relaxed);
                         tracing::warn!(lost = n, "local backend subscriber fell behind");
+                        let gap = Received::Gap {
+                            since: std::time::SystemTime::now(),
+                        };
+                        return Some((gap, (rx, inner, own)));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }

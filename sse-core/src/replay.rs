@@ -127,6 +127,9 @@ pub(crate) enum Source {
     Live,
     /// Read from the broker's history; published at `at`.
     Broker,
+    /// Read from the broker's history after a gap in the subscription: received late, and
+    /// from then on in the log as if live.
+    CatchUp,
 }
 
 /// What [`ReplayLog::push`] did.

@@ -25,6 +25,9 @@ pub(crate) struct Stats {
     pub(crate) history_reads: AtomicU64,
     pub(crate) history_read_failed: AtomicU64,
     pub(crate) history_loaded: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) gaps_unrecovered: AtomicU64,
+    pub(crate) caught_up: AtomicU64,
     pub(crate) received_unmatched: AtomicU64,
     pub(crate) route_subscribes: AtomicU64,
     pub(crate) route_unsubscribes: AtomicU64,
@@ -79,6 +82,15 @@ pub struct StatsSnapshot {
     pub history_read_failed: u64,
     /// Envelopes read from the broker's history.
     pub history_loaded: u64,
+    /// Gaps the backend's subscription reported (it may have missed envelopes; see
+    /// [`Received::Gap`](crate::Received::Gap)).
+    pub gaps: u64,
+    /// Gaps whose history could not be read (or with no history to read): what was published
+    /// meanwhile may be missing on this instance.
+    pub gaps_unrecovered: u64,
+    /// Envelopes read after a gap that the subscription had not received (those the replay log
+    /// held already count as duplicates too).
+    pub caught_up: u64,
     /// Received targeted envelopes that matched no stream on this instance: the cost of
     /// broadcast routing (or, in session routing, of a partition shared with other sessions).
     pub received_unmatched: u64,
@@ -145,6 +157,9 @@ impl Stats {
             history_reads: get(&self.history_reads),
             history_read_failed: get(&self.history_read_failed),
             history_loaded: get(&self.history_loaded),
+            gaps: get(&self.gaps),
+            gaps_unrecovered: get(&self.gaps_unrecovered),
+            caught_up: get(&self.caught_up),
             received_unmatched: get(&self.received_unmatched),
             route_subscribes: get(&self.route_subscribes),
             route_unsubscribes: get(&self.route_unsubscribes),
