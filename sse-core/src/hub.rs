@@ -138,6 +138,11 @@ pub enum OpenError {
     /// the stream would miss its events; trying again later may succeed.
     #[error("the session's route could not be subscribed: {0}")]
     RouteUnavailable(String),
+    /// The stream resumes (`Last-Event-ID`) from an event this instance must read from the
+    /// broker's history, and the history cannot be read right now: the event may well be
+    /// there, so this is no reset; trying again later may succeed.
+    #[error("the broker's history cannot be read to resume the stream: {0}")]
+    HistoryUnavailable(String),
     /// The instance holds as many streams as it accepts.
     #[error("this instance holds its limit of {max} open streams")]
     TooManyStreams {
@@ -505,17 +510,18 @@ impl Hub {
         self.check_limits(&subscription)?;
         let route = self.route(subscription.session_id.as_ref()).await?;
         let from = match (&route, last_event_id) {
-            (Some(lease), Some(last)) => self.resume_from(lease, last).await,
+            (Some(lease), Some(last)) => self.resume_from(lease, last).await?,
             _ => ResumeFrom::Local,
         };
         self.register(subscription, last_event_id, route, from)
     }
 
-    /// Where a resume in routed delivery replays from (see [`crate::route::resume`]).
-    async fn resume_from(&self, lease: &RouteLease, last: &str) -> ResumeFrom {
+    /// Where a resume in routed delivery replays from (see [`crate::route::resume`]); an error
+    /// when the broker's history cannot be read now.
+    async fn resume_from(&self, lease: &RouteLease, last: &str) -> Result<ResumeFrom, OpenError> {
         let shared = &self.inner.shared;
         let (Some(log), Some(replay)) = (&shared.replay, shared.config.replay) else {
-            return ResumeFrom::Local;
+            return Ok(ResumeFrom::Local);
         };
         let accepts = |app: &str| shared.config.accepts(app);
         let resume = Resume {
@@ -525,18 +531,14 @@ impl Hub {
             accepts: &accepts,
             stats: &shared.stats,
         };
-        match self
-            .inner
+        self.inner
             .resumes
             .decide(resume, last, lease.covered_since())
             .await
-        {
-            Ok(from) => from,
-            Err(error) => {
+            .map_err(|error| {
                 tracing::warn!(%error, "reading the broker's history for a resume failed");
-                ResumeFrom::Unknown
-            }
-        }
+                OpenError::HistoryUnavailable(error.to_string())
+            })
     }
 
     /// Holds the session's route for a new stream, in routed delivery.
@@ -560,6 +562,7 @@ impl Hub {
     ) -> Result<EventStream, OpenError> {
         let shared = &self.inner.shared;
         let mut prelude = vec![shared.opening.clone()];
+        let mut replayed = Vec::new();
         let emitter = match last_event_id {
             None => shared.repository.register(subscription),
             Some(last) => {
@@ -577,7 +580,10 @@ impl Hub {
                                 log.since(last, session.as_deref(), &events, Instant::now())
                             }
                             ResumeFrom::Broker(read) => {
-                                read.replay(last, session.as_deref(), &events, &log)
+                                let (replay, in_flight) =
+                                    read.replay(last, session.as_deref(), &events, &log);
+                                replayed = in_flight;
+                                replay
                             }
                             ResumeFrom::Unknown => Replay::Unknown,
                         };
@@ -611,7 +617,7 @@ impl Hub {
             // Up to 10 % earlier, so streams opened together spread their reconnects.
             t.mul_f64(1.0 - fastrand::f64() * 0.1)
         });
-        Ok(EventStream::new(
+        let mut stream = EventStream::new(
             emitter,
             prelude,
             shared.farewell.clone(),
@@ -619,7 +625,9 @@ impl Hub {
             timeout,
             shared.stats.clone(),
             route,
-        ))
+        );
+        stream.skip_replayed(replayed);
+        Ok(stream)
     }
 
     fn check_limits(&self, subscription: &Subscription) -> Result<(), OpenError> {

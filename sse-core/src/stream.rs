@@ -1,6 +1,6 @@
 //! [`EventStream`]: one client's stream of SSE frames, with heartbeats and the emitter timeout.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,6 +33,31 @@ pub struct EventStream {
     ended: bool,
     /// The stream's hold on its session's route, in [routed delivery](crate::route).
     _route: Option<Box<RouteLease>>,
+    /// Replayed events that may still arrive live, in a resume from the broker's history.
+    replayed: Option<Box<Replayed>>,
+}
+
+/// How long a replayed event may still arrive live: longer than any envelope spends between
+/// its publisher and this instance.
+const REPLAYED_WINDOW: Duration = Duration::from_secs(10);
+
+/// The ids of events a stream replayed from a read of the broker's history that this
+/// instance's log did not hold yet: published while the read ran, they may arrive live after
+/// the stream opened, and such a live copy is dropped, once, within [`REPLAYED_WINDOW`].
+#[derive(Debug)]
+struct Replayed {
+    ids: HashSet<Box<[u8]>>,
+    until: Instant,
+}
+
+impl Replayed {
+    /// Whether `frame` is the live copy of a replayed event (forgotten once seen).
+    fn takes(&mut self, frame: &[u8]) -> bool {
+        frame
+            .strip_prefix(b"id: ")
+            .and_then(|rest| rest.split(|&b| b == b'\n').next())
+            .is_some_and(|id| self.ids.remove(id))
+    }
 }
 
 /// A heartbeat goes out when nothing did for `every`. The timer is not moved for every frame
@@ -76,7 +101,35 @@ impl EventStream {
             stats,
             ended: false,
             _route: route.map(Box::new),
+            replayed: None,
         }
+    }
+
+    /// Drops the live copies of these replayed events (see [`Replayed`]).
+    pub(crate) fn skip_replayed(&mut self, ids: Vec<Box<str>>) {
+        if !ids.is_empty() {
+            self.replayed = Some(Box::new(Replayed {
+                ids: ids.into_iter().map(|id| id.into_boxed_bytes()).collect(),
+                until: Instant::now() + REPLAYED_WINDOW,
+            }));
+        }
+    }
+
+    /// Whether a live frame was replayed already; lets go of the ids once their window ended
+    /// or all were seen.
+    fn replayed_already(&mut self, frame: &[u8]) -> bool {
+        let Some(replayed) = &mut self.replayed else {
+            return false;
+        };
+        if Instant::now() > replayed.until {
+            self.replayed = None;
+            return false;
+        }
+        let taken = replayed.takes(frame);
+        if replayed.ids.is_empty() {
+            self.replayed = None;
+        }
+        taken
     }
 
     /// Why the stream ended, once it has.
@@ -94,9 +147,13 @@ impl EventStream {
         if let Some(frame) = self.pop_prelude() {
             return Some(frame);
         }
-        let frame = self.emitter.try_recv()?;
-        self.sent_frame();
-        Some(frame)
+        loop {
+            let frame = self.emitter.try_recv()?;
+            if !self.replayed_already(&frame) {
+                self.sent_frame();
+                return Some(frame);
+            }
+        }
     }
 
     fn pop_prelude(&mut self) -> Option<Bytes> {
@@ -132,7 +189,13 @@ impl Stream for EventStream {
         if let Some(frame) = this.pop_prelude() {
             return Poll::Ready(Some(frame));
         }
-        match this.emitter.poll_recv(cx) {
+        let live = loop {
+            match this.emitter.poll_recv(cx) {
+                Poll::Ready(Some(frame)) if this.replayed_already(&frame) => {}
+                live => break live,
+            }
+        };
+        match live {
             Poll::Ready(Some(frame)) => {
                 this.sent_frame();
                 return Poll::Ready(Some(frame));

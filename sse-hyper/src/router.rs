@@ -405,6 +405,11 @@ impl SseRouter {
                         "route_unavailable",
                         error.to_string(),
                     ),
+                    OpenError::HistoryUnavailable(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "history_unavailable",
+                        error.to_string(),
+                    ),
                     _ => ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "too_many_streams",

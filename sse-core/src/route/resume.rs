@@ -72,6 +72,7 @@ pub(crate) struct HistoryRead {
 
 #[derive(Debug)]
 struct ReadEvent {
+    id: Box<str>,
     session: Option<Box<str>>,
     name: Box<str>,
     frame: Bytes,
@@ -85,22 +86,31 @@ impl HistoryRead {
     /// The replay of a stream of `session` and `events` after `last`, which the read holds:
     /// the read's events after it, then those `log` received since the read began that the
     /// read does not hold. Called under the log's lock, with the stream registered.
+    ///
+    /// Also the ids of the replayed events that the log does not hold yet: they may still be on
+    /// their way live (published while the read ran), and the stream must not get them twice.
     pub(crate) fn replay(
         &self,
         last: &str,
         session: Option<&str>,
         events: &EventFilter,
         log: &ReplayLog,
-    ) -> Replay {
+    ) -> (Replay, Vec<Box<str>>) {
         let Some(&at) = self.index.get(last) else {
-            return Replay::Unknown;
+            return (Replay::Unknown, Vec::new());
         };
         let wanted = |s: Option<&str>, name: &str| {
             s.is_none_or(|target| session == Some(target)) && events.matches(name)
         };
+        let mut in_flight = Vec::new();
         let mut frames: Vec<Bytes> = self.events[at + 1..]
             .iter()
             .filter(|e| wanted(e.session.as_deref(), &e.name))
+            .inspect(|e| {
+                if !log.contains(&e.id) {
+                    in_flight.push(e.id.clone());
+                }
+            })
             .map(|e| e.frame.clone())
             .collect();
         frames.extend(
@@ -108,10 +118,11 @@ impl HistoryRead {
                 .filter(|(id, _)| !self.holds(id))
                 .map(|(_, frame)| frame.clone()),
         );
-        Replay::Frames {
+        let replay = Replay::Frames {
             frames,
             from_broker: true,
-        }
+        };
+        (replay, in_flight)
     }
 }
 
@@ -161,13 +172,17 @@ impl Resumes {
                 round_down(t.checked_sub(SKEW).unwrap_or(oldest))
             })
             .max(oldest);
-        let read = self.read(&resume, history, since, covered_since).await?;
+        let read = self
+            .read(&resume, history, since, covered_since, last)
+            .await?;
         if read.holds(last) {
             return Ok(ResumeFrom::Broker(read));
         }
         if since > oldest {
             // The id's time was wrong (a publisher's own id that looks like a UUIDv7): all of it.
-            let read = self.read(&resume, history, oldest, covered_since).await?;
+            let read = self
+                .read(&resume, history, oldest, covered_since, last)
+                .await?;
             if read.holds(last) {
                 return Ok(ResumeFrom::Broker(read));
             }
@@ -176,18 +191,21 @@ impl Resumes {
     }
 
     /// A read since `since` or earlier that began after `covered_since`: the latest one when it
-    /// qualifies, a new one otherwise (one at a time).
+    /// qualifies and holds `last` (a read that began before `last` was published cannot serve
+    /// it, however far back it reaches), a new one otherwise (one at a time).
     async fn read(
         &self,
         resume: &Resume<'_>,
         history: &dyn BrokerHistory,
         since: SystemTime,
         covered_since: Instant,
+        last: &str,
     ) -> Result<Arc<HistoryRead>, BackendError> {
         let mut latest = self.latest.lock().await;
         if let Some(read) = latest.as_ref()
             && read.started >= covered_since
             && read.since <= since
+            && read.holds(last)
         {
             return Ok(read.clone());
         }
@@ -206,6 +224,7 @@ impl Resumes {
             }
             index.insert(Box::from(envelope.id()), events.len());
             events.push(ReadEvent {
+                id: Box::from(envelope.id()),
                 session: envelope.session_id().map(Box::from),
                 name: Box::from(envelope.event_name()),
                 frame: envelope.frame(),
@@ -299,9 +318,15 @@ mod tests {
         assert!(last_event_time(&future, None).is_none());
     }
 
-    /// A broker history holding a fixed list of envelopes.
+    /// A broker history holding a list of envelopes (more may be appended between reads).
     #[derive(Debug)]
-    struct Fixed(Vec<Bytes>);
+    struct Fixed(std::sync::Mutex<Vec<Bytes>>);
+
+    impl Fixed {
+        fn new(envelopes: Vec<Bytes>) -> Self {
+            Fixed(std::sync::Mutex::new(envelopes))
+        }
+    }
 
     #[async_trait::async_trait]
     impl BrokerHistory for Fixed {
@@ -309,19 +334,54 @@ mod tests {
             &self,
             _since: SystemTime,
         ) -> Result<history::HistoryStream, BackendError> {
-            let items: Vec<Result<Bytes, BackendError>> = self.0.iter().cloned().map(Ok).collect();
+            let items: Vec<Result<Bytes, BackendError>> =
+                self.0.lock().unwrap().iter().cloned().map(Ok).collect();
             Ok(Box::pin(futures_util::stream::iter(items)))
         }
     }
 
+    fn event(n: u32) -> Envelope {
+        let e = crate::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1");
+        Envelope::from_event(&e, "app", "o").unwrap()
+    }
+
+    /// Finding 2 of the exactly-once issue: a read shared between resumes began before the
+    /// event a later resume names was published; that resume must read again, not get a reset.
+    #[tokio::test]
+    async fn a_shared_read_serves_no_resume_whose_event_came_after_it() {
+        let (unknown, first, second) = (event(0), event(1), event(2));
+        let history = Fixed::new(vec![first.encode().unwrap()]);
+        let log = std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default()));
+        let stats = Stats::default();
+        let accepts = |_: &str| true;
+        let resume = || Resume {
+            history: Some(&history),
+            log: &log,
+            max_age: Duration::from_secs(300),
+            accepts: &accepts,
+            stats: &stats,
+        };
+        let resumes = Resumes::default();
+        let covered = Instant::now();
+        // An id nobody holds: read from the oldest retained time, and kept for sharing.
+        let gone = resumes
+            .decide(resume(), &unknown.id, covered)
+            .await
+            .unwrap();
+        assert!(matches!(gone, ResumeFrom::Unknown), "{gone:?}");
+        // Published after that read began.
+        history.0.lock().unwrap().push(second.encode().unwrap());
+        let from = resumes.decide(resume(), &second.id, covered).await.unwrap();
+        assert!(
+            matches!(&from, ResumeFrom::Broker(read) if read.holds(&second.id)),
+            "{from:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_read_is_shared_then_let_go() {
-        let event = |n: u32| {
-            let e = crate::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1");
-            Envelope::from_event(&e, "app", "o").unwrap()
-        };
         let (first, second) = (event(1), event(2));
-        let history = Fixed(vec![first.encode().unwrap(), second.encode().unwrap()]);
+        let history = Fixed::new(vec![first.encode().unwrap(), second.encode().unwrap()]);
         let log = std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default()));
         let stats = Stats::default();
         let accepts = |_: &str| true;
@@ -353,11 +413,17 @@ mod tests {
             1
         );
         let filter = crate::EventFilter::Any;
-        let Replay::Frames { frames, .. } = a.replay(&first.id, Some("s1"), &filter, &lock(&log))
+        let (Replay::Frames { frames, .. }, in_flight) =
+            a.replay(&first.id, Some("s1"), &filter, &lock(&log))
         else {
             panic!("nothing replayed")
         };
         assert_eq!(frames.len(), 1, "what followed the last event");
+        assert_eq!(
+            in_flight,
+            vec![Box::from(second.id.as_str())],
+            "not in the log yet"
+        );
         drop((a, b));
         tokio::time::sleep(KEEP_READ + Duration::from_secs(1)).await;
         assert!(resumes.latest.lock().await.is_none(), "the read was let go");
