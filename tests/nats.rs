@@ -60,3 +60,26 @@ async fn subscribe_holds_before_it_returns_every_time() {
 async fn a_cut_connection_catches_up_from_the_history() {
     common::fanout::cut_connection_on(Broker::Nats, connect, forget).await;
 }
+
+/// A backend that never lost its connection counts no reconnect (finding 6 of the exactly-once
+/// issue: the first connection's own `Connected` event, which can come after `connect`
+/// returned, was counted as one and set off a catch-up), and its subscription reports no gap;
+/// a real disconnect is counted once it is back (`restart_suite` covers that).
+#[tokio::test]
+async fn a_fresh_connection_counts_no_reconnect() {
+    let Some(url) = common::brokers::url(Broker::Nats).await else {
+        return;
+    };
+    let subject = common::unique("fresh");
+    let _forget = common::backends::Forget::new(&url, &subject, forget);
+    for round in 0..20 {
+        let backend = NatsBackend::connect(&url, &subject).await.unwrap();
+        let mut stream = backend.subscribe().await.unwrap();
+        // The client's events are delivered by a task of its own; give them time to arrive.
+        let item =
+            sse_core::testkit::next_item_within(&mut stream, Duration::from_millis(100)).await;
+        assert!(item.is_none(), "round {round}: {item:?}");
+        assert_eq!(backend.reconnects(), 0, "round {round}");
+        backend.close().await.unwrap();
+    }
+}

@@ -141,6 +141,16 @@ const HELP: &[(&str, bool, &str)] = &[
         true,
         "Envelopes read from the broker's history.",
     ),
+    (
+        "sse_backend_gaps_total",
+        true,
+        "Gaps the backend's subscription reported, by outcome: caught up from the history, or unrecovered (what was published meanwhile may be missing here).",
+    ),
+    (
+        "sse_events_caught_up_total",
+        true,
+        "Envelopes read after a gap that the subscription had not received.",
+    ),
     ("sse_build_info", false, "The hub's version; always 1."),
 ];
 
@@ -246,6 +256,13 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     counter!("sse_history_reads_total", "instance" => i()).absolute(s.history_reads);
     counter!("sse_history_read_failed_total", "instance" => i()).absolute(s.history_read_failed);
     counter!("sse_history_events_loaded_total", "instance" => i()).absolute(s.history_loaded);
+    for (outcome, value) in [
+        ("caught_up", s.gaps.saturating_sub(s.gaps_unrecovered)),
+        ("unrecovered", s.gaps_unrecovered),
+    ] {
+        counter!("sse_backend_gaps_total", "instance" => i(), "outcome" => outcome).absolute(value);
+    }
+    counter!("sse_events_caught_up_total", "instance" => i()).absolute(s.caught_up);
     let mut text = handle.render();
     let histograms = [
         hub.publish_latency(),

@@ -16,12 +16,20 @@ pub struct OwnBroker {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Redis: keeps its data across a kill (append-only file), as a production Redis does.
+    durable: bool,
 }
 
 impl OwnBroker {
     /// Starts a `kind` broker of this test's own; `None` (after saying so, or failing when
     /// brokers are required) when its server is not installed here.
     pub async fn start(kind: Broker) -> Option<OwnBroker> {
+        Self::start_with(kind, false).await
+    }
+
+    /// As [`start`](Self::start); a `durable` Redis keeps its data across a kill (every write
+    /// goes to its append-only file before it answers). The other brokers keep theirs anyway.
+    pub async fn start_with(kind: Broker, durable: bool) -> Option<OwnBroker> {
         let program = program(kind)?;
         if Command::new(program)
             .arg(if kind == Broker::Kafka {
@@ -50,6 +58,7 @@ impl OwnBroker {
             port: free_port(),
             dir,
             child: None,
+            durable,
         };
         own.launch().await;
         Some(own)
@@ -89,6 +98,14 @@ impl OwnBroker {
         let dir = self.dir.to_str().unwrap().to_owned();
         let mut command = Command::new(program(self.kind).unwrap());
         match self.kind {
+            Broker::Redis if self.durable => command.args(redis_args(&port)).args([
+                "--dir",
+                &dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]),
             Broker::Redis => command.args(redis_args(&port)).args(["--dir", &dir]),
             Broker::Nats => command.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir]),
             // Nisshi keeps its topics in PostgreSQL (a database of the tests' own), so they

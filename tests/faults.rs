@@ -1,0 +1,526 @@
+//! The randomized fault test of exactly-once delivery: three hub processes on a broker of the
+//! test's own, clients that move between random hubs with `Last-Event-ID` (as a browser's
+//! EventSource does), two publishers mixing targeted events and broadcasts, and faults drawn from
+//! a seed: hubs killed (SIGKILL) or drained (SIGTERM) and started again, the broker killed and
+//! started again with its data. At the end a checker compares, per client, everything it
+//! received across its reconnects with every publish that got `202`: lost, duplicated, another
+//! session's, reordered within a publisher, or a reset.
+//!
+//! A failing run prints its seed; `SSE_FAULT_SEED=<seed>` replays the same draws (the timing of
+//! a real system still varies). `SSE_FAULT_SECONDS` sets how long faults go on (default 20 s per
+//! run); `bash scripts/faults.sh` runs longer ones with fresh seeds.
+#![cfg(any(feature = "redis", feature = "nats", feature = "rabbit"))]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::backends::hub_args;
+use common::brokers::{Broker, Outage};
+use common::cluster::{HubProcess, free_port, wait_healthy};
+use common::own::OwnBroker;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const HUBS: usize = 3;
+const SESSIONS: usize = 8;
+/// Clients per session (on different hubs, most of the time).
+const PER_SESSION: usize = 2;
+const PUBLISHERS: usize = 2;
+/// Pause between one publisher's publishes (about 60 events/s from two publishers).
+const PUBLISH_EVERY: Duration = Duration::from_millis(30);
+
+/// One publish attempt, as its publisher saw it.
+#[derive(Debug, Clone)]
+struct Publish {
+    publisher: usize,
+    n: u64,
+    session: Option<String>,
+    /// When the request was sent.
+    sent: Instant,
+    /// The event's id when the hub answered `202`; `None` for any other outcome (the event may
+    /// or may not have gone out).
+    acked: Option<String>,
+}
+
+/// What one client received, across all its streams.
+#[derive(Debug, Default)]
+struct History {
+    /// When its first stream was answered `200`: events published after it are its to receive.
+    first_open: Option<Instant>,
+    events: Vec<Seen>,
+    opens: usize,
+    refused: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    event: String,
+    data: String,
+}
+
+/// The hub processes, by slot: a slot is empty while its hub is down.
+struct Hubs {
+    ports: Vec<u16>,
+    args: Vec<String>,
+    slots: Vec<Mutex<Option<HubProcess>>>,
+}
+
+impl Hubs {
+    async fn start(args: Vec<String>) -> Hubs {
+        let ports: Vec<u16> = (0..HUBS).map(|_| free_port()).collect();
+        let mut slots = Vec::new();
+        for &port in &ports {
+            slots.push(Mutex::new(Some(HubProcess::ready(port, &args).await)));
+        }
+        Hubs { ports, args, slots }
+    }
+
+    fn take(&self, slot: usize) -> Option<HubProcess> {
+        self.slots[slot].lock().unwrap().take()
+    }
+
+    /// Starts the hub of `slot` again, if it is down, and waits until it is ready.
+    async fn restore(&self, slot: usize) {
+        if self.slots[slot].lock().unwrap().is_some() {
+            return;
+        }
+        let hub = HubProcess::start(self.ports[slot], &self.args);
+        *self.slots[slot].lock().unwrap() = Some(hub);
+        wait_healthy(self.ports[slot]).await;
+    }
+}
+
+/// The faults of one run, for the summary.
+#[derive(Debug, Default)]
+struct Faults {
+    kills: usize,
+    drains: usize,
+    broker_restarts: usize,
+}
+
+struct Run {
+    broker: Broker,
+    backend: &'static str,
+    routing: &'static str,
+    seed: u64,
+    seconds: u64,
+}
+
+fn seed() -> u64 {
+    std::env::var("SSE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..))
+}
+
+fn seconds() -> u64 {
+    std::env::var("SSE_FAULT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// One client: opens a stream on a random hub (again after every loss, or when it decides to
+/// move), with the last id it received, and keeps everything it gets.
+async fn client(
+    session: String,
+    ports: Vec<u16>,
+    mut rng: fastrand::Rng,
+    history: Arc<Mutex<History>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let http = common::client();
+    let mut last_id: Option<String> = None;
+    while !stop.is_cancelled() {
+        let port = ports[rng.usize(..ports.len())];
+        let url =
+            format!("http://127.0.0.1:{port}/sse/event-stream?eventName=e&sessionId={session}");
+        let mut request = http.get(&url).header("accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let stay = Duration::from_millis(rng.u64(500..5_000));
+        match tokio::time::timeout(Duration::from_secs(5), request.send()).await {
+            Ok(Ok(response)) if response.status() == 200 => {
+                {
+                    let mut h = history.lock().unwrap();
+                    h.opens += 1;
+                    h.first_open.get_or_insert_with(Instant::now);
+                }
+                let mut events = response.bytes_stream().eventsource();
+                let until = tokio::time::sleep(stay);
+                tokio::pin!(until);
+                loop {
+                    let event = tokio::select! {
+                        () = &mut until => break,
+                        () = stop.cancelled() => break,
+                        event = events.next() => event,
+                    };
+                    let Some(Ok(event)) = event else { break };
+                    if !event.id.is_empty() {
+                        last_id = Some(event.id.clone());
+                    }
+                    history.lock().unwrap().events.push(Seen {
+                        id: event.id,
+                        event: event.event,
+                        data: event.data,
+                    });
+                }
+            }
+            Ok(Ok(_)) => history.lock().unwrap().refused += 1,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..300))).await;
+    }
+}
+
+/// One publisher: targeted events (to a random session) and broadcasts, through random hubs.
+async fn publisher(
+    me: usize,
+    ports: Vec<u16>,
+    sessions: Vec<String>,
+    mut rng: fastrand::Rng,
+    log: Arc<Mutex<Vec<Publish>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let http = common::client();
+    let mut n = 0;
+    while !stop.is_cancelled() {
+        // Seven in ten targeted, the rest broadcasts.
+        let session = (rng.u8(..10) < 7).then(|| sessions[rng.usize(..sessions.len())].clone());
+        let mut body = json!({"eventName": "e", "payload": {"p": me, "n": n}});
+        if let Some(s) = &session {
+            body["sessionId"] = s.clone().into();
+        }
+        let port = ports[rng.usize(..ports.len())];
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            http.post(format!("http://127.0.0.1:{port}/sse/publish"))
+                .json(&body)
+                .send(),
+        )
+        .await;
+        let acked = match answer {
+            Ok(Ok(response)) if response.status() == 202 => response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_owned)),
+            _ => None,
+        };
+        log.lock().unwrap().push(Publish {
+            publisher: me,
+            n,
+            session,
+            sent,
+            acked,
+        });
+        n += 1;
+        tokio::time::sleep(PUBLISH_EVERY).await;
+    }
+}
+
+/// Draws faults until `until`: a hub killed or drained and started again, now and then the
+/// broker killed and started again.
+async fn faults(
+    hubs: &Hubs,
+    broker: &mut OwnBroker,
+    rng: &mut fastrand::Rng,
+    until: Instant,
+) -> Faults {
+    let mut done = Faults::default();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
+        match rng.u8(..10) {
+            0 | 1 => {
+                let down = Duration::from_millis(rng.u64(500..3_000));
+                broker.run(Box::pin(tokio::time::sleep(down))).await;
+                done.broker_restarts += 1;
+            }
+            2..=5 => {
+                let slot = rng.usize(..HUBS);
+                if let Some(hub) = hubs.take(slot) {
+                    hub.kill();
+                    done.kills += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.u64(200..1_500))).await;
+                hubs.restore(slot).await;
+            }
+            _ => {
+                let slot = rng.usize(..HUBS);
+                if let Some(hub) = hubs.take(slot) {
+                    // The drain takes up to a few seconds; clients move meanwhile.
+                    tokio::task::spawn_blocking(move || hub.terminate())
+                        .await
+                        .unwrap();
+                    done.drains += 1;
+                }
+                hubs.restore(slot).await;
+            }
+        }
+    }
+    done
+}
+
+/// What the checker found wrong with one client's history.
+fn check(
+    session: &str,
+    history: &History,
+    publishes: &[Publish],
+    problems: &mut Vec<String>,
+) -> usize {
+    let by_id: HashMap<&str, &Publish> = publishes
+        .iter()
+        .filter_map(|p| p.acked.as_deref().map(|id| (id, p)))
+        .collect();
+    // Payloads of publishes without an answer: they may have gone out.
+    let unacked: HashSet<(usize, u64)> = publishes
+        .iter()
+        .filter(|p| p.acked.is_none())
+        .map(|p| (p.publisher, p.n))
+        .collect();
+    let mut seen_ids = HashSet::new();
+    let mut last_n: HashMap<usize, u64> = HashMap::new();
+    let mut received = 0;
+    for event in &history.events {
+        if event.event == sse_fanout::RESET_EVENT {
+            problems.push(format!("{session}: reset {}", event.data));
+            continue;
+        }
+        received += 1;
+        if !seen_ids.insert(event.id.as_str()) {
+            problems.push(format!("{session}: {} ({}) twice", event.id, event.data));
+            continue;
+        }
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        let (p, n) = (
+            data["p"].as_u64().unwrap() as usize,
+            data["n"].as_u64().unwrap(),
+        );
+        match by_id.get(event.id.as_str()) {
+            Some(publish) if publish.session.as_deref().is_some_and(|s| s != session) => {
+                problems.push(format!("{session}: another session's event {}", event.id));
+            }
+            Some(_) => {}
+            None if unacked.contains(&(p, n)) => {}
+            None => problems.push(format!("{session}: an event nobody published: {event:?}")),
+        }
+        if let Some(&before) = last_n.get(&p)
+            && n <= before
+        {
+            problems.push(format!(
+                "{session}: publisher {p}'s n={n} after n={before} ({})",
+                event.id
+            ));
+        }
+        last_n.insert(p, n);
+    }
+    let Some(first_open) = history.first_open else {
+        problems.push(format!("{session}: never opened a stream"));
+        return received;
+    };
+    for publish in publishes {
+        let Some(id) = &publish.acked else { continue };
+        let mine = publish.session.as_deref().is_none_or(|s| s == session);
+        if mine && publish.sent > first_open && !seen_ids.contains(id.as_str()) {
+            problems.push(format!(
+                "{session}: lost {id} (publisher {} n={}, {})",
+                publish.publisher,
+                publish.n,
+                publish.session.as_deref().unwrap_or("broadcast")
+            ));
+        }
+    }
+    received
+}
+
+async fn run(run: Run) {
+    let Some(mut broker) = OwnBroker::start_with(run.broker, true).await else {
+        return;
+    };
+    let mut rng = fastrand::Rng::with_seed(run.seed);
+    let channel = common::unique("faults");
+    let args = hub_args(
+        run.backend,
+        &broker.url(),
+        &channel,
+        &[
+            "--routing",
+            run.routing,
+            "--route-linger",
+            "500ms",
+            "--retry",
+            "1",
+            "--heartbeat",
+            "2",
+        ],
+    );
+    let hubs = Hubs::start(args).await;
+    let sessions: Vec<String> = (0..SESSIONS).map(|i| format!("s{i}")).collect();
+    let stop_clients = tokio_util::sync::CancellationToken::new();
+    let stop_publishers = tokio_util::sync::CancellationToken::new();
+    let mut clients = Vec::new();
+    for session in &sessions {
+        for _ in 0..PER_SESSION {
+            let history = Arc::new(Mutex::new(History::default()));
+            let task = tokio::spawn(client(
+                session.clone(),
+                hubs.ports.clone(),
+                fastrand::Rng::with_seed(rng.u64(..)),
+                history.clone(),
+                stop_clients.clone(),
+            ));
+            clients.push((session.clone(), history, task));
+        }
+    }
+    // Every client has a stream before anything is published or broken.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while clients
+        .iter()
+        .any(|(_, h, _)| h.lock().unwrap().first_open.is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "seed {}: clients did not connect",
+            run.seed
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log: Arc<Mutex<Vec<Publish>>> = Arc::default();
+    let mut publishers = Vec::new();
+    for me in 0..PUBLISHERS {
+        publishers.push(tokio::spawn(publisher(
+            me,
+            hubs.ports.clone(),
+            sessions.clone(),
+            fastrand::Rng::with_seed(rng.u64(..)),
+            log.clone(),
+            stop_publishers.clone(),
+        )));
+    }
+    let until = Instant::now() + Duration::from_secs(run.seconds);
+    let faults = faults(&hubs, &mut broker, &mut rng, until).await;
+    // Calm again: every hub up, publishing stopped, then time for clients to come back and
+    // hubs to catch up.
+    for slot in 0..HUBS {
+        hubs.restore(slot).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_publishers.cancel();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop_clients.cancel();
+    let publishes = log.lock().unwrap().clone();
+    let mut problems = Vec::new();
+    let mut received = 0;
+    let (mut opens, mut refused) = (0, 0);
+    for (session, history, task) in clients {
+        task.await.unwrap();
+        let history = history.lock().unwrap();
+        received += check(&session, &history, &publishes, &mut problems);
+        opens += history.opens;
+        refused += history.refused;
+    }
+    let acked = publishes.iter().filter(|p| p.acked.is_some()).count();
+    println!(
+        "faults: seed={} backend={} routing={} seconds={} publishes={} acked={acked} \
+         received={received} opens={opens} refused={refused} kills={} drains={} \
+         broker_restarts={} problems={}",
+        run.seed,
+        run.backend,
+        run.routing,
+        run.seconds,
+        publishes.len(),
+        faults.kills,
+        faults.drains,
+        faults.broker_restarts,
+        problems.len()
+    );
+    for problem in problems.iter().take(40) {
+        println!("  {problem}");
+    }
+    assert!(
+        problems.is_empty(),
+        "seed {} ({} {} routing): {} problems, the first: {}; replay with SSE_FAULT_SEED={}",
+        run.seed,
+        run.backend,
+        run.routing,
+        problems.len(),
+        problems[0],
+        run.seed
+    );
+    // Nothing published must have been nothing tested.
+    assert!(
+        acked > 100 && received > 100,
+        "seed {}: too little traffic",
+        run.seed
+    );
+}
+
+/// The runs share the machine's two cores: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+macro_rules! fault_run {
+    ($feature:literal, $broker:expr, $backend:literal, $routing:literal, $name:ident $(, $ignore:meta)?) => {
+        #[cfg(feature = $feature)]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$ignore])?
+        async fn $name() {
+            let _one = ONE_AT_A_TIME.lock().await;
+            run(Run {
+                broker: $broker,
+                backend: $backend,
+                routing: $routing,
+                seed: seed(),
+                seconds: seconds(),
+            })
+            .await;
+        }
+    };
+}
+
+fault_run!(
+    "redis",
+    Broker::Redis,
+    "redis",
+    "broadcast",
+    redis_broadcast
+);
+fault_run!("redis", Broker::Redis, "redis", "session", redis_session);
+fault_run!("nats", Broker::Nats, "nats", "broadcast", nats_broadcast);
+fault_run!(
+    "rabbit",
+    Broker::Rabbit,
+    "rabbit",
+    "broadcast",
+    rabbit_broadcast
+);
+// Session routing on NATS and RabbitMQ: a targeted event and a broadcast can reach two
+// instances in different orders (finding 3 of the exactly-once issue, still open), so a client
+// that moves right then gets one twice or misses it. These runs find it within 20 s.
+fault_run!(
+    "nats",
+    Broker::Nats,
+    "nats",
+    "session",
+    nats_session,
+    ignore = "known to fail: NATS orders a session's route and the broadcast subject differently per instance (issue 22, finding 3)"
+);
+fault_run!(
+    "rabbit",
+    Broker::Rabbit,
+    "rabbit",
+    "session",
+    rabbit_session,
+    ignore = "known to fail: RabbitMQ orders the routes exchange and the broadcast exchange differently per instance (issue 22, finding 3)"
+);
