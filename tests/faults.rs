@@ -270,6 +270,21 @@ async fn faults(
     done
 }
 
+/// The event id an SSE `id` names: in session routing the id is a cursor, `<event>~<other>`,
+/// with `~` and `\` in the event id escaped by `\` (see `sse_core::route`'s cursor).
+fn event_id(sse_id: &str) -> String {
+    let mut id = String::new();
+    let mut chars = sse_id.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => id.extend(chars.next()),
+            '~' => break,
+            c => id.push(c),
+        }
+    }
+    id
+}
+
 /// What the checker found wrong with one client's history.
 fn check(
     session: &str,
@@ -287,7 +302,7 @@ fn check(
         .filter(|p| p.acked.is_none())
         .map(|p| (p.publisher, p.n))
         .collect();
-    let mut seen_ids = HashSet::new();
+    let mut seen_ids: HashSet<String> = HashSet::new();
     let mut last_n: HashMap<usize, u64> = HashMap::new();
     let mut received = 0;
     for event in &history.events {
@@ -296,7 +311,8 @@ fn check(
             continue;
         }
         received += 1;
-        if !seen_ids.insert(event.id.as_str()) {
+        let id = event_id(&event.id);
+        if !seen_ids.insert(id.clone()) {
             problems.push(format!("{session}: {} ({}) twice", event.id, event.data));
             continue;
         }
@@ -305,7 +321,7 @@ fn check(
             data["p"].as_u64().unwrap() as usize,
             data["n"].as_u64().unwrap(),
         );
-        match by_id.get(event.id.as_str()) {
+        match by_id.get(id.as_str()) {
             Some(publish) if publish.session.as_deref().is_some_and(|s| s != session) => {
                 problems.push(format!("{session}: another session's event {}", event.id));
             }

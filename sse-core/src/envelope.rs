@@ -298,9 +298,15 @@ impl<'a> EnvelopeRef<'a> {
     /// [`to_sse`](Self::to_sse) for an envelope already validated (as
     /// [`Envelope::decode_ref`] does): the hub's receive path checks each envelope once.
     pub(crate) fn frame(&self) -> Bytes {
+        self.frame_as(self.id())
+    }
+
+    /// The frame with `id` as its `id` field (a cursor, in session routing); `id` holds no CR,
+    /// LF or NUL when the envelope's own id holds none.
+    pub(crate) fn frame_as(&self, id: &str) -> Bytes {
         let data = data(self.payload);
         encode::Event::new(&data)
-            .id(self.id())
+            .id(id)
             .name(self.event_name())
             .encode_checked()
     }

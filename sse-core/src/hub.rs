@@ -2,7 +2,7 @@
 //! is filtered by application, encoded once and delivered to this instance's streams.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use crate::history;
 use crate::memory::InMemoryEmitterRepository;
 use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
+use crate::route::cursor::{self, Cursor, Cursors};
 use crate::route::resume::{Resume, ResumeFrom, Resumes};
 use crate::route::{RouteLease, RouteTable, Routing};
 use crate::stats::{LatencySnapshot, LogLimit, Stats, StatsSnapshot};
@@ -296,6 +297,7 @@ impl HubBuilder {
             farewell: encode::retry(self.config.shutdown_retry),
             replay: self.config.replay.map(|c| Mutex::new(ReplayLog::new(c))),
             malformed_log: LogLimit::default(),
+            last_broadcast: Mutex::new(cursor::since(std::time::SystemTime::now())),
             config: self.config,
             stats,
         });
@@ -377,6 +379,9 @@ struct Shared {
     replay: Option<Mutex<ReplayLog>>,
     /// Malformed envelopes are logged at most once a second.
     malformed_log: LogLimit,
+    /// In session routing: the last broadcast received, escaped for a cursor (`@ms` before the
+    /// first), which routed events' frames carry (see [`crate::route::cursor`]).
+    last_broadcast: Mutex<String>,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -509,16 +514,30 @@ impl Hub {
     ) -> Result<EventStream, OpenError> {
         self.check_limits(&subscription)?;
         let route = self.route(subscription.session_id.as_ref()).await?;
-        let from = match (&route, last_event_id) {
-            (Some(lease), Some(last)) => self.resume_from(lease, last).await?,
+        let routing = matches!(self.inner.shared.config.routing, Routing::Session { .. });
+        let cursor = last_event_id.map(|last| match routing {
+            true => Cursor::parse(last),
+            false => Cursor::plain(last),
+        });
+        let from = match (&route, &cursor) {
+            (Some(lease), Some(cursor)) => {
+                let session = subscription.session_id.as_deref();
+                self.resume_from(lease, cursor, session).await?
+            }
             _ => ResumeFrom::Local,
         };
-        self.register(subscription, last_event_id, route, from)
+        let resumed = last_event_id.zip(cursor.as_ref());
+        self.register(subscription, resumed, route, from)
     }
 
     /// Where a resume in routed delivery replays from (see [`crate::route::resume`]); an error
     /// when the broker's history cannot be read now.
-    async fn resume_from(&self, lease: &RouteLease, last: &str) -> Result<ResumeFrom, OpenError> {
+    async fn resume_from(
+        &self,
+        lease: &RouteLease,
+        cursor: &Cursor,
+        session: Option<&str>,
+    ) -> Result<ResumeFrom, OpenError> {
         let shared = &self.inner.shared;
         let (Some(log), Some(replay)) = (&shared.replay, shared.config.replay) else {
             return Ok(ResumeFrom::Local);
@@ -533,7 +552,7 @@ impl Hub {
         };
         self.inner
             .resumes
-            .decide(resume, last, lease.covered_since())
+            .decide(resume, cursor, session, lease.covered_since())
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "reading the broker's history for a resume failed");
@@ -556,16 +575,21 @@ impl Hub {
     fn register(
         &self,
         subscription: Subscription,
-        last_event_id: Option<&str>,
+        resumed: Option<(&str, &Cursor)>,
         route: Option<RouteLease>,
         from: ResumeFrom,
     ) -> Result<EventStream, OpenError> {
         let shared = &self.inner.shared;
         let mut prelude = vec![shared.opening.clone()];
         let mut replayed = Vec::new();
-        let emitter = match last_event_id {
+        // In session routing, a session's stream writes its place in the routed source into
+        // broadcasts' ids (see `route::cursor`): where it starts.
+        let routing = matches!(shared.config.routing, Routing::Session { .. });
+        let mut routed_from = (routing && subscription.session_id.is_some())
+            .then(|| cursor::since(std::time::SystemTime::now()));
+        let emitter = match resumed {
             None => shared.repository.register(subscription),
-            Some(last) => {
+            Some((last, cursor)) => {
                 let session = subscription.session_id.clone();
                 let events = subscription.events.clone();
                 // Registering under the log's lock, which the receiving task holds from appending
@@ -577,11 +601,22 @@ impl Hub {
                         let emitter = shared.repository.register(subscription);
                         let replay = match &from {
                             ResumeFrom::Local => {
-                                log.since(last, session.as_deref(), &events, Instant::now())
+                                if let Some(from) = &mut routed_from {
+                                    *from = cursor.routed_part(log.session_of(&cursor.event));
+                                }
+                                log.since_cursor(
+                                    cursor,
+                                    session.as_deref(),
+                                    &events,
+                                    Instant::now(),
+                                )
                             }
                             ResumeFrom::Broker(read) => {
+                                if let Some(from) = &mut routed_from {
+                                    *from = cursor.routed_part(read.session_of(&cursor.event));
+                                }
                                 let (replay, in_flight) =
-                                    read.replay(last, session.as_deref(), &events, &log);
+                                    read.replay(cursor, session.as_deref(), &events, &log);
                                 replayed = in_flight;
                                 replay
                             }
@@ -627,6 +662,9 @@ impl Hub {
             route,
         );
         stream.skip_replayed(replayed);
+        if let Some(from) = routed_from {
+            stream.write_cursors(Cursors::new(from));
+        }
         Ok(stream)
     }
 
@@ -882,8 +920,21 @@ impl Shared {
             );
             return;
         }
-        // `decode_ref` validated it: every field encodes.
-        let frame = envelope.frame();
+        let session = envelope.session_id();
+        // `decode_ref` validated it: every field encodes. In session routing the id is a
+        // cursor over the stream's two sources (see `route::cursor`).
+        let routed = matches!(self.config.routing, Routing::Session { .. });
+        let frame = match (routed, session) {
+            (false, _) => envelope.frame(),
+            (true, None) => envelope.frame_as(&cursor::broadcast_id(envelope.id())),
+            (true, Some(_)) => {
+                let last = self
+                    .last_broadcast
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                envelope.frame_as(&cursor::routed_id(envelope.id(), &last))
+            }
+        };
         let _span = tracing::debug_span!(
             "deliver",
             event_id = envelope.id(),
@@ -891,7 +942,6 @@ impl Shared {
             origin = envelope.origin().unwrap_or(""),
         )
         .entered();
-        let session = envelope.session_id();
         let event_name = envelope.event_name();
         let target = session.map_or(Target::Broadcast, Target::Session);
         let report = match &self.replay {
@@ -908,10 +958,18 @@ impl Shared {
                     tracing::debug!(event_id = envelope.id(), "already delivered; skipped");
                     return;
                 }
+
                 self.repository.deliver(target, event_name, &frame)
             }
             None => self.repository.deliver(target, event_name, &frame),
         };
+        if routed && session.is_none() {
+            *self
+                .last_broadcast
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                cursor::escape(envelope.id()).into_owned();
+        }
         Stats::add(&self.stats.delivered, report.queued);
         self.stats.closed_slow(report.closed_slow);
         if report.queued == 0 && session.is_some() && matches!(source, Source::Live) {

@@ -8,12 +8,13 @@
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::repository::EventFilter;
+use crate::route::cursor::{self, Cursor, Starts};
 
 /// How much history an instance keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +250,9 @@ impl ReplayLog {
         }
     }
 
-    /// The frames after `last_id` for a stream of `session` (broadcasts included) and `events`.
+    /// The frames after `last_id` for a stream of `session` (broadcasts included) and `events`:
+    /// a plain id's resume.
+    #[cfg(test)]
     pub(crate) fn since(
         &mut self,
         last_id: &str,
@@ -257,27 +260,49 @@ impl ReplayLog {
         events: &EventFilter,
         now: Instant,
     ) -> Replay {
+        self.since_cursor(&Cursor::plain(last_id), session, events, now)
+    }
+
+    /// The frames a stream of `session` and `events` resumes with after `cursor` (see
+    /// [`crate::route::cursor`]): each of its sources from its own position; `Unknown` when the
+    /// log does not hold the positions the cursor names.
+    pub(crate) fn since_cursor(
+        &mut self,
+        cursor: &Cursor,
+        session: Option<&str>,
+        events: &EventFilter,
+        now: Instant,
+    ) -> Replay {
         self.evict(now);
-        let Some(found) = self.find(self.hasher.hash_one(last_id), last_id) else {
+        let Some(starts) = self.starts(cursor, session) else {
             return Replay::Unknown;
         };
-        let first = self.entries.front().map_or(0, |e| e.seq);
-        let start = usize::try_from(found.seq + 1 - first).unwrap_or(usize::MAX);
-        let from_broker = found.from_broker;
+        let from_broker = self
+            .find(self.hasher.hash_one(&cursor.event), &cursor.event)
+            .is_some_and(|e| e.from_broker);
         let frames = self
             .entries
-            .range(start.min(self.entries.len())..)
-            .filter(|e| match e.session() {
-                None => true,
-                Some(target) => session == Some(target),
-            })
-            .filter(|e| events.matches(e.event_name()))
-            .map(|e| e.frame.clone())
+            .iter()
+            .enumerate()
+            .skip(starts.first())
+            .filter(|(i, e)| starts.replays(*i, e.session(), session))
+            .filter(|(_, e)| events.matches(e.event_name()))
+            .map(|(_, e)| e.frame.clone())
             .collect();
         Replay::Frames {
             frames,
             from_broker,
         }
+    }
+
+    /// The session of the event with this id (`Some(None)`: a broadcast), when the log holds it.
+    pub(crate) fn session_of(&self, id: &str) -> Option<Option<&str>> {
+        self.find(self.hasher.hash_one(id), id).map(Entry::session)
+    }
+
+    /// Where each source of a stream of `session` resumes after `cursor` in this log.
+    pub(crate) fn starts(&self, cursor: &Cursor, session: Option<&str>) -> Option<Starts> {
+        cursor::starts(cursor, session, &LogSequence::new(self))
     }
 
     /// The sequence number the next pushed envelope gets.
@@ -312,6 +337,45 @@ impl ReplayLog {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// The log as a [`cursor::Sequence`]: entries by position, publish times from arrival times.
+struct LogSequence<'a> {
+    log: &'a ReplayLog,
+    now: (Instant, SystemTime),
+}
+
+impl<'a> LogSequence<'a> {
+    fn new(log: &'a ReplayLog) -> Self {
+        LogSequence {
+            log,
+            now: (Instant::now(), SystemTime::now()),
+        }
+    }
+}
+
+impl cursor::Sequence for LogSequence<'_> {
+    fn len(&self) -> usize {
+        self.log.entries.len()
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let entry = self.log.find(self.log.hasher.hash_one(id), id)?;
+        let first = self.log.entries.front().map_or(0, |e| e.seq);
+        usize::try_from(entry.seq - first).ok()
+    }
+
+    fn session(&self, i: usize) -> Option<&str> {
+        self.log.entries[i].session()
+    }
+
+    fn published(&self, i: usize) -> SystemTime {
+        let age = self.now.0.saturating_duration_since(self.log.entries[i].at);
+        self.now
+            .1
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::BackendError;
 
+pub(crate) mod cursor;
 pub(crate) mod resume;
 mod table;
 pub(crate) use table::{RouteLease, RouteTable};

@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::repository::{CloseReason, Emitter};
 use crate::route::RouteLease;
+use crate::route::cursor::Cursors;
 use crate::stats::Stats;
 
 /// The frames one client receives: an opening comment sent at once (so that proxies and clients see
@@ -35,6 +36,9 @@ pub struct EventStream {
     _route: Option<Box<RouteLease>>,
     /// Replayed events that may still arrive live, in a resume from the broker's history.
     replayed: Option<Box<Replayed>>,
+    /// In session routing, a session's stream: its place in the routed source, written into
+    /// broadcasts' ids (see [`crate::route::cursor`]).
+    cursors: Option<Box<Cursors>>,
 }
 
 /// How long a replayed event may still arrive live: longer than any envelope spends between
@@ -43,7 +47,9 @@ const REPLAYED_WINDOW: Duration = Duration::from_secs(10);
 
 /// The ids of events a stream replayed from a read of the broker's history that this
 /// instance's log did not hold yet: published while the read ran, they may arrive live after
-/// the stream opened, and such a live copy is dropped, once, within [`REPLAYED_WINDOW`].
+/// the stream opened, and such a live copy is dropped, once, within [`REPLAYED_WINDOW`]. (Such
+/// reads serve session routing, where a frame's id is a cursor whose event part is the id,
+/// escaped: the set holds escaped ids.)
 #[derive(Debug)]
 struct Replayed {
     ids: HashSet<Box<[u8]>>,
@@ -56,7 +62,7 @@ impl Replayed {
         frame
             .strip_prefix(b"id: ")
             .and_then(|rest| rest.split(|&b| b == b'\n').next())
-            .is_some_and(|id| self.ids.remove(id))
+            .is_some_and(|field| self.ids.remove(crate::route::cursor::event_part(field)))
     }
 }
 
@@ -102,6 +108,20 @@ impl EventStream {
             ended: false,
             _route: route.map(Box::new),
             replayed: None,
+            cursors: None,
+        }
+    }
+
+    /// Writes the stream's cursors into its frames' ids (see [`Cursors`]).
+    pub(crate) fn write_cursors(&mut self, cursors: Cursors) {
+        self.cursors = Some(Box::new(cursors));
+    }
+
+    /// A frame as this stream writes it.
+    fn out(&mut self, frame: Bytes) -> Bytes {
+        match &mut self.cursors {
+            Some(cursors) => cursors.write(frame),
+            None => frame,
         }
     }
 
@@ -109,7 +129,13 @@ impl EventStream {
     pub(crate) fn skip_replayed(&mut self, ids: Vec<Box<str>>) {
         if !ids.is_empty() {
             self.replayed = Some(Box::new(Replayed {
-                ids: ids.into_iter().map(|id| id.into_boxed_bytes()).collect(),
+                ids: ids
+                    .into_iter()
+                    .map(|id| {
+                        let escaped = crate::route::cursor::escape(&id).into_owned();
+                        escaped.into_bytes().into_boxed_slice()
+                    })
+                    .collect(),
                 until: Instant::now() + REPLAYED_WINDOW,
             }));
         }
@@ -145,13 +171,13 @@ impl EventStream {
             return None;
         }
         if let Some(frame) = self.pop_prelude() {
-            return Some(frame);
+            return Some(self.out(frame));
         }
         loop {
             let frame = self.emitter.try_recv()?;
             if !self.replayed_already(&frame) {
                 self.sent_frame();
-                return Some(frame);
+                return Some(self.out(frame));
             }
         }
     }
@@ -187,7 +213,7 @@ impl Stream for EventStream {
             return Poll::Ready(None);
         }
         if let Some(frame) = this.pop_prelude() {
-            return Poll::Ready(Some(frame));
+            return Poll::Ready(Some(this.out(frame)));
         }
         let live = loop {
             match this.emitter.poll_recv(cx) {
@@ -198,7 +224,7 @@ impl Stream for EventStream {
         match live {
             Poll::Ready(Some(frame)) => {
                 this.sent_frame();
-                return Poll::Ready(Some(frame));
+                return Poll::Ready(Some(this.out(frame)));
             }
             // The repository let go of the stream: slow client or shutdown, already recorded.
             Poll::Ready(None) => {

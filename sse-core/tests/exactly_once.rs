@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 /// live subscription.
 #[derive(Debug, Default)]
 struct Script {
-    history: Mutex<Vec<Bytes>>,
+    /// Shared by the instances of one test: the broker's one history.
+    history: std::sync::Arc<Mutex<Vec<Bytes>>>,
     history_down: AtomicBool,
     live: Mutex<Option<mpsc::UnboundedSender<Received>>>,
     routes: Mutex<HashSet<String>>,
@@ -134,7 +135,15 @@ fn event(n: u32) -> (String, Bytes) {
 }
 
 async fn hub() -> (Hub, std::sync::Arc<Script>) {
-    let script = std::sync::Arc::new(Script::default());
+    hub_on(std::sync::Arc::default()).await
+}
+
+/// A hub whose broker history is `history` (shared with other hubs of the test).
+async fn hub_on(history: std::sync::Arc<Mutex<Vec<Bytes>>>) -> (Hub, std::sync::Arc<Script>) {
+    let script = std::sync::Arc::new(Script {
+        history,
+        ..Script::default()
+    });
     let hub = Hub::builder_arc(script.clone())
         .routing(Routing::session())
         .heartbeat(None)
@@ -146,16 +155,35 @@ async fn hub() -> (Hub, std::sync::Arc<Script>) {
 
 /// The payloads of the events `stream` holds now, waiting up to 200 ms for each.
 async fn received(stream: &mut EventStream) -> Vec<u32> {
+    received_with_ids(stream)
+        .await
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// The ids and payloads of the events `stream` holds now, waiting up to 200 ms for each.
+async fn received_with_ids(stream: &mut EventStream) -> Vec<(String, u32)> {
     let mut got = Vec::new();
     while let Ok(Some(frame)) =
         tokio::time::timeout(Duration::from_millis(200), stream.next()).await
     {
         let text = String::from_utf8(frame.to_vec()).unwrap();
+        let id = text.lines().find_map(|l| l.strip_prefix("id: "));
         if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-            got.push(data.parse().unwrap());
+            got.push((id.unwrap().to_owned(), data.parse().unwrap()));
         }
     }
     got
+}
+
+/// A broadcast numbered `n`, as another instance published it.
+fn broadcast(n: u32) -> Bytes {
+    let event = SendSseEvent::new("e", json!(n));
+    Envelope::from_event(&event, "sse-fanout", "elsewhere")
+        .unwrap()
+        .encode()
+        .unwrap()
 }
 
 async fn resume(hub: &Hub, last: &str) -> Result<EventStream, OpenError> {
@@ -222,4 +250,62 @@ async fn a_resume_while_the_history_is_unreadable_is_refused_not_reset() {
     script.record(&next);
     let mut stream = resume(&hub, &id).await.unwrap();
     assert_eq!(received(&mut stream).await, vec![1]);
+}
+
+/// Finding 3: a routed event and a broadcast reach two instances in opposite orders. A client
+/// on hub A leaves right after the broadcast, before A received the routed event; hub B had
+/// the routed event first. With ids that are positions in one instance's interleaving, B
+/// replayed nothing after the broadcast: the routed event was lost. And a client that had both
+/// on A got the routed event twice on B. The cursor ids name a place in each source.
+#[tokio::test]
+async fn a_client_moving_between_instances_that_ordered_two_sources_differently_gets_each_once() {
+    // Lost: A delivers b10 first; the history (and B) have r11 first.
+    let history: std::sync::Arc<Mutex<Vec<Bytes>>> = std::sync::Arc::default();
+    let (a, on_a) = hub_on(history.clone()).await;
+    let (b, _) = hub_on(history.clone()).await;
+    let mut stream = a
+        .open_stream(Some("s1".into()), EventFilter::Any)
+        .await
+        .unwrap();
+    let (_, routed) = event(11);
+    on_a.record(&routed);
+    on_a.publish_live(&broadcast(10));
+    let got = received_with_ids(&mut stream).await;
+    assert_eq!(got.iter().map(|(_, n)| *n).collect::<Vec<_>>(), vec![10]);
+    drop(stream); // left before r11 reached A
+    let mut moved = resume(&b, &got[0].0).await.unwrap();
+    assert_eq!(
+        received(&mut moved).await,
+        vec![11],
+        "on B after {}",
+        got[0].0
+    );
+
+    // Twice: A delivers r21 then b20; the history (and B) have b20 first.
+    let history: std::sync::Arc<Mutex<Vec<Bytes>>> = std::sync::Arc::default();
+    let (a, on_a) = hub_on(history.clone()).await;
+    let (b, _) = hub_on(history.clone()).await;
+    let mut stream = a
+        .open_stream(Some("s1".into()), EventFilter::Any)
+        .await
+        .unwrap();
+    let (_, routed) = event(21);
+    let all = broadcast(20);
+    on_a.record(&all);
+    on_a.record(&routed);
+    on_a.deliver(Received::Envelope(routed));
+    on_a.deliver(Received::Envelope(all));
+    let got = received_with_ids(&mut stream).await;
+    assert_eq!(
+        got.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![21, 20]
+    );
+    drop(stream);
+    let mut moved = resume(&b, &got[1].0).await.unwrap();
+    assert_eq!(
+        received(&mut moved).await,
+        Vec::<u32>::new(),
+        "on B after {}",
+        got[1].0
+    );
 }

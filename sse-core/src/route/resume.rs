@@ -34,6 +34,7 @@ use crate::envelope::Envelope;
 use crate::history::{self, BrokerHistory};
 use crate::replay::{Replay, ReplayLog};
 use crate::repository::EventFilter;
+use crate::route::cursor::{self, Cursor, Other};
 use crate::stats::Stats;
 
 /// How long after its route was subscribed an event must have arrived for the local log to be
@@ -75,44 +76,94 @@ struct ReadEvent {
     id: Box<str>,
     session: Option<Box<str>>,
     name: Box<str>,
+    /// When its publisher published it.
+    published: SystemTime,
+    /// Its frame with its plain id: a replay writes the cursor in (see [`cursor`]).
     frame: Bytes,
 }
 
+impl cursor::Sequence for HistoryRead {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    fn session(&self, i: usize) -> Option<&str> {
+        self.events[i].session.as_deref()
+    }
+
+    fn published(&self, i: usize) -> SystemTime {
+        self.events[i].published
+    }
+}
+
 impl HistoryRead {
+    /// Whether the read holds the positions `cursor` names, for a stream of `session`.
+    fn serves(&self, cursor: &Cursor, session: Option<&str>) -> bool {
+        cursor::starts(cursor, session, self).is_some()
+    }
+
     fn holds(&self, id: &str) -> bool {
         self.index.contains_key(id)
     }
 
-    /// The replay of a stream of `session` and `events` after `last`, which the read holds:
-    /// the read's events after it, then those `log` received since the read began that the
-    /// read does not hold. Called under the log's lock, with the stream registered.
+    /// The replay of a stream of `session` and `events` after `cursor`, whose positions the
+    /// read holds: the read's events after them (each source from its own), then those `log`
+    /// received since the read began that the read does not hold. Called under the log's lock,
+    /// with the stream registered.
     ///
     /// Also the ids of the replayed events that the log does not hold yet: they may still be on
     /// their way live (published while the read ran), and the stream must not get them twice.
     pub(crate) fn replay(
         &self,
-        last: &str,
+        cursor: &Cursor,
         session: Option<&str>,
         events: &EventFilter,
         log: &ReplayLog,
     ) -> (Replay, Vec<Box<str>>) {
-        let Some(&at) = self.index.get(last) else {
+        let Some(starts) = cursor::starts(cursor, session, self) else {
             return (Replay::Unknown, Vec::new());
         };
-        let wanted = |s: Option<&str>, name: &str| {
-            s.is_none_or(|target| session == Some(target)) && events.matches(name)
+        // The stream's place in the broadcasts as the replay goes on: what routed events'
+        // frames carry. Before the read's first broadcast at or after it, the cursor's own.
+        let initial = match (&cursor.other, self.session_of(&cursor.event)) {
+            (_, Some(None)) => cursor::escape(&cursor.event).into_owned(),
+            (Other::After(id), _) => cursor::escape(id).into_owned(),
+            (Other::Since(t), _) => cursor::since(*t),
+            (Other::Unnamed, _) => cursor::since(self.since),
         };
+        let mut last_broadcast: Option<usize> = None;
         let mut in_flight = Vec::new();
-        let mut frames: Vec<Bytes> = self.events[at + 1..]
-            .iter()
-            .filter(|e| wanted(e.session.as_deref(), &e.name))
-            .inspect(|e| {
+        let mut frames = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            let replayed = i >= starts.first()
+                && starts.replays(i, e.session.as_deref(), session)
+                && events.matches(&e.name);
+            if replayed {
+                let id = match e.session {
+                    None => cursor::broadcast_id(&e.id),
+                    Some(_) => {
+                        let broadcast = match last_broadcast {
+                            Some(b) if b + 1 >= starts.broadcasts => {
+                                cursor::escape(&self.events[b].id).into_owned()
+                            }
+                            _ => initial.clone(),
+                        };
+                        cursor::routed_id(&e.id, &broadcast)
+                    }
+                };
+                frames.push(cursor::with_id(&e.frame, &id));
                 if !log.contains(&e.id) {
                     in_flight.push(e.id.clone());
                 }
-            })
-            .map(|e| e.frame.clone())
-            .collect();
+            }
+            if e.session.is_none() {
+                last_broadcast = Some(i);
+            }
+        }
         frames.extend(
             log.matching_from(self.seq, session, events)
                 .filter(|(id, _)| !self.holds(id))
@@ -123,6 +174,13 @@ impl HistoryRead {
             from_broker: true,
         };
         (replay, in_flight)
+    }
+
+    /// The session of the event with this id (`Some(None)`: a broadcast), when the read holds it.
+    pub(crate) fn session_of(&self, id: &str) -> Option<Option<&str>> {
+        self.index
+            .get(id)
+            .map(|&i| self.events[i].session.as_deref())
     }
 }
 
@@ -152,13 +210,18 @@ impl Resumes {
     pub(crate) async fn decide(
         &self,
         resume: Resume<'_>,
-        last: &str,
+        cursor: &Cursor,
+        session: Option<&str>,
         covered_since: Instant,
     ) -> Result<ResumeFrom, BackendError> {
-        let arrived = lock(resume.log).arrived(last);
-        if let Some((at, false)) = arrived
-            && at >= covered_since + GUARD
-        {
+        let (local, times) = {
+            let log = lock(resume.log);
+            (
+                log_serves(&log, cursor, session, covered_since),
+                cursor_times(&log, cursor),
+            )
+        };
+        if local {
             return Ok(ResumeFrom::Local);
         }
         let Some(history) = resume.history else {
@@ -167,23 +230,23 @@ impl Resumes {
         let oldest = SystemTime::now()
             .checked_sub(resume.max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let since = last_event_time(last, arrived.map(|(at, _)| at))
+        let since = times
             .map_or(oldest, |t| {
                 round_down(t.checked_sub(SKEW).unwrap_or(oldest))
             })
             .max(oldest);
         let read = self
-            .read(&resume, history, since, covered_since, last)
+            .read(&resume, history, since, covered_since, cursor, session)
             .await?;
-        if read.holds(last) {
+        if read.serves(cursor, session) {
             return Ok(ResumeFrom::Broker(read));
         }
         if since > oldest {
-            // The id's time was wrong (a publisher's own id that looks like a UUIDv7): all of it.
+            // An id's time was wrong (a publisher's own id that looks like a UUIDv7): all of it.
             let read = self
-                .read(&resume, history, oldest, covered_since, last)
+                .read(&resume, history, oldest, covered_since, cursor, session)
                 .await?;
-            if read.holds(last) {
+            if read.serves(cursor, session) {
                 return Ok(ResumeFrom::Broker(read));
             }
         }
@@ -191,21 +254,23 @@ impl Resumes {
     }
 
     /// A read since `since` or earlier that began after `covered_since`: the latest one when it
-    /// qualifies and holds `last` (a read that began before `last` was published cannot serve
-    /// it, however far back it reaches), a new one otherwise (one at a time).
+    /// qualifies and holds the positions `cursor` names (a read that began before its event was
+    /// published cannot serve it, however far back it reaches), a new one otherwise (one at a
+    /// time).
     async fn read(
         &self,
         resume: &Resume<'_>,
         history: &dyn BrokerHistory,
         since: SystemTime,
         covered_since: Instant,
-        last: &str,
+        cursor: &Cursor,
+        session: Option<&str>,
     ) -> Result<Arc<HistoryRead>, BackendError> {
         let mut latest = self.latest.lock().await;
         if let Some(read) = latest.as_ref()
             && read.started >= covered_since
             && read.since <= since
-            && read.holds(last)
+            && read.serves(cursor, session)
         {
             return Ok(read.clone());
         }
@@ -225,6 +290,9 @@ impl Resumes {
             index.insert(Box::from(envelope.id()), events.len());
             events.push(ReadEvent {
                 id: Box::from(envelope.id()),
+                published: envelope.ts().map_or_else(SystemTime::now, |ms| {
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+                }),
                 session: envelope.session_id().map(Box::from),
                 name: Box::from(envelope.event_name()),
                 frame: envelope.frame(),
@@ -262,6 +330,53 @@ impl Resumes {
         });
         Ok(read)
     }
+}
+
+/// Whether the log alone serves a resume after `cursor` for a stream of `session` whose route
+/// has covered this instance since `covered_since`: it holds the positions the cursor names,
+/// and every event of the session after the routed one reached this instance (it arrived live
+/// at least [`GUARD`] after the route was subscribed).
+fn log_serves(
+    log: &ReplayLog,
+    cursor: &Cursor,
+    session: Option<&str>,
+    covered_since: Instant,
+) -> bool {
+    if log.starts(cursor, session).is_none() {
+        return false;
+    }
+    let covered = |id: &str| {
+        log.arrived(id)
+            .is_some_and(|(at, from_broker)| !from_broker && at >= covered_since + GUARD)
+    };
+    let event_is_routed = log.session_of(&cursor.event).is_some_and(|s| s.is_some());
+    match &cursor.other {
+        _ if event_is_routed => covered(&cursor.event),
+        Other::Unnamed => covered(&cursor.event),
+        Other::After(id) => covered(id),
+        Other::Since(t) => {
+            let from = t
+                .checked_sub(cursor::SINCE_MARGIN)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let age = SystemTime::now().duration_since(from).unwrap_or_default();
+            Instant::now()
+                .checked_sub(age)
+                .is_some_and(|from| from >= covered_since + GUARD)
+        }
+    }
+}
+
+/// The earliest time a read for `cursor` must reach back to: the publishing time of each
+/// position it names.
+fn cursor_times(log: &ReplayLog, cursor: &Cursor) -> Option<SystemTime> {
+    let time = |id: &str| last_event_time(id, log.arrived(id).map(|(at, _)| at));
+    let event = time(&cursor.event)?;
+    let other = match &cursor.other {
+        Other::Unnamed => Some(event),
+        Other::After(id) => time(id),
+        Other::Since(t) => t.checked_sub(cursor::SINCE_MARGIN),
+    }?;
+    Some(event.min(other))
 }
 
 /// When the event `last` was published, as far as the hub can tell: the timestamp of a UUIDv7
@@ -365,13 +480,16 @@ mod tests {
         let covered = Instant::now();
         // An id nobody holds: read from the oldest retained time, and kept for sharing.
         let gone = resumes
-            .decide(resume(), &unknown.id, covered)
+            .decide(resume(), &Cursor::plain(&unknown.id), Some("s1"), covered)
             .await
             .unwrap();
         assert!(matches!(gone, ResumeFrom::Unknown), "{gone:?}");
         // Published after that read began.
         history.0.lock().unwrap().push(second.encode().unwrap());
-        let from = resumes.decide(resume(), &second.id, covered).await.unwrap();
+        let from = resumes
+            .decide(resume(), &Cursor::plain(&second.id), Some("s1"), covered)
+            .await
+            .unwrap();
         assert!(
             matches!(&from, ResumeFrom::Broker(read) if read.holds(&second.id)),
             "{from:?}"
@@ -394,11 +512,17 @@ mod tests {
         };
         let resumes = Resumes::default();
         let covered = Instant::now();
-        let ResumeFrom::Broker(a) = resumes.decide(resume(), &first.id, covered).await.unwrap()
+        let ResumeFrom::Broker(a) = resumes
+            .decide(resume(), &Cursor::plain(&first.id), Some("s1"), covered)
+            .await
+            .unwrap()
         else {
             panic!("not from the broker")
         };
-        let ResumeFrom::Broker(b) = resumes.decide(resume(), &first.id, covered).await.unwrap()
+        let ResumeFrom::Broker(b) = resumes
+            .decide(resume(), &Cursor::plain(&first.id), Some("s1"), covered)
+            .await
+            .unwrap()
         else {
             panic!("not from the broker")
         };
@@ -414,7 +538,7 @@ mod tests {
         );
         let filter = crate::EventFilter::Any;
         let (Replay::Frames { frames, .. }, in_flight) =
-            a.replay(&first.id, Some("s1"), &filter, &lock(&log))
+            a.replay(&Cursor::plain(&first.id), Some("s1"), &filter, &lock(&log))
         else {
             panic!("nothing replayed")
         };
