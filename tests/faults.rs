@@ -54,6 +54,9 @@ struct History {
     /// When its first stream was answered `200`: events published after it are its to receive.
     first_open: Option<Instant>,
     events: Vec<Seen>,
+    /// Each stream it opened: where its events begin in `events`, the hub's port and the
+    /// `Last-Event-ID` it sent (to tell where a duplicate came from).
+    streams: Vec<(usize, u16, Option<String>)>,
     opens: usize,
     refused: usize,
 }
@@ -153,6 +156,8 @@ async fn client(
                     let mut h = history.lock().unwrap();
                     h.opens += 1;
                     h.first_open.get_or_insert_with(Instant::now);
+                    let at = h.events.len();
+                    h.streams.push((at, port, last_id.clone()));
                 }
                 let mut events = response.bytes_stream().eventsource();
                 let until = tokio::time::sleep(stay);
@@ -313,7 +318,29 @@ fn check(
         received += 1;
         let id = event_id(&event.id);
         if !seen_ids.insert(id.clone()) {
-            problems.push(format!("{session}: {} ({}) twice", event.id, event.data));
+            // Which streams it came on.
+            let on: Vec<String> = history
+                .events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| event_id(&e.id) == id)
+                .map(|(i, _)| {
+                    let (_, port, last) = history
+                        .streams
+                        .iter()
+                        .rev()
+                        .find(|(at, _, _)| *at <= i)
+                        .cloned()
+                        .unwrap_or((0, 0, None));
+                    format!("#{i} on {port} after {last:?}")
+                })
+                .collect();
+            problems.push(format!(
+                "{session}: {} ({}) twice: {}",
+                event.id,
+                event.data,
+                on.join("; ")
+            ));
             continue;
         }
         let data: Value = serde_json::from_str(&event.data).unwrap();
