@@ -564,7 +564,12 @@ async fn run(run: Run) {
         refused += history.refused;
     }
     let acked = publishes.iter().filter(|p| p.acked.is_some()).count();
-    println!(
+    // Straight to the process's stderr (past the harness's capture): the seed and what was
+    // found must be seen in a passing run too.
+    use std::io::Write;
+    let mut out = std::io::stderr().lock();
+    let _ = writeln!(
+        out,
         "faults: seed={} backend={} routing={} seconds={} publishes={} acked={acked} \
          received={received} opens={opens} refused={refused} kills={} drains={} \
          broker_restarts={} races={} problems={}",
@@ -580,11 +585,12 @@ async fn run(run: Run) {
         problems.len()
     );
     for problem in problems.iter().take(40) {
-        println!("  {problem}");
+        let _ = writeln!(out, "  {problem}");
     }
     for race in races.iter().take(10) {
-        println!("  race: {race}");
+        let _ = writeln!(out, "  race: {race}");
     }
+    drop(out);
     assert!(
         problems.is_empty(),
         "seed {} ({} {} routing): {} problems, the first: {}; replay with SSE_FAULT_SEED={}",

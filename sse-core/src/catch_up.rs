@@ -33,6 +33,10 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between two reads of one gap.
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
+/// How long one read may take before it counts as failed (and is tried again): a backend whose
+/// read hangs does not hold up live delivery for longer than this.
+const ATTEMPT: Duration = Duration::from_secs(10);
+
 /// How long the hub keeps trying to read one gap (a broker that is back for the subscription
 /// may still refuse reads for a moment, e.g. a JetStream leader being elected) before it gives
 /// up, logs and counts the gap as unrecovered.
@@ -66,6 +70,14 @@ pub(crate) async fn read(
                 envelopes.push(item?);
             }
             Ok::<_, BackendError>(envelopes)
+        };
+        let attempt = async {
+            tokio::time::timeout(ATTEMPT, attempt)
+                .await
+                .unwrap_or(Err(BackendError::Timeout {
+                    backend: "history",
+                    after: ATTEMPT,
+                }))
         };
         let error = tokio::select! {
             () = stop.cancelled() => return Read::Stopped,

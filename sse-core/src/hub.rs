@@ -958,7 +958,6 @@ impl Shared {
                     tracing::debug!(event_id = envelope.id(), "already delivered; skipped");
                     return;
                 }
-
                 self.repository.deliver(target, event_name, &frame)
             }
             None => self.repository.deliver(target, event_name, &frame),

@@ -280,14 +280,14 @@ impl ReplayLog {
         let from_broker = self
             .find(self.hasher.hash_one(&cursor.event), &cursor.event)
             .is_some_and(|e| e.from_broker);
+        let first = starts.first().min(self.entries.len());
         let frames = self
             .entries
-            .iter()
-            .enumerate()
-            .skip(starts.first())
-            .filter(|(i, e)| starts.replays(*i, e.session(), session))
-            .filter(|(_, e)| events.matches(e.event_name()))
-            .map(|(_, e)| e.frame.clone())
+            .range(first..)
+            .zip(first..)
+            .filter(|(e, i)| starts.replays(*i, e.session(), session))
+            .filter(|(e, _)| events.matches(e.event_name()))
+            .map(|(e, _)| e.frame.clone())
             .collect();
         Replay::Frames {
             frames,
