@@ -49,6 +49,13 @@ for backend in redis nats rabbit kafka; do
   run resume --backend "$backend" --backend-url "$url" --channel "bench.resume.$stamp" \
     --url http://127.0.0.1:8096 --streams "$streams" --behind 100 --preload "$fill" \
     --hub-bin "$bin/sse-fanout"
+  # The same storm in session routing: the 100 events are one session's, and its 10 000
+  # streams resume on a fresh instance from one read of the broker's history (Kafka: refused).
+  if [ "$backend" != kafka ]; then
+    run resume --backend "$backend" --backend-url "$url" --channel "bench.resume-routed.$stamp" \
+      --url http://127.0.0.1:8096 --streams "$streams" --behind 100 --preload "$fill" \
+      --hub-bin "$bin/sse-fanout" --routing session
+  fi
   for history in on off; do
     run publish-cost --backend "$backend" --backend-url "$url" \
       --channel "bench.cost.$history.$stamp" --rate 1000 --seconds "$seconds" --history "$history"

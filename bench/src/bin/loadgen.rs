@@ -244,6 +244,11 @@ struct ResumeArgs {
     /// The hub binary to start as the fresh instance (its `--listen` is `--url`'s address).
     #[arg(long)]
     hub_bin: std::path::PathBuf,
+    /// `session`: the events behind are targeted to one session, whose every stream resumes on
+    /// the fresh instance in session routing (its route is subscribed first, then the broker's
+    /// history read once for them all); `broadcast`: broadcasts, in broadcast routing.
+    #[arg(long, default_value = "broadcast")]
+    routing: String,
 }
 
 #[derive(Debug, Args)]
@@ -1134,11 +1139,20 @@ async fn opens(args: OpensArgs) -> anyhow::Result<Value> {
 
 /// A hub of app `bench` inside the load tool, on `broker`.
 async fn bench_hub(broker: &BrokerArgs) -> anyhow::Result<Hub> {
+    bench_hub_routing(broker, sse_fanout::Routing::Broadcast).await
+}
+
+/// The load tool's own hub, routing as `routing` says.
+async fn bench_hub_routing(
+    broker: &BrokerArgs,
+    routing: sse_fanout::Routing,
+) -> anyhow::Result<Hub> {
     let instance = format!("loadgen-{}", std::process::id());
     let backend = connect_backend(broker, &instance, "bench").await?;
     Ok(Hub::builder_arc(backend)
         .app_name("bench")
         .instance_id(instance)
+        .routing(routing)
         .start()
         .await?)
 }
@@ -1183,7 +1197,13 @@ async fn publish_cost(args: PublishCostArgs) -> anyhow::Result<Value> {
 async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
     let broker = &args.broker;
     let s = &args.streams;
-    let hub = bench_hub(broker).await?;
+    let routed = args.routing == "session";
+    let routing = match routed {
+        true => sse_fanout::Routing::session(),
+        false => sse_fanout::Routing::Broadcast,
+    };
+    let hub = bench_hub_routing(broker, routing).await?;
+    const SESSION: &str = "bench-resume";
     let filler = |n| sse_fanout::SendSseEvent::new("preload", pump::payload(n));
     for chunk in (0..args.preload).collect::<Vec<_>>().chunks(500) {
         let sends = chunk.iter().map(|&n| hub.publish(filler(n)));
@@ -1193,9 +1213,11 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
     }
     let mut first = None;
     for n in 0..=args.behind {
-        let id = hub
-            .publish(sse_fanout::SendSseEvent::new("bench", pump::payload(n)))
-            .await?;
+        let mut event = sse_fanout::SendSseEvent::new("bench", pump::payload(n));
+        if routed {
+            event = event.to_session(SESSION);
+        }
+        let id = hub.publish(event).await?;
         first.get_or_insert(id);
     }
     hub.shutdown().await.ok();
@@ -1217,6 +1239,7 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
         ])
         .args(["--app-name", "bench", "--broker-history", &broker.history])
         .args(["--emitter-timeout", "0", "--queue-size", "1024"])
+        .args(["--routing", &args.routing])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -1230,7 +1253,10 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
     let ready_secs = started.elapsed().as_secs_f64();
 
     let mut streams = s.clone();
-    streams.path = format!("{}?lastEventId={first}", s.path);
+    streams.path = match routed {
+        true => format!("{}?lastEventId={first}&sessionId={SESSION}", s.path),
+        false => format!("{}?lastEventId={first}", s.path),
+    };
     let opening = Instant::now();
     let (mut workers, ready) = Workers::open(&streams, false).await?;
     let want = ready.open as u64 * args.behind;
@@ -1249,6 +1275,7 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "resume",
         "backend": kind,
+        "routing": args.routing,
         "history": broker.history,
         "streams": ready.open,
         "behind": args.behind,

@@ -78,8 +78,12 @@ struct ReadEvent {
     name: Box<str>,
     /// When its publisher published it.
     published: SystemTime,
-    /// Its frame with its plain id: a replay writes the cursor in (see [`cursor`]).
+    /// Its frame with a cursor id (see [`cursor`]): a broadcast's with the other part left for
+    /// each stream, a routed event's after the read's last broadcast before it (`before`); one
+    /// before any broadcast of the read has its plain id, and a replay writes the cursor in.
     frame: Bytes,
+    /// The index of the read's last broadcast before this event.
+    before: Option<usize>,
 }
 
 impl cursor::Sequence for HistoryRead {
@@ -135,33 +139,23 @@ impl HistoryRead {
             (Other::Since(t), _) => cursor::since(*t),
             (Other::Unnamed, _) => cursor::since(self.since),
         };
-        let mut last_broadcast: Option<usize> = None;
         let mut in_flight = Vec::new();
         let mut frames = Vec::new();
-        for (i, e) in self.events.iter().enumerate() {
-            let replayed = i >= starts.first()
-                && starts.replays(i, e.session.as_deref(), session)
-                && events.matches(&e.name);
-            if replayed {
-                let id = match e.session {
-                    None => cursor::broadcast_id(&e.id),
-                    Some(_) => {
-                        let broadcast = match last_broadcast {
-                            Some(b) if b + 1 >= starts.broadcasts => {
-                                cursor::escape(&self.events[b].id).into_owned()
-                            }
-                            _ => initial.clone(),
-                        };
-                        cursor::routed_id(&e.id, &broadcast)
-                    }
-                };
-                frames.push(cursor::with_id(&e.frame, &id));
-                if !log.contains(&e.id) {
-                    in_flight.push(e.id.clone());
-                }
+        for (i, e) in self.events.iter().enumerate().skip(starts.first()) {
+            if !(starts.replays(i, e.session.as_deref(), session) && events.matches(&e.name)) {
+                continue;
             }
-            if e.session.is_none() {
-                last_broadcast = Some(i);
+            let frame = match (&e.session, e.before) {
+                // The read's frame: the stream is past that broadcast (it had it, or it was
+                // replayed).
+                (None, _) => e.frame.clone(),
+                (Some(_), Some(b)) if b + 1 >= starts.broadcasts => e.frame.clone(),
+                // The stream's place in the broadcasts is its cursor's.
+                (Some(_), _) => cursor::with_id(&e.frame, &cursor::routed_id(&e.id, &initial)),
+            };
+            frames.push(frame);
+            if !log.contains(&e.id) {
+                in_flight.push(e.id.clone());
             }
         }
         frames.extend(
@@ -278,8 +272,11 @@ impl Resumes {
         *latest = None;
         let seq = lock(resume.log).next_seq();
         let started = Instant::now();
-        let mut events = Vec::new();
+        let mut events: Vec<ReadEvent> = Vec::new();
         let mut index = HashMap::new();
+        // The read's last broadcast so far: escaped, and its index.
+        let mut last_broadcast: Option<String> = None;
+        let mut last_broadcast_at: Option<usize> = None;
         let read = history::read_into(history, since, |bytes| {
             let Ok(envelope) = Envelope::decode_ref(bytes) else {
                 return;
@@ -295,8 +292,19 @@ impl Resumes {
                 }),
                 session: envelope.session_id().map(Box::from),
                 name: Box::from(envelope.event_name()),
-                frame: envelope.frame(),
+                // The frame most replays write: a broadcast's placeholder, or a routed event
+                // after the read's last broadcast before it.
+                frame: match (envelope.session_id(), &last_broadcast) {
+                    (None, _) => envelope.frame_as(&cursor::broadcast_id(envelope.id())),
+                    (Some(_), Some(b)) => envelope.frame_as(&cursor::routed_id(envelope.id(), b)),
+                    (Some(_), None) => envelope.frame(),
+                },
+                before: last_broadcast_at,
             });
+            if envelope.session_id().is_none() {
+                last_broadcast = Some(cursor::escape(envelope.id()).into_owned());
+                last_broadcast_at = Some(events.len() - 1);
+            }
         })
         .await;
         Stats::bump(&resume.stats.history_reads);
