@@ -42,8 +42,9 @@ pub struct EventStream {
 }
 
 /// How long a replayed event may still arrive live: longer than any envelope spends between
-/// its publisher and this instance.
-const REPLAYED_WINDOW: Duration = Duration::from_secs(10);
+/// its publisher and this instance, and than a broker outage the catch-up after it follows
+/// (the catch-up tries for 30 s).
+const REPLAYED_WINDOW: Duration = Duration::from_secs(60);
 
 /// The ids of events a stream replayed from a read of the broker's history that this
 /// instance's log did not hold yet: published while the read ran, they may arrive live after

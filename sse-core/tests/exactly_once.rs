@@ -252,6 +252,18 @@ async fn a_resume_while_the_history_is_unreadable_is_refused_not_reset() {
     assert_eq!(received(&mut stream).await, vec![1]);
 }
 
+/// Hubs A and B on one broker history, and a stream of session `s1` on A.
+async fn two_hubs_and_a_stream_on_the_first() -> (Hub, std::sync::Arc<Script>, Hub, EventStream) {
+    let history: std::sync::Arc<Mutex<Vec<Bytes>>> = std::sync::Arc::default();
+    let (a, on_a) = hub_on(history.clone()).await;
+    let (b, _) = hub_on(history).await;
+    let stream = a
+        .open_stream(Some("s1".into()), EventFilter::Any)
+        .await
+        .unwrap();
+    (a, on_a, b, stream)
+}
+
 /// Finding 3: a routed event and a broadcast reach two instances in opposite orders. A client
 /// on hub A leaves right after the broadcast, before A received the routed event; hub B had
 /// the routed event first. With ids that are positions in one instance's interleaving, B
@@ -260,13 +272,7 @@ async fn a_resume_while_the_history_is_unreadable_is_refused_not_reset() {
 #[tokio::test]
 async fn a_client_moving_between_instances_that_ordered_two_sources_differently_gets_each_once() {
     // Lost: A delivers b10 first; the history (and B) have r11 first.
-    let history: std::sync::Arc<Mutex<Vec<Bytes>>> = std::sync::Arc::default();
-    let (a, on_a) = hub_on(history.clone()).await;
-    let (b, _) = hub_on(history.clone()).await;
-    let mut stream = a
-        .open_stream(Some("s1".into()), EventFilter::Any)
-        .await
-        .unwrap();
+    let (_a, on_a, b, mut stream) = two_hubs_and_a_stream_on_the_first().await;
     let (_, routed) = event(11);
     on_a.record(&routed);
     on_a.publish_live(&broadcast(10));
@@ -282,13 +288,7 @@ async fn a_client_moving_between_instances_that_ordered_two_sources_differently_
     );
 
     // Twice: A delivers r21 then b20; the history (and B) have b20 first.
-    let history: std::sync::Arc<Mutex<Vec<Bytes>>> = std::sync::Arc::default();
-    let (a, on_a) = hub_on(history.clone()).await;
-    let (b, _) = hub_on(history.clone()).await;
-    let mut stream = a
-        .open_stream(Some("s1".into()), EventFilter::Any)
-        .await
-        .unwrap();
+    let (_a, on_a, b, mut stream) = two_hubs_and_a_stream_on_the_first().await;
     let (_, routed) = event(21);
     let all = broadcast(20);
     on_a.record(&all);
@@ -308,4 +308,28 @@ async fn a_client_moving_between_instances_that_ordered_two_sources_differently_
         "on B after {}",
         got[1].0
     );
+}
+
+/// Found by the fault test (a seed on Redis, session routing): a client resumed on a hub whose
+/// subscription had stopped receiving (its broker was going down) with the id of an event the
+/// hub had never received; the read of the history served the resume; then the subscription
+/// reported the gap, and catching up delivered what came after its last envelope, which held
+/// the client's own last event, a second time. The stream drops every event the hub may still
+/// receive that it had.
+#[tokio::test]
+async fn catching_up_after_a_resume_repeats_nothing_the_stream_had() {
+    let (hub, script) = hub().await;
+    script.publish_live(&broadcast(0));
+    let events: Vec<(String, Bytes)> = (1..4).map(event).collect();
+    for (_, envelope) in &events {
+        script.record(envelope); // published while this hub's subscription was down
+    }
+    let mut stream = resume(&hub, &events[1].0).await.unwrap();
+    assert_eq!(received(&mut stream).await, vec![3]);
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(60),
+    });
+    let (_, after) = event(4);
+    script.publish_live(&after);
+    assert_eq!(received(&mut stream).await, vec![4]);
 }

@@ -119,8 +119,10 @@ impl HistoryRead {
     /// received since the read began that the read does not hold. Called under the log's lock,
     /// with the stream registered.
     ///
-    /// Also the ids of the replayed events that the log does not hold yet: they may still be on
-    /// their way live (published while the read ran), and the stream must not get them twice.
+    /// Also the ids of the stream's events that the log does not hold yet: replayed ones may
+    /// still be on their way live (published while the read ran), and when this instance's
+    /// subscription has a gap, catching up delivers what came after its last envelope, which
+    /// may be events the stream had before its cursor; the stream must not get them twice.
     pub(crate) fn replay(
         &self,
         cursor: &Cursor,
@@ -139,10 +141,26 @@ impl HistoryRead {
             (Other::Since(t), _) => cursor::since(*t),
             (Other::Unnamed, _) => cursor::since(self.since),
         };
+        // Events of the stream that this instance may still receive, live or by catching up
+        // after a gap, although the stream has them: those the log does not hold after the
+        // last one it does (what it has not received yet, in the read's order), whether the
+        // stream had them before its cursor or gets them now.
+        let held = (0..self.events.len())
+            .rev()
+            .find(|&i| log.contains(&self.events[i].id));
         let mut in_flight = Vec::new();
         let mut frames = Vec::new();
-        for (i, e) in self.events.iter().enumerate().skip(starts.first()) {
-            if !(starts.replays(i, e.session.as_deref(), session) && events.matches(&e.name)) {
+        for (i, e) in self.events.iter().enumerate() {
+            let its =
+                e.session.as_deref().is_none_or(|s| session == Some(s)) && events.matches(&e.name);
+            if !its {
+                continue;
+            }
+            let ahead = held.is_none_or(|h| i > h) && !log.contains(&e.id);
+            if !(i >= starts.first() && starts.replays(i, e.session.as_deref(), session)) {
+                if ahead {
+                    in_flight.push(e.id.clone());
+                }
                 continue;
             }
             let frame = match (&e.session, e.before) {
@@ -463,6 +481,37 @@ mod tests {
         }
     }
 
+    /// What a resume needs of a hub, over a history.
+    struct Fixture {
+        history: Fixed,
+        log: std::sync::Mutex<ReplayLog>,
+        stats: Stats,
+    }
+
+    fn accept_all(_: &str) -> bool {
+        true
+    }
+
+    impl Fixture {
+        fn new(history: Fixed) -> Self {
+            Fixture {
+                history,
+                log: std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default())),
+                stats: Stats::default(),
+            }
+        }
+
+        fn resume(&self) -> Resume<'_> {
+            Resume {
+                history: Some(&self.history),
+                log: &self.log,
+                max_age: Duration::from_secs(300),
+                accepts: &accept_all,
+                stats: &self.stats,
+            }
+        }
+    }
+
     fn event(n: u32) -> Envelope {
         let e = crate::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1");
         Envelope::from_event(&e, "app", "o").unwrap()
@@ -474,16 +523,8 @@ mod tests {
     async fn a_shared_read_serves_no_resume_whose_event_came_after_it() {
         let (unknown, first, second) = (event(0), event(1), event(2));
         let history = Fixed::new(vec![first.encode().unwrap()]);
-        let log = std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default()));
-        let stats = Stats::default();
-        let accepts = |_: &str| true;
-        let resume = || Resume {
-            history: Some(&history),
-            log: &log,
-            max_age: Duration::from_secs(300),
-            accepts: &accepts,
-            stats: &stats,
-        };
+        let hub = Fixture::new(history);
+        let resume = || hub.resume();
         let resumes = Resumes::default();
         let covered = Instant::now();
         // An id nobody holds: read from the oldest retained time, and kept for sharing.
@@ -493,7 +534,7 @@ mod tests {
             .unwrap();
         assert!(matches!(gone, ResumeFrom::Unknown), "{gone:?}");
         // Published after that read began.
-        history.0.lock().unwrap().push(second.encode().unwrap());
+        hub.history.0.lock().unwrap().push(second.encode().unwrap());
         let from = resumes
             .decide(resume(), &Cursor::plain(&second.id), Some("s1"), covered)
             .await
@@ -508,16 +549,8 @@ mod tests {
     async fn a_read_is_shared_then_let_go() {
         let (first, second) = (event(1), event(2));
         let history = Fixed::new(vec![first.encode().unwrap(), second.encode().unwrap()]);
-        let log = std::sync::Mutex::new(ReplayLog::new(crate::ReplayConfig::default()));
-        let stats = Stats::default();
-        let accepts = |_: &str| true;
-        let resume = || Resume {
-            history: Some(&history),
-            log: &log,
-            max_age: Duration::from_secs(300),
-            accepts: &accepts,
-            stats: &stats,
-        };
+        let hub = Fixture::new(history);
+        let resume = || hub.resume();
         let resumes = Resumes::default();
         let covered = Instant::now();
         let ResumeFrom::Broker(a) = resumes
@@ -539,22 +572,25 @@ mod tests {
             "the second resume shares the first read"
         );
         assert_eq!(
-            stats
+            hub.stats
                 .history_reads
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
         let filter = crate::EventFilter::Any;
-        let (Replay::Frames { frames, .. }, in_flight) =
-            a.replay(&Cursor::plain(&first.id), Some("s1"), &filter, &lock(&log))
-        else {
+        let (Replay::Frames { frames, .. }, in_flight) = a.replay(
+            &Cursor::plain(&first.id),
+            Some("s1"),
+            &filter,
+            &lock(&hub.log),
+        ) else {
             panic!("nothing replayed")
         };
         assert_eq!(frames.len(), 1, "what followed the last event");
         assert_eq!(
             in_flight,
-            vec![Box::from(second.id.as_str())],
-            "not in the log yet"
+            vec![Box::from(first.id.as_str()), Box::from(second.id.as_str())],
+            "the stream's events this instance has not received yet"
         );
         drop((a, b));
         tokio::time::sleep(KEEP_READ + Duration::from_secs(1)).await;
