@@ -150,7 +150,9 @@ impl HistoryRead {
             .find(|&i| log.contains(&self.events[i].id));
         let mut in_flight = Vec::new();
         let mut frames = Vec::new();
-        for (i, e) in self.events.iter().enumerate() {
+        // Before both, an event is neither replayed nor ahead.
+        let from = starts.first().min(held.map_or(0, |h| h + 1));
+        for (i, e) in self.events.iter().enumerate().skip(from) {
             let its =
                 e.session.as_deref().is_none_or(|s| session == Some(s)) && events.matches(&e.name);
             if !its {
