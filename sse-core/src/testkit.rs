@@ -68,6 +68,7 @@ pub async fn run_all(factory: &dyn Factory) {
     every_instance_receives_every_event(factory).await;
     an_event_published_as_subscribe_returns_is_received(factory).await;
     no_duplicates_and_per_publisher_order(factory).await;
+    every_instance_receives_one_order(factory).await;
     large_payloads_arrive_intact(factory).await;
     a_malformed_message_is_skipped_and_counted(factory).await;
     history::run_all(factory).await;
@@ -193,6 +194,113 @@ pub async fn no_duplicates_and_per_publisher_order(factory: &dyn Factory) {
     if let Some(extra) = next_within(&mut stream, Duration::from_millis(300)).await {
         panic!("a message beyond the {} published: {extra:?}", 2 * EACH);
     }
+}
+
+/// Two publishers publishing at once: every subscribing instance receives the broadcasts in one
+/// order, and a session's routed envelopes (on a backend with routes) in one order, the order in
+/// which the backend's history reads them back (on a backend with history). A hub's
+/// `Last-Event-ID` is a place in what it received: were two instances' orders different, a
+/// client moving from one to the other would get an event twice, or never.
+pub async fn every_instance_receives_one_order(factory: &dyn Factory) {
+    const EACH: usize = 200;
+    let (x, y) = (factory.instance().await, factory.instance().await);
+    let (mut sx, mut sy) = (x.subscribe().await.unwrap(), y.subscribe().await.unwrap());
+    let session = format!("order-{}", uuid::Uuid::new_v4().simple());
+    let routed = x.routes().is_some();
+    if routed {
+        for backend in [&x, &y] {
+            backend
+                .routes()
+                .unwrap()
+                .subscribe(&[&session])
+                .await
+                .unwrap();
+        }
+    }
+    let (a, b) = (factory.instance().await, factory.instance().await);
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    let send = |backend: &Arc<dyn FanoutBackend>, name: &'static str, seq: usize| {
+        let event = SendSseEvent::new("order", json!({"p": name, "seq": seq}));
+        let (backend, session) = (backend.clone(), session.clone());
+        async move {
+            match backend.routes() {
+                Some(routes) if seq.is_multiple_of(3) => {
+                    let event = event.to_session(&session);
+                    let bytes = Envelope::from_event(&event, "testkit", "testkit")
+                        .and_then(|e| e.encode())
+                        .unwrap();
+                    routes.publish_to(&session, bytes).await.unwrap();
+                }
+                _ => {
+                    let bytes = Envelope::from_event(&event, "testkit", "testkit")
+                        .and_then(|e| e.encode())
+                        .unwrap();
+                    backend.publish(bytes).await.unwrap();
+                }
+            }
+        }
+    };
+    // All at once, from both: where a broker has no one order, they race.
+    let sends = (0..EACH).flat_map(|seq| [send(&a, "a", seq), send(&b, "b", seq)]);
+    futures_util::future::join_all(sends).await;
+    // Each instance's order, per source: (broadcasts, the session's); then the history's.
+    let mut orders = Vec::new();
+    for (name, stream) in [("x", &mut sx), ("y", &mut sy)] {
+        let mut envelopes = Vec::new();
+        while envelopes.len() < 2 * EACH {
+            envelopes.push(expect_next(stream, &format!("instance {name}")).await);
+        }
+        orders.push((name, by_source(envelopes)));
+    }
+    if let Some(history) = x.history() {
+        let mut read = history.read_since(started).await.unwrap();
+        let mut envelopes = Vec::new();
+        while let Some(bytes) = read.next().await {
+            let envelope = Envelope::decode(&bytes.unwrap()).unwrap();
+            if envelope.event_name == "order" && envelope.payload.get().contains("seq") {
+                envelopes.push(envelope);
+            }
+        }
+        let mine: std::collections::HashSet<&String> =
+            orders[0].1.0.iter().chain(&orders[0].1.1).collect();
+        envelopes.retain(|e| mine.contains(&e.id));
+        orders.push(("the history", by_source(envelopes)));
+    }
+    let (first, (broadcasts, targeted)) = &orders[0];
+    for (other, (b, t)) in &orders[1..] {
+        for (source, left, right) in [
+            ("broadcasts", broadcasts, b),
+            ("the session's events", targeted, t),
+        ] {
+            let differ = left.iter().zip(right).filter(|(l, r)| l != r).count();
+            assert!(
+                differ == 0 && left.len() == right.len(),
+                "instance {first} and {other} have {source} in different orders ({differ} of {} \
+                 places differ, {} against {})",
+                left.len(),
+                left.len(),
+                right.len()
+            );
+        }
+    }
+    if routed {
+        for backend in [&x, &y] {
+            backend
+                .routes()
+                .unwrap()
+                .unsubscribe(&[&session])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The ids of `envelopes`, in their order, split by source: (broadcasts, targeted).
+fn by_source(envelopes: Vec<Envelope>) -> (Vec<String>, Vec<String>) {
+    let (targeted, broadcasts): (Vec<Envelope>, Vec<Envelope>) =
+        envelopes.into_iter().partition(|e| e.session_id.is_some());
+    let ids = |list: Vec<Envelope>| list.into_iter().map(|e| e.id).collect();
+    (ids(broadcasts), ids(targeted))
 }
 
 /// An envelope of exactly the largest size the backend declares
