@@ -28,8 +28,16 @@
 //! With history on (the default, [`NatsConfig::history`]), the backend keeps a JetStream stream
 //! over the subject (named by [`NatsConfig::history_stream`], created or updated when it
 //! connects: limits by age, count and bytes from the [`ReplayConfig`], oldest discarded first,
-//! file storage), and publishes through JetStream: `Ok` means the stream stored the envelope,
-//! and the server delivered it to the subject's subscribers in the same step. A hub reads the
+//! file storage), and publishes through JetStream: `Ok` means the stream stored the envelope.
+//!
+//! **One order.** The instances do not subscribe the subject itself: core NATS hands two
+//! publishers' near-simultaneous messages to each subscriber in its own order, so two instances
+//! would disagree on what came after what, and a client moving between them with
+//! `Last-Event-ID` would get an event twice or never. The stream republishes every message it
+//! stores, in the order it stored them, under [`LIVE_PREFIX`] (`send.sse.event` →
+//! `_SSE_FANOUT_LIVE.send.sse.event`, a route's subject likewise), and that is what the
+//! instances subscribe: one publisher (the stream) delivers in one order, the stream's, to every
+//! subscriber, across the shared subject and the routes alike. A hub reads the
 //! stream when it starts (see [`sse_core::history`]) with an ephemeral pull consumer starting at
 //! a time, in batches, up to the messages pending when the read began. Anything published to the
 //! subject by any client (`nats pub send.sse.event '<envelope>'`) is captured by the stream too.
@@ -48,8 +56,9 @@
 //! the subjects of the sessions it holds on its one connection; the JetStream history stream
 //! captures `{subject}` and `{subject}.*`. One round trip (a message to an inbox of ours coming
 //! back) confirms a batch of subscribes: the server has them before any later publish.
-//! async-nats subscribes them again after a reconnect by itself. A targeted event and a
-//! broadcast travel on different subjects, so their relative order is not kept.
+//! async-nats subscribes them again after a reconnect by itself. With history, targeted events
+//! and broadcasts reach every instance in the stream's one order (above); without it, a targeted
+//! event and a broadcast travel on different subjects, and their relative order is not kept.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -134,6 +143,10 @@ fn stream_name(subject: &str) -> String {
 
 /// Messages one fetch of a history read asks for.
 const PAGE: usize = 1000;
+
+/// The prefix under which the history stream republishes what it stores: a message stored from
+/// `send.sse.event.s-a` goes out on `_SSE_FANOUT_LIVE.send.sse.event.s-a`.
+pub const LIVE_PREFIX: &str = "_SSE_FANOUT_LIVE";
 
 /// Fans envelopes out over a NATS subject. Cheap to clone.
 #[derive(Clone)]
@@ -253,6 +266,15 @@ impl NatsBackend {
         format!("{}.{}", self.config.subject, route_token(session))
     }
 
+    /// Where the messages published to `subject` reach the instances: with history, the stream's
+    /// republished copy (one order for every subscriber), else `subject` itself.
+    fn delivered_on(&self, subject: &str) -> String {
+        match self.jetstream {
+            Some(_) => format!("{LIVE_PREFIX}.{subject}"),
+            None => subject.to_owned(),
+        }
+    }
+
     /// Connects to `url` and uses `subject`, other settings at their defaults.
     pub async fn connect(url: &str, subject: &str) -> Result<Self, BackendError> {
         Self::connect_with(url, NatsConfig::new(subject), ConnectOptions::new()).await
@@ -337,6 +359,13 @@ async fn ensure_stream(
         discard: js_stream::DiscardPolicy::Old,
         storage: js_stream::StorageType::File,
         allow_direct: true,
+        // Every stored message goes out again, in the stream's order, to the same subject
+        // under LIVE_PREFIX: what the instances subscribe (see the crate docs on order).
+        republish: Some(js_stream::Republish {
+            source: ">".to_owned(),
+            destination: format!("{LIVE_PREFIX}.>"),
+            headers_only: false,
+        }),
         ..Default::default()
     };
     let created = tokio::time::timeout(
@@ -411,7 +440,7 @@ impl FanoutBackend for NatsBackend {
         }
         let subscriber = self
             .client
-            .subscribe(self.config.subject.clone())
+            .subscribe(self.delivered_on(&self.config.subject))
             .await
             .map_err(|e| BackendError::unavailable(NAME, e))?;
         tokio::time::timeout(self.config.publish_timeout, self.round_trip())
@@ -535,7 +564,7 @@ impl SessionRoutes for NatsBackend {
             }
             let subscriber = self
                 .client
-                .subscribe(subject.clone())
+                .subscribe(self.delivered_on(&subject))
                 .await
                 .map_err(|e| BackendError::unavailable(NAME, e))?;
             let stop = CancellationToken::new();
