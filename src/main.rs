@@ -124,6 +124,15 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_ROUTE_PARTITIONS")]
     route_partitions: Option<u32>,
 
+    /// RabbitMQ: where instances receive events from. `stream`: the history stream itself, so
+    /// every instance has one order and a client moving between instances gets each event once
+    /// (every instance reads every event, so session routing saves nothing). `queue`: a queue of
+    /// the instance's own, bound to the partitions of its sessions in session routing (less
+    /// traffic; two publishers' near-simultaneous events may reach instances in either order).
+    /// Without broker history, always `queue`.
+    #[arg(long, env = "SSE_FANOUT_RABBIT_DELIVERY", value_enum, default_value_t = RabbitDelivery::Stream)]
+    rabbit_delivery: RabbitDelivery,
+
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
     #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
     max_streams: usize,
@@ -276,6 +285,14 @@ enum BackendKind {
     Rabbit,
     /// Kafka topic (build with `--features kafka`).
     Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RabbitDelivery {
+    /// From the history stream: one order for every instance.
+    Stream,
+    /// From a queue of the instance's own: session routing saves traffic.
+    Queue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -476,6 +493,20 @@ async fn connect_backend(
             let mut config = RabbitConfig::new(channel, queue).history(history);
             if let Some(partitions) = args.route_partitions {
                 config.route_partitions = partitions.max(1);
+            }
+            config.delivery = match args.rabbit_delivery {
+                RabbitDelivery::Stream => sse_fanout::rabbit::Delivery::Stream,
+                RabbitDelivery::Queue => sse_fanout::rabbit::Delivery::Queue,
+            };
+            if args.routing == RoutingKind::Session
+                && args.rabbit_delivery == RabbitDelivery::Stream
+                && args.broker_history
+            {
+                tracing::info!(
+                    "session routing on RabbitMQ with --rabbit-delivery stream: every instance \
+                     reads every event from the history stream (one order); \
+                     --rabbit-delivery queue saves that traffic without one order"
+                );
             }
             Arc::new(RabbitBackend::connect(url, config).await?)
         }

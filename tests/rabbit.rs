@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::brokers::{self, Broker};
 use common::unique;
-use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
+use sse_fanout::rabbit::{Delivery, RabbitBackend, RabbitConfig};
 
 use common::backends::rabbit::{connect, forget, raw};
 
@@ -45,7 +45,7 @@ async fn exists(url: &str, queue: &str) -> bool {
 }
 
 #[tokio::test]
-async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
+async fn in_queue_delivery_each_instance_has_its_own_queue_which_goes_away_with_it() {
     let Some(url) = brokers::url(Broker::Rabbit).await else {
         return;
     };
@@ -55,9 +55,8 @@ async fn each_instance_has_its_own_queue_which_goes_away_with_it() {
     let hub = |queue: String| {
         let (url, exchange) = (url.clone(), exchange.clone());
         async move {
-            let backend = RabbitBackend::connect(&url, RabbitConfig::new(exchange, queue))
-                .await
-                .unwrap();
+            let config = RabbitConfig::new(exchange, queue).delivery(Delivery::Queue);
+            let backend = RabbitBackend::connect(&url, config).await.unwrap();
             sse_fanout::Hub::builder(backend).start().await.unwrap()
         }
     };

@@ -236,7 +236,7 @@ async fn three_hubs(args: &[String]) -> Vec<HubProcess> {
 }
 
 macro_rules! routing_scenarios {
-    ($module:ident, $feature:literal, $broker:expr, $exact:expr) => {
+    ($module:ident, $feature:literal, $broker:expr, $exact:expr $(, $flag:literal)*) => {
         #[cfg(feature = $feature)]
         mod $module {
             use super::*;
@@ -254,6 +254,7 @@ macro_rules! routing_scenarios {
                     "session",
                     "--route-linger",
                     LINGER,
+                    $($flag,)*
                 ];
                 all.extend_from_slice(extra);
                 let args = common::backends::hub_args($feature, &url, &channel, &all);
@@ -290,7 +291,16 @@ macro_rules! routing_scenarios {
 
 routing_scenarios!(redis, "redis", brokers::Broker::Redis, true);
 routing_scenarios!(nats, "nats", brokers::Broker::Nats, true);
-routing_scenarios!(rabbit, "rabbit", brokers::Broker::Rabbit, false);
+// RabbitMQ delivers from the history stream by default, where every instance reads every
+// event: routed delivery is its queue mode.
+routing_scenarios!(
+    rabbit,
+    "rabbit",
+    brokers::Broker::Rabbit,
+    false,
+    "--rabbit-delivery",
+    "queue"
+);
 
 /// `--routing session` on Kafka stops the hub at once with an error that says why.
 #[cfg(feature = "kafka")]

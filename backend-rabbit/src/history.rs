@@ -184,7 +184,7 @@ impl Inner {
     }
 }
 
-fn marker_of(properties: &BasicProperties) -> Option<&[u8]> {
+pub(crate) fn marker_of(properties: &BasicProperties) -> Option<&[u8]> {
     match properties.headers().as_ref()?.inner().get(MARKER)? {
         AMQPValue::LongString(value) => Some(value.as_bytes()),
         _ => None,

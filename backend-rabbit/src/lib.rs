@@ -1,10 +1,18 @@
-//! RabbitMQ backend for sse-fanout: the Spring Boot SSE starter's design.
+//! RabbitMQ backend for sse-fanout.
 //!
-//! At start the backend declares a durable fanout exchange (default `send.sse.event`). Each
-//! subscription declares its instance's own queue, exclusive and auto-delete, bound to the
-//! exchange (the starter's `oneQueuePerInstance=true`): every instance receives every event, and
-//! when an instance dies its queue goes away by itself. Declaring is idempotent, so any number of
-//! instances may start at once.
+//! At start the backend declares a durable fanout exchange (default `send.sse.event`) and, with
+//! history, a stream queue bound to it. Where a subscription receives envelopes from is its
+//! [`Delivery`]:
+//!
+//! - [`Delivery::Stream`] (the default, with history): the history stream itself, from the next
+//!   offset, so every instance receives every envelope in the stream's one order (see the
+//!   `stream` module for why that matters to `Last-Event-ID`).
+//! - [`Delivery::Queue`] (and without history): the Spring Boot SSE starter's design. Each
+//!   subscription declares its instance's own queue, exclusive and auto-delete, bound to the
+//!   exchange (the starter's `oneQueuePerInstance=true`): every instance receives every event, and
+//!   when an instance dies its queue goes away by itself.
+//!
+//! Declaring is idempotent, so any number of instances may start at once.
 //!
 //! - Publishing uses publisher confirms: `Ok` means the broker took the message. Delivery mode is
 //!   transient by default (a live stream has no use for old events), persistent on request.
@@ -37,6 +45,7 @@
 
 mod history;
 mod routes;
+mod stream;
 
 use std::fmt;
 use std::sync::Arc;
@@ -89,6 +98,27 @@ pub struct RabbitConfig {
     /// The hash partitions of session ids in routed delivery (see the `routes` module docs):
     /// more partitions mean fewer other sessions' events reach an instance, and more bindings.
     pub route_partitions: u32,
+    /// Where subscriptions receive envelopes from: the history stream (one order for every
+    /// instance; the default) or a queue of the instance's own.
+    pub delivery: Delivery,
+}
+
+/// Where a subscription receives envelopes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The history stream itself, from the next offset (see the `stream` module): every instance
+    /// receives every envelope in the stream's one order, and a lost connection consumes again
+    /// after the last offset received. Every instance reads targeted envelopes too, so session
+    /// routing saves nothing. Needs history; without it a subscription uses
+    /// [`Queue`](Delivery::Queue).
+    #[default]
+    Stream,
+    /// A queue of the instance's own bound to the exchange (and, in session routing, to the
+    /// partitions of the sessions it holds): session routing saves traffic, but two publishers'
+    /// near-simultaneous envelopes reach two instances' queues in either order, so a client
+    /// moving between instances at that moment may receive one of them twice, or not at all.
+    Queue,
 }
 
 impl RabbitConfig {
@@ -106,7 +136,14 @@ impl RabbitConfig {
             timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             route_partitions: DEFAULT_ROUTE_PARTITIONS,
+            delivery: Delivery::default(),
         }
+    }
+
+    /// Sets where subscriptions receive envelopes from.
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
     }
 
     /// Sets the history's bounds; `None` keeps no history.
@@ -190,6 +227,11 @@ impl RabbitBackend {
 }
 
 impl Inner {
+    /// Whether subscriptions consume the history stream (see [`Delivery`]).
+    fn delivers_from_stream(&self) -> bool {
+        self.config.delivery == Delivery::Stream && self.config.history.is_some()
+    }
+
     async fn timed<T>(
         &self,
         what: impl Future<Output = Result<T, BackendError>>,
@@ -391,6 +433,12 @@ impl FanoutBackend for RabbitBackend {
         if self.inner.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
+        if self.inner.delivers_from_stream() {
+            let first = self.inner.consuming_stream(None).await?;
+            let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
+            tokio::spawn(stream::run(self.inner.clone(), first, tx));
+            return Ok(sse_core::backend::channel_stream(rx));
+        }
         let n = self.inner.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
         let queue = if n == 1 {
             self.inner.config.queue.clone()
@@ -437,7 +485,7 @@ impl FanoutBackend for RabbitBackend {
 
 /// How far before its last sign of life a restored subscription's gap begins (this host's and the
 /// broker's clocks may differ by this much).
-const GAP_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const GAP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Forwards one subscription's deliveries, acknowledging each once it is handed over; reconnects
 /// and declares the queue again when the connection dies, until the backend is closed or the

@@ -213,7 +213,8 @@ impl SessionRoutes for RabbitBackend {
             (new, routes.bound_to.clone())
         };
         // While the consuming connection is down, the partitions are recorded: the next one
-        // binds them, and the hub catches up from the history.
+        // binds them, and the hub catches up from the history. A subscription on the history
+        // stream binds nothing: the stream carries every session's envelopes.
         let Some((channel, queue)) = bound_to else {
             return Ok(());
         };

@@ -139,7 +139,8 @@ pub async fn routed_events_reach_the_subscribed_instances(factory: &dyn Factory)
     }
 }
 
-/// After `unsubscribe`, a route's events no longer arrive; subscribing again brings them back.
+/// After `unsubscribe`, a route's events no longer arrive (on a backend with exact routes);
+/// subscribing again brings them back.
 pub async fn an_unsubscribed_route_stops(factory: &dyn Factory) {
     let (a, publisher) = (factory.instance().await, factory.instance().await);
     let mut stream = a.subscribe().await.unwrap();
@@ -151,7 +152,10 @@ pub async fn an_unsubscribed_route_stops(factory: &dyn Factory) {
         .await
         .unwrap();
     let got = until_marker(&*publisher, &mut stream, "after unsubscribing").await;
-    assert!(got.is_empty(), "received after unsubscribing: {got:?}");
+    // A backend without exact routes may receive any session's envelopes (the hub keeps its own).
+    if routes(&*a).exact() {
+        assert!(got.is_empty(), "received after unsubscribing: {got:?}");
+    }
     routes(&*a).subscribe(&[&s]).await.unwrap();
     routes(&*publisher)
         .publish_to(&s, routed("back", &s))
