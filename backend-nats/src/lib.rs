@@ -36,8 +36,12 @@
 //! `Last-Event-ID` would get an event twice or never. The stream republishes every message it
 //! stores, in the order it stored them, under [`LIVE_PREFIX`] (`send.sse.event` →
 //! `_SSE_FANOUT_LIVE.send.sse.event`, a route's subject likewise), and that is what the
-//! instances subscribe: one publisher (the stream) delivers in one order, the stream's, to every
-//! subscriber, across the shared subject and the routes alike. A hub reads the
+//! instances subscribe: one publisher (the stream) delivers in one order to every subscriber,
+//! across the shared subject and the routes alike. The server republishes a message after it
+//! let go of the stream's lock, so two publishers' messages can still go out swapped against
+//! their sequence numbers (and a history read); the subscription puts each subject's messages
+//! back in sequence order from the headers the stream adds (see the `order` module), which
+//! holds the first message of a subject since subscribing up to 5 ms. A hub reads the
 //! stream when it starts (see [`sse_core::history`]) with an ephemeral pull consumer starting at
 //! a time, in batches, up to the messages pending when the read began. Anything published to the
 //! subject by any client (`nats pub send.sse.event '<envelope>'`) is captured by the stream too.
@@ -77,6 +81,9 @@ use sse_core::history::{BrokerHistory, HistoryStream};
 use sse_core::route::{SessionRoutes, route_token};
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
 use tokio_util::sync::CancellationToken;
+
+mod order;
+use order::{Sequencer, Stamp};
 
 /// The client's connect options, for [`NatsBackend::connect_with`].
 pub use async_nats::ConnectOptions;
@@ -165,7 +172,7 @@ struct Routes {
     /// Each route's subscription, ended by cancelling its token.
     subscribed: Mutex<HashMap<String, CancellationToken>>,
     /// Hands new route subscriptions to the task that forwards to the hub.
-    forward: Mutex<Option<tokio::sync::mpsc::Sender<BoxStream<'static, Bytes>>>>,
+    forward: Mutex<Option<tokio::sync::mpsc::Sender<BoxStream<'static, Incoming>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -492,33 +499,61 @@ impl FanoutBackend for NatsBackend {
 /// begins (this host's and the server's clocks may differ by this much).
 const GAP_MARGIN: Duration = Duration::from_secs(5);
 
-/// Forwards a subscription's messages; when messages may have been missed (a reconnect, a slow
-/// consumer), first reports a [gap](Received::Gap) from a little before the last message
+/// What a route's subscription yields to the forwarding task.
+enum Incoming {
+    Message(async_nats::Message),
+    /// The route was unsubscribed: its subject's chain is forgotten.
+    Ended(String),
+}
+
+/// Forwards a subscription's messages, per subject in the stream's order (see the `order`
+/// module); when messages may have been missed (a reconnect, a slow consumer), first lets out
+/// what waited and reports a [gap](Received::Gap) from a little before the last message
 /// received, which the hub reads from the history.
 ///
 /// The session routes' subscriptions join the shared subject's here, as they are subscribed.
 async fn forward(
     subscriber: async_nats::Subscriber,
-    mut routes: tokio::sync::mpsc::Receiver<BoxStream<'static, Bytes>>,
+    mut routes: tokio::sync::mpsc::Receiver<BoxStream<'static, Incoming>>,
     mut missed: tokio::sync::watch::Receiver<u64>,
     tx: tokio::sync::mpsc::Sender<Received>,
 ) {
     let mut alive_at = std::time::SystemTime::now();
     let mut subscriber = subscriber;
-    let mut incoming: SelectAll<BoxStream<'static, Bytes>> = SelectAll::new();
+    let mut incoming: SelectAll<BoxStream<'static, Incoming>> = SelectAll::new();
+    let mut order = Sequencer::default();
+    let mut out = Vec::new();
     loop {
-        let payload = tokio::select! {
+        let deadline = order.deadline();
+        let message = tokio::select! {
             Some(route) = routes.recv() => {
                 incoming.push(route);
                 continue;
             }
             message = subscriber.next() => match message {
-                Some(message) => message.payload,
+                Some(message) => message,
                 None => return,
             },
-            Some(payload) = incoming.next(), if !incoming.is_empty() => payload,
+            Some(item) = incoming.next(), if !incoming.is_empty() => match item {
+                Incoming::Message(message) => message,
+                Incoming::Ended(subject) => {
+                    order.forget(&subject);
+                    continue;
+                }
+            },
+            () = sleep_until(deadline), if deadline.is_some() => {
+                order.expire(tokio::time::Instant::now(), &mut out);
+                if !send_all(&tx, &mut out).await {
+                    return;
+                }
+                continue;
+            }
             changed = missed.changed() => {
                 if changed.is_err() {
+                    return;
+                }
+                order.gap(&mut out);
+                if !send_all(&tx, &mut out).await {
                     return;
                 }
                 // The hub reads what this subscription missed from the history.
@@ -530,11 +565,38 @@ async fn forward(
             }
             () = tx.closed() => return,
         };
-        if tx.send(Received::Envelope(payload)).await.is_err() {
+        let stamp = Stamp::of(message.headers.as_ref());
+        let now = tokio::time::Instant::now();
+        order.push(
+            message.subject.as_str(),
+            stamp,
+            message.payload,
+            now,
+            &mut out,
+        );
+        if !send_all(&tx, &mut out).await {
             return;
         }
         alive_at = std::time::SystemTime::now();
     }
+}
+
+/// Sleeps until `deadline` (forever without one; the branch is off then).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends and empties `out`; `false` when the hub is gone.
+async fn send_all(tx: &tokio::sync::mpsc::Sender<Received>, out: &mut Vec<Bytes>) -> bool {
+    for payload in out.drain(..) {
+        if tx.send(Received::Envelope(payload)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -568,9 +630,11 @@ impl SessionRoutes for NatsBackend {
                 .await
                 .map_err(|e| BackendError::unavailable(NAME, e))?;
             let stop = CancellationToken::new();
+            let ended = Incoming::Ended(self.delivered_on(&subject));
             let route = subscriber
-                .map(|message| message.payload)
+                .map(Incoming::Message)
                 .take_until(stop.clone().cancelled_owned())
+                .chain(futures_util::stream::once(async move { ended }))
                 .boxed();
             forward
                 .send(route)
