@@ -9,7 +9,12 @@
 //! A failing run prints its seed; `SSE_FAULT_SEED=<seed>` replays the same draws (the timing of
 //! a real system still varies). `SSE_FAULT_SECONDS` sets how long faults go on (default 20 s per
 //! run); `bash scripts/faults.sh` runs longer ones with fresh seeds.
-#![cfg(any(feature = "redis", feature = "nats", feature = "rabbit"))]
+#![cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbit",
+    feature = "kafka"
+))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -114,6 +119,8 @@ struct Run {
     routing: &'static str,
     seed: u64,
     seconds: u64,
+    /// The backend's own hub flags.
+    flags: &'static [&'static str],
 }
 
 fn seed() -> u64 {
@@ -391,21 +398,18 @@ async fn run(run: Run) {
     };
     let mut rng = fastrand::Rng::with_seed(run.seed);
     let channel = common::unique("faults");
-    let args = hub_args(
-        run.backend,
-        &broker.url(),
-        &channel,
-        &[
-            "--routing",
-            run.routing,
-            "--route-linger",
-            "500ms",
-            "--retry",
-            "1",
-            "--heartbeat",
-            "2",
-        ],
-    );
+    let mut flags = vec![
+        "--routing",
+        run.routing,
+        "--route-linger",
+        "500ms",
+        "--retry",
+        "1",
+        "--heartbeat",
+        "2",
+    ];
+    flags.extend_from_slice(run.flags);
+    let args = hub_args(run.backend, &broker.url(), &channel, &flags);
     let hubs = Hubs::start(args).await;
     let sessions: Vec<String> = (0..SESSIONS).map(|i| format!("s{i}")).collect();
     let stop_clients = tokio_util::sync::CancellationToken::new();
@@ -520,7 +524,7 @@ async fn run(run: Run) {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 macro_rules! fault_run {
-    ($feature:literal, $broker:expr, $backend:literal, $routing:literal, $name:ident) => {
+    ($feature:literal, $broker:expr, $backend:literal, $routing:literal, $name:ident $(, $flag:literal)*) => {
         #[cfg(feature = $feature)]
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
@@ -531,6 +535,7 @@ macro_rules! fault_run {
                 routing: $routing,
                 seed: seed(),
                 seconds: seconds(),
+                flags: &[$($flag),*],
             })
             .await;
         }
@@ -562,4 +567,14 @@ fault_run!(
     "rabbit",
     "session",
     rabbit_session
+);
+// Kafka: one partition (the hub's default for a topic it creates), so one order; session
+// routing is refused there.
+fault_run!(
+    "kafka",
+    Broker::Kafka,
+    "kafka",
+    "broadcast",
+    kafka_broadcast,
+    "--create-topic"
 );

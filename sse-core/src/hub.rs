@@ -325,6 +325,7 @@ impl HubBuilder {
                 shared,
                 routes,
                 resumes: Resumes::default(),
+                started: Instant::now(),
                 backend: self.backend,
                 stop: stop.clone(),
                 _stop_on_drop: stop.drop_guard(),
@@ -361,8 +362,11 @@ struct HubInner {
     shared: Arc<Shared>,
     /// The session routes this instance holds, in [`Routing::Session`].
     routes: Option<Arc<RouteTable>>,
-    /// The broker reads that resuming streams share, in routed delivery.
+    /// The broker reads that resuming streams share: in routed delivery, and in broadcast
+    /// routing for events this instance has not received yet.
     resumes: Resumes,
+    /// When the hub started: in broadcast routing its log covers every event since.
+    started: Instant,
     backend: Arc<dyn FanoutBackend>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -519,10 +523,17 @@ impl Hub {
             true => Cursor::parse(last),
             false => Cursor::plain(last),
         });
+        let session = subscription.session_id.as_deref();
         let from = match (&route, &cursor) {
             (Some(lease), Some(cursor)) => {
-                let session = subscription.session_id.as_deref();
-                self.resume_from(lease, cursor, session).await?
+                self.resume_from(lease.covered_since(), cursor, session)
+                    .await?
+            }
+            // Broadcast routing: the log holds every event since the hub started, but one the
+            // client had from a quicker instance may not have arrived here yet.
+            (None, Some(cursor)) if self.not_arrived_yet(cursor) => {
+                self.resume_from(self.inner.started, cursor, session)
+                    .await?
             }
             _ => ResumeFrom::Local,
         };
@@ -534,7 +545,7 @@ impl Hub {
     /// when the broker's history cannot be read now.
     async fn resume_from(
         &self,
-        lease: &RouteLease,
+        covered_since: Instant,
         cursor: &Cursor,
         session: Option<&str>,
     ) -> Result<ResumeFrom, OpenError> {
@@ -552,12 +563,23 @@ impl Hub {
         };
         self.inner
             .resumes
-            .decide(resume, cursor, session, lease.covered_since())
+            .decide(resume, cursor, session, covered_since)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "reading the broker's history for a resume failed");
                 OpenError::HistoryUnavailable(error.to_string())
             })
+    }
+
+    /// Whether a resume's event is not in this instance's log but was published so recently
+    /// that it may still be on its way here (see [`route::resume::may_still_arrive`]), and the
+    /// broker's history can tell.
+    fn not_arrived_yet(&self, cursor: &Cursor) -> bool {
+        let shared = &self.inner.shared;
+        match (&shared.replay, self.inner.backend.history()) {
+            (Some(log), Some(_)) => crate::route::resume::may_still_arrive(&lock(log), cursor),
+            _ => false,
+        }
     }
 
     /// Holds the session's route for a new stream, in routed delivery.

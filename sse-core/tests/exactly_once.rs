@@ -230,6 +230,35 @@ async fn an_event_replayed_from_the_history_and_then_received_live_is_delivered_
     assert_eq!(received(&mut stream).await, vec![2, 3]);
 }
 
+/// Found by the fault test on Kafka, in broadcast routing: a client had n=2 from a quicker
+/// instance and resumes here before n=2 arrived. The event is in the broker's history, so the
+/// resume replays from there (no reset), and the live copies of what it replayed are not
+/// delivered again when they come.
+#[tokio::test]
+async fn a_resume_for_an_event_still_on_its_way_here_is_read_from_the_broker() {
+    let script = std::sync::Arc::new(Script::default());
+    let hub = Hub::builder_arc(script.clone())
+        .heartbeat(None)
+        .start()
+        .await
+        .unwrap();
+    let events: Vec<(String, Bytes)> = (0..5).map(event).collect();
+    for (_, envelope) in &events[..4] {
+        script.record(envelope);
+    }
+    for (_, envelope) in &events[..2] {
+        script.deliver(Received::Envelope(envelope.clone()));
+    }
+    let mut stream = resume(&hub, &events[2].0).await.unwrap();
+    assert_eq!(received(&mut stream).await, vec![3]);
+    for (_, envelope) in &events[2..4] {
+        script.deliver(Received::Envelope(envelope.clone())); // late, here
+    }
+    script.publish_live(&events[4].1);
+    assert_eq!(received(&mut stream).await, vec![4]);
+    assert_eq!(hub.stats().replay_unknown, 0);
+}
+
 /// Finding 5: while the history cannot be read, a resume that needs it is refused as
 /// unavailable (the client tries again), never answered with the reset event.
 #[tokio::test]

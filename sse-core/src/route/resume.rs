@@ -394,6 +394,28 @@ fn log_serves(
     }
 }
 
+/// How long after its publishing an event may still be on its way to an instance: brokers hand
+/// one message to their subscribers at different moments (a Kafka consumer polls, a hub catches
+/// up after a reconnect).
+pub(crate) const IN_FLIGHT: Duration = Duration::from_secs(10);
+
+/// Whether the event a resume names is not in `log` but, by its id's time (a UUIDv7, as the
+/// hub makes them), was published less than [`IN_FLIGHT`] ago: a client may have had it from
+/// an instance that received it sooner. Such a resume is read from the broker's history, not
+/// reset. Older unknown ids (and ids that carry no time) are not read for: an instance's log
+/// holds everything since it started, so they are gone, and a forged id costs no read.
+pub(crate) fn may_still_arrive(log: &ReplayLog, cursor: &Cursor) -> bool {
+    if log.contains(&cursor.event) {
+        return false;
+    }
+    let Some(published) = last_event_time(&cursor.event, None) else {
+        return false;
+    };
+    SystemTime::now()
+        .duration_since(published)
+        .map_or(true, |age| age < IN_FLIGHT)
+}
+
 /// The earliest time a read for `cursor` must reach back to: the publishing time of each
 /// position it names.
 fn cursor_times(log: &ReplayLog, cursor: &Cursor) -> Option<SystemTime> {
