@@ -10,12 +10,12 @@ seconds=${1:-120}
 runs=${2:-3}
 filter=${3:-}
 eval "$(bash scripts/brokers.sh)"
-cargo build --all-features --test faults --bin sse-fanout
+cargo build --workspace --all-features --test faults --bin sse-fanout
 failed=0
 for run in $(seq "$runs"); do
   seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
   echo "== run $run of $runs: seed $seed, ${seconds}s of faults per test"
-  if ! SSE_FAULT_SEED=$seed SSE_FAULT_SECONDS=$seconds cargo test --all-features --test faults \
+  if ! SSE_FAULT_SEED=$seed SSE_FAULT_SECONDS=$seconds cargo test --workspace --all-features --test faults \
       ${filter:+"$filter"} -- --nocapture --include-ignored 2>&1 | grep -E '^(faults:|  s[0-9]|test |test result)'; then
     failed=1
   fi
