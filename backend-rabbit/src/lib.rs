@@ -46,6 +46,7 @@
 mod history;
 mod routes;
 mod stream;
+mod subscription;
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,10 +55,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -66,9 +66,11 @@ use lapin::{
 };
 use sse_core::backend::Reconnects;
 use sse_core::history::BrokerHistory;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+
+use subscription::{Session, Source};
 
 const NAME: &str = "rabbit";
 
@@ -309,10 +311,7 @@ impl Inner {
     }
 
     /// A consuming connection: the instance's queue declared, bound, and consumed.
-    async fn consuming_session(
-        &self,
-        queue: &str,
-    ) -> Result<(Connection, lapin::Consumer, Channel), BackendError> {
+    async fn consuming_session(&self, queue: &str) -> Result<Session, BackendError> {
         let connection = self.connection("subscriber").await?;
         let consumer = self
             .timed(async {
@@ -433,21 +432,19 @@ impl FanoutBackend for RabbitBackend {
         if self.inner.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
-        if self.inner.delivers_from_stream() {
-            let first = self.inner.consuming_stream(None).await?;
-            let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
-            tokio::spawn(stream::run(self.inner.clone(), first, tx));
-            return Ok(sse_core::backend::channel_stream(rx));
-        }
-        let n = self.inner.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
-        let queue = if n == 1 {
-            self.inner.config.queue.clone()
+        let source = if self.inner.delivers_from_stream() {
+            Source::stream()
         } else {
-            format!("{}.{n}", self.inner.config.queue)
+            let n = self.inner.subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
+            Source::queue(if n == 1 {
+                self.inner.config.queue.clone()
+            } else {
+                format!("{}.{n}", self.inner.config.queue)
+            })
         };
-        let first = self.inner.consuming_session(&queue).await?;
+        let first = source.connect(&self.inner).await?;
         let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
-        tokio::spawn(run_subscription(self.inner.clone(), queue, first, tx));
+        tokio::spawn(subscription::run(self.inner.clone(), source, first, tx));
         Ok(sse_core::backend::channel_stream(rx))
     }
 
@@ -480,86 +477,5 @@ impl FanoutBackend for RabbitBackend {
             let _ = connection.close(200, "bye".into()).await;
         }
         Ok(())
-    }
-}
-
-/// How far before its last sign of life a restored subscription's gap begins (this host's and the
-/// broker's clocks may differ by this much).
-pub(crate) const GAP_MARGIN: Duration = Duration::from_secs(5);
-
-/// Forwards one subscription's deliveries, acknowledging each once it is handed over; reconnects
-/// and declares the queue again when the connection dies, until the backend is closed or the
-/// receiving side is dropped.
-async fn run_subscription(
-    inner: Arc<Inner>,
-    queue: String,
-    first: (Connection, lapin::Consumer, Channel),
-    tx: mpsc::Sender<Received>,
-) {
-    let mut session = Some(first);
-    let mut backoff = Duration::from_millis(100);
-    let mut state = inner.reconnects.subscription();
-    // When this subscription last received something: where its gap begins after a reconnect.
-    let mut alive_at = std::time::SystemTime::now();
-    'reconnect: loop {
-        let (connection, mut consumer, _channel) = match session.take() {
-            Some(session) => session,
-            None => {
-                tokio::select! {
-                    () = inner.closed.cancelled() => break 'reconnect,
-                    () = tx.closed() => break 'reconnect,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                match inner.consuming_session(&queue).await {
-                    Ok(session) => {
-                        state.restored();
-                        tracing::info!(%queue, "rabbitmq subscription restored");
-                        backoff = Duration::from_millis(100);
-                        // The queue went away with the connection: the hub reads what was
-                        // published meanwhile from the history.
-                        let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
-                        if tx.send(Received::Gap { since }).await.is_err() {
-                            break 'reconnect;
-                        }
-                        session
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, %queue, "rabbitmq reconnect attempt failed");
-                        backoff = (backoff * 2).min(inner.config.max_backoff);
-                        continue;
-                    }
-                }
-            }
-        };
-        let lost = loop {
-            let delivery = tokio::select! {
-                () = inner.closed.cancelled() => {
-                    let _ = connection.close(200, "bye".into()).await;
-                    break 'reconnect;
-                }
-                delivery = consumer.next() => delivery,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    alive_at = std::time::SystemTime::now();
-                    if tx
-                        .send(Received::Envelope(Bytes::from(delivery.data.clone())))
-                        .await
-                        .is_err()
-                    {
-                        let _ = connection.close(200, "bye".into()).await;
-                        break 'reconnect;
-                    }
-                    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                        break error.to_string();
-                    }
-                }
-                Some(Err(error)) => break error.to_string(),
-                None => break "consumer cancelled".to_owned(),
-            }
-        };
-        state.lost();
-        inner.routes_lost();
-        tracing::warn!(%queue, reason = %lost, "rabbitmq subscription lost; reconnecting");
     }
 }
