@@ -207,36 +207,28 @@ pub async fn every_instance_receives_one_order(factory: &dyn Factory) {
     let (mut sx, mut sy) = (x.subscribe().await.unwrap(), y.subscribe().await.unwrap());
     let session = format!("order-{}", uuid::Uuid::new_v4().simple());
     let routed = x.routes().is_some();
-    if routed {
-        for backend in [&x, &y] {
-            backend
-                .routes()
-                .unwrap()
-                .subscribe(&[&session])
-                .await
-                .unwrap();
+    for backend in [&x, &y] {
+        if let Some(routes) = backend.routes() {
+            routes.subscribe(&[&session]).await.unwrap();
         }
     }
     let (a, b) = (factory.instance().await, factory.instance().await);
     let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    // Every third event is the session's, on a backend with routes.
     let send = |backend: &Arc<dyn FanoutBackend>, name: &'static str, seq: usize| {
-        let event = SendSseEvent::new("order", json!({"p": name, "seq": seq}));
+        let mut event = SendSseEvent::new("order", json!({"p": name, "seq": seq}));
+        let targeted = routed && seq.is_multiple_of(3);
+        if targeted {
+            event = event.to_session(&session);
+        }
+        let bytes = Envelope::from_event(&event, "testkit", "testkit")
+            .and_then(|e| e.encode())
+            .unwrap();
         let (backend, session) = (backend.clone(), session.clone());
         async move {
             match backend.routes() {
-                Some(routes) if seq.is_multiple_of(3) => {
-                    let event = event.to_session(&session);
-                    let bytes = Envelope::from_event(&event, "testkit", "testkit")
-                        .and_then(|e| e.encode())
-                        .unwrap();
-                    routes.publish_to(&session, bytes).await.unwrap();
-                }
-                _ => {
-                    let bytes = Envelope::from_event(&event, "testkit", "testkit")
-                        .and_then(|e| e.encode())
-                        .unwrap();
-                    backend.publish(bytes).await.unwrap();
-                }
+                Some(routes) if targeted => routes.publish_to(&session, bytes).await.unwrap(),
+                _ => backend.publish(bytes).await.unwrap(),
             }
         }
     };
@@ -283,14 +275,9 @@ pub async fn every_instance_receives_one_order(factory: &dyn Factory) {
             );
         }
     }
-    if routed {
-        for backend in [&x, &y] {
-            backend
-                .routes()
-                .unwrap()
-                .unsubscribe(&[&session])
-                .await
-                .unwrap();
+    for backend in [&x, &y] {
+        if let Some(routes) = backend.routes() {
+            routes.unsubscribe(&[&session]).await.unwrap();
         }
     }
 }
