@@ -576,8 +576,14 @@ impl Hub {
     /// broker's history can tell.
     fn not_arrived_yet(&self, cursor: &Cursor) -> bool {
         let shared = &self.inner.shared;
-        match (&shared.replay, self.inner.backend.history()) {
-            (Some(log), Some(_)) => crate::route::resume::may_still_arrive(&lock(log), cursor),
+        match (
+            &shared.replay,
+            shared.config.replay,
+            self.inner.backend.history(),
+        ) {
+            (Some(log), Some(replay), Some(_)) => {
+                crate::route::resume::may_still_arrive(&lock(log), cursor, replay.max_age)
+            }
             _ => false,
         }
     }

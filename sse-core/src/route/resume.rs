@@ -400,11 +400,12 @@ fn log_serves(
 pub(crate) const IN_FLIGHT: Duration = Duration::from_secs(10);
 
 /// Whether the event a resume names is not in `log` but, by its id's time (a UUIDv7, as the
-/// hub makes them), was published less than [`IN_FLIGHT`] ago: a client may have had it from
-/// an instance that received it sooner. Such a resume is read from the broker's history, not
-/// reset. Older unknown ids (and ids that carry no time) are not read for: an instance's log
-/// holds everything since it started, so they are gone, and a forged id costs no read.
-pub(crate) fn may_still_arrive(log: &ReplayLog, cursor: &Cursor) -> bool {
+/// hub makes them), was published less than [`IN_FLIGHT`] ago, and within the history's
+/// `max_age`: a client may have had it from an instance that received it sooner. Such a resume
+/// is read from the broker's history, not reset. Older unknown ids (and ids that carry no time)
+/// are not read for: an instance's log holds everything of the history's age since it started,
+/// so they are gone, and a forged id costs no read.
+pub(crate) fn may_still_arrive(log: &ReplayLog, cursor: &Cursor, max_age: Duration) -> bool {
     if log.contains(&cursor.event) {
         return false;
     }
@@ -413,7 +414,7 @@ pub(crate) fn may_still_arrive(log: &ReplayLog, cursor: &Cursor) -> bool {
     };
     SystemTime::now()
         .duration_since(published)
-        .map_or(true, |age| age < IN_FLIGHT)
+        .map_or(true, |age| age < IN_FLIGHT.min(max_age))
 }
 
 /// The earliest time a read for `cursor` must reach back to: the publishing time of each
