@@ -404,7 +404,7 @@ pub(crate) const IN_FLIGHT: Duration = Duration::from_secs(10);
 /// `max_age`: a client may have had it from an instance that received it sooner. Such a resume
 /// is read from the broker's history, not reset. Older unknown ids (and ids that carry no time)
 /// are not read for: an instance's log holds everything of the history's age since it started,
-/// so they are gone, and a forged id costs no read.
+/// so they are gone. (A forged id with a recent UUIDv7 time is read for, as in session routing.)
 pub(crate) fn may_still_arrive(log: &ReplayLog, cursor: &Cursor, max_age: Duration) -> bool {
     if log.contains(&cursor.event) {
         return false;
