@@ -108,7 +108,7 @@ async fn a_topic_deleted_under_a_running_hub_is_survived() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let again = NewTopic::new(&topic, 3, TopicReplication::Fixed(1));
+    let again = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
     for result in admin.create_topics([&again], &options).await.unwrap() {
         result.unwrap();
     }
