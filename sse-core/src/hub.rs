@@ -560,6 +560,7 @@ impl Hub {
             max_age: replay.max_age,
             accepts: &accepts,
             stats: &shared.stats,
+            cursors: matches!(shared.config.routing, Routing::Session { .. }),
         };
         self.inner
             .resumes

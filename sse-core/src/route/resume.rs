@@ -69,6 +69,8 @@ pub(crate) struct HistoryRead {
     events: Vec<ReadEvent>,
     /// Event id to its position in `events`.
     index: HashMap<Box<str>, usize>,
+    /// Whether frames carry cursor ids (session routing) or the events' own (broadcast routing).
+    cursors: bool,
 }
 
 #[derive(Debug)]
@@ -166,6 +168,7 @@ impl HistoryRead {
                 continue;
             }
             let frame = match (&e.session, e.before) {
+                _ if !self.cursors => e.frame.clone(),
                 // The read's frame: the stream is past that broadcast (it had it, or it was
                 // replayed).
                 (None, _) => e.frame.clone(),
@@ -216,6 +219,8 @@ pub(crate) struct Resume<'a> {
     /// Whether envelopes of this app are delivered here.
     pub(crate) accepts: &'a (dyn Fn(&str) -> bool + Sync),
     pub(crate) stats: &'a Stats,
+    /// Whether streams' ids are cursors (session routing): a read's frames carry them.
+    pub(crate) cursors: bool,
 }
 
 impl Resumes {
@@ -315,6 +320,7 @@ impl Resumes {
                 // The frame most replays write: a broadcast's placeholder, or a routed event
                 // after the read's last broadcast before it.
                 frame: match (envelope.session_id(), &last_broadcast) {
+                    _ if !resume.cursors => envelope.frame(),
                     (None, _) => envelope.frame_as(&cursor::broadcast_id(envelope.id())),
                     (Some(_), Some(b)) => envelope.frame_as(&cursor::routed_id(envelope.id(), b)),
                     (Some(_), None) => envelope.frame(),
@@ -341,6 +347,7 @@ impl Resumes {
             seq,
             events,
             index,
+            cursors: resume.cursors,
         });
         *latest = Some(read.clone());
         let (slot, kept) = (Arc::downgrade(&self.latest), Arc::downgrade(&read));
@@ -533,6 +540,7 @@ mod tests {
                 max_age: Duration::from_secs(300),
                 accepts: &accept_all,
                 stats: &self.stats,
+                cursors: true,
             }
         }
     }
