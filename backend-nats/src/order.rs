@@ -12,7 +12,7 @@
 //! [`FIRST_HOLD`] for it, long beyond the microseconds a swap spans. A message still waiting
 //! after [`HOLD`] (its predecessor lost without a gap reported) goes out in sequence order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,6 +64,9 @@ struct Waiting {
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
     chains: HashMap<String, Chain>,
+    /// The subjects with a message waiting: what `expire` and `deadline` look at, so a message
+    /// costs nothing per subscribed subject.
+    held: HashSet<String>,
 }
 
 impl Sequencer {
@@ -92,6 +95,9 @@ impl Sequencer {
             out.push(payload);
             chain.last = Some(chain.last.map_or(stamp.seq, |l| l.max(stamp.seq)));
             chain.follow(out);
+            if chain.waiting.is_empty() && !self.held.is_empty() {
+                self.held.remove(subject);
+            }
             return;
         }
         let hold = if chain.last.is_some() {
@@ -107,21 +113,28 @@ impl Sequencer {
                 until: now + hold,
             },
         );
+        self.held.insert(subject.to_owned());
     }
 
     /// Lets out, in sequence order, every chain that has a message waiting past its time.
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Bytes>) {
-        for chain in self.chains.values_mut() {
+        let chains = &mut self.chains;
+        self.held.retain(|subject| {
+            let Some(chain) = chains.get_mut(subject) else {
+                return false;
+            };
             if chain.waiting.values().any(|w| w.until <= now) {
                 chain.release(out);
             }
-        }
+            !chain.waiting.is_empty()
+        });
     }
 
     /// When [`expire`](Self::expire) next has something to do.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.chains
-            .values()
+        self.held
+            .iter()
+            .filter_map(|subject| self.chains.get(subject))
             .flat_map(|c| c.waiting.values().map(|w| w.until))
             .min()
     }
@@ -133,11 +146,13 @@ impl Sequencer {
             chain.release(out);
         }
         self.chains.clear();
+        self.held.clear();
     }
 
     /// The subject is no longer subscribed.
     pub(crate) fn forget(&mut self, subject: &str) {
         self.chains.remove(subject);
+        self.held.remove(subject);
     }
 }
 
