@@ -5,18 +5,15 @@
 //! written once per broker (see the `sse-fanout-*` backend crates) or by a user for their own.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::stream::BoxStream;
 
+pub use crate::error::{BackendError, BoxError};
 use crate::history::BrokerHistory;
 use crate::route::SessionRoutes;
-
-/// A boxed error from a broker client.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a subscription yields: every envelope any instance published after it started, and a
 /// [`Received::Gap`] wherever it may have missed some.
@@ -134,85 +131,6 @@ impl Drop for SubscriptionState<'_> {
     }
 }
 
-/// Why a backend operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BackendError {
-    /// The broker cannot be reached right now; trying again later may succeed.
-    #[error("{backend} is unavailable: {source}")]
-    Unavailable {
-        /// The backend's name.
-        backend: &'static str,
-        /// What the client said.
-        #[source]
-        source: BoxError,
-    },
-    /// The broker did not answer in time; trying again later may succeed.
-    #[error("{backend} did not answer within {after:?}")]
-    Timeout {
-        /// The backend's name.
-        backend: &'static str,
-        /// How long it waited.
-        after: Duration,
-    },
-    /// The backend is configured wrongly (a bad URL, a missing topic): retrying will not help.
-    #[error("{backend} configuration: {message}")]
-    Config {
-        /// The backend's name.
-        backend: &'static str,
-        /// What is wrong, naming the setting.
-        message: String,
-    },
-    /// The envelope is larger than the broker accepts.
-    #[error(
-        "{backend} refused a message of {size} bytes as too large (limit: {max} bytes; to raise it: {raise})"
-    )]
-    TooLarge {
-        /// The backend's name.
-        backend: &'static str,
-        /// The envelope's size in bytes.
-        size: usize,
-        /// The broker's limit in bytes; 0 when the broker did not say.
-        max: usize,
-        /// Which broker setting sets the limit.
-        raise: &'static str,
-    },
-    /// The broker refused the operation.
-    #[error("{backend}: {source}")]
-    Other {
-        /// The backend's name.
-        backend: &'static str,
-        /// What the client said.
-        #[source]
-        source: BoxError,
-    },
-    /// The backend was closed.
-    #[error("{backend} is closed")]
-    Closed {
-        /// The backend's name.
-        backend: &'static str,
-    },
-}
-
-impl BackendError {
-    /// Whether the same call may succeed later (the broker is down or slow), as opposed to a
-    /// permanent failure (bad configuration, a closed backend).
-    pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Unavailable { .. } | BackendError::Timeout { .. }
-        )
-    }
-
-    /// Wraps a client error as [`BackendError::Unavailable`].
-    pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
-        BackendError::Unavailable {
-            backend,
-            source: source.into(),
-        }
-    }
-}
-
 /// Whether a backend can publish and receive right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -243,7 +161,10 @@ impl Health {
 /// Carries envelopes from the instance that publishes to every instance (itself included).
 ///
 /// Implement this to add a broker. The trait is object-safe: the hub holds an
-/// `Arc<dyn FanoutBackend>`. Run [`testkit`](crate#testkit) (feature `testkit`) against an
+/// `Arc<dyn FanoutBackend>`, and an application that shares one backend keeps one too
+/// ([`Hub::builder_arc`](crate::Hub::builder_arc)). There is deliberately no forwarding impl for
+/// `Arc<T>` or `Box<T>`: a capability added here could be forgotten in one and silently read as
+/// `None` behind it, whereas a trait object always calls the implementation itself. Run [`testkit`](crate#testkit) (feature `testkit`) against an
 /// implementation to check that it keeps this contract.
 #[async_trait]
 pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
@@ -297,64 +218,75 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-#[async_trait]
-impl<T: FanoutBackend + ?Sized> FanoutBackend for Arc<T> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
-        (**self).publish(envelope).await
-    }
-    async fn subscribe(&self) -> Result<BackendStream, BackendError> {
-        (**self).subscribe().await
-    }
-    async fn health(&self) -> Health {
-        (**self).health().await
-    }
-    async fn close(&self) -> Result<(), BackendError> {
-        (**self).close().await
-    }
-    fn reconnects(&self) -> u64 {
-        (**self).reconnects()
-    }
-    fn history(&self) -> Option<&dyn BrokerHistory> {
-        (**self).history()
-    }
-    fn max_envelope(&self) -> Option<usize> {
-        (**self).max_envelope()
-    }
-    fn routes(&self) -> Option<&dyn SessionRoutes> {
-        (**self).routes()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
 
-#[async_trait]
-impl<T: FanoutBackend + ?Sized> FanoutBackend for Box<T> {
-    fn name(&self) -> &'static str {
-        (**self).name()
+    use super::*;
+    use crate::LocalBackend;
+    use crate::history::HistoryStream;
+
+    /// A backend with every optional capability, to see each one through a shared handle.
+    #[derive(Debug, Default)]
+    struct Capable {
+        local: LocalBackend,
     }
-    async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
-        (**self).publish(envelope).await
+
+    #[async_trait]
+    impl BrokerHistory for Capable {
+        async fn read_since(&self, _since: SystemTime) -> Result<HistoryStream, BackendError> {
+            Ok(Box::pin(futures_util::stream::empty()))
+        }
     }
-    async fn subscribe(&self) -> Result<BackendStream, BackendError> {
-        (**self).subscribe().await
+
+    #[async_trait]
+    impl FanoutBackend for Capable {
+        fn name(&self) -> &'static str {
+            "capable"
+        }
+        async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
+            self.local.publish(envelope).await
+        }
+        async fn subscribe(&self) -> Result<BackendStream, BackendError> {
+            FanoutBackend::subscribe(&self.local).await
+        }
+        async fn health(&self) -> Health {
+            Health::down("a test")
+        }
+        fn reconnects(&self) -> u64 {
+            7
+        }
+        fn history(&self) -> Option<&dyn BrokerHistory> {
+            Some(self)
+        }
+        fn routes(&self) -> Option<&dyn SessionRoutes> {
+            self.local.routes()
+        }
+        fn max_envelope(&self) -> Option<usize> {
+            Some(1234)
+        }
     }
-    async fn health(&self) -> Health {
-        (**self).health().await
-    }
-    async fn close(&self) -> Result<(), BackendError> {
-        (**self).close().await
-    }
-    fn reconnects(&self) -> u64 {
-        (**self).reconnects()
-    }
-    fn history(&self) -> Option<&dyn BrokerHistory> {
-        (**self).history()
-    }
-    fn max_envelope(&self) -> Option<usize> {
-        (**self).max_envelope()
-    }
-    fn routes(&self) -> Option<&dyn SessionRoutes> {
-        (**self).routes()
+
+    /// Every optional capability reads the same through the handles a backend is shared by (the
+    /// hub's `Arc<dyn FanoutBackend>`, a `Box<dyn FanoutBackend>`): none falls back to its default.
+    #[tokio::test]
+    async fn a_shared_backend_keeps_every_capability() {
+        let shared: Arc<dyn FanoutBackend> = Arc::new(Capable::default());
+        let boxed: Box<dyn FanoutBackend> = Box::new(Capable::default());
+        for backend in [&*shared, &*boxed] {
+            assert_eq!(backend.name(), "capable");
+            assert_eq!(backend.reconnects(), 7);
+            assert_eq!(backend.max_envelope(), Some(1234));
+            assert!(backend.history().is_some(), "history lost");
+            assert!(backend.routes().is_some(), "routes lost");
+            assert!(!backend.health().await.up);
+        }
+        // The hub sees them too: session routing starts only on a backend with routes.
+        let hub = crate::Hub::builder_arc(shared)
+            .routing(crate::Routing::session())
+            .start()
+            .await
+            .expect("session routing on a backend with routes");
+        assert_eq!(hub.backend_routes(), Some(0));
     }
 }

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::BackendError;
 use crate::envelope::Envelope;
+use crate::error::BackendError;
 use crate::history::BrokerHistory;
 
 /// The first wait before reading again after a failed read; doubled up to [`MAX_RETRY`].

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
-use crate::backend::BackendError;
+use crate::error::BackendError;
 
 /// Envelopes read back from a broker's history, oldest first. An `Err` ends the read.
 pub type HistoryStream = BoxStream<'static, Result<Bytes, BackendError>>;

@@ -20,6 +20,7 @@ pub mod backend;
 mod catch_up;
 pub mod encode;
 pub mod envelope;
+pub mod error;
 pub mod event;
 pub mod history;
 mod hub;
@@ -33,8 +34,9 @@ mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use backend::{BackendError, BackendStream, BoxError, FanoutBackend, Health, Received};
+pub use backend::{BackendStream, FanoutBackend, Health, Received};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
+pub use error::{BackendError, BoxError};
 pub use event::{EventId, Payload, SendSseEvent};
 pub use history::{BrokerHistory, HistoryStream};
 pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};

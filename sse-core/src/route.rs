@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::backend::BackendError;
+use crate::error::BackendError;
 
 pub(crate) mod cursor;
 pub(crate) mod resume;

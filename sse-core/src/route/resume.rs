@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::backend::BackendError;
 use crate::envelope::Envelope;
+use crate::error::BackendError;
 use crate::history::{self, BrokerHistory};
 use crate::replay::{Replay, ReplayLog};
 use crate::repository::EventFilter;
