@@ -37,3 +37,17 @@ pub use sse_fanout_rabbit as rabbit;
 /// Kafka backend (feature `kafka`).
 #[cfg(feature = "kafka")]
 pub use sse_fanout_kafka as kafka;
+
+/// The backends this build offers by name (`--backend`): the local one always, each broker's
+/// with its cargo feature. A new backend is one line here and one feature in `Cargo.toml`.
+pub const BACKENDS: &[sse_core::connect::Connector] = &[
+    sse_core::connect::LOCAL,
+    #[cfg(feature = "redis")]
+    sse_fanout_redis::CONNECTOR,
+    #[cfg(feature = "nats")]
+    sse_fanout_nats::CONNECTOR,
+    #[cfg(feature = "rabbit")]
+    sse_fanout_rabbit::CONNECTOR,
+    #[cfg(feature = "kafka")]
+    sse_fanout_kafka::CONNECTOR,
+];

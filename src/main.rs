@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sse_fanout::connect::BackendSettings;
 use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter};
-use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, LocalBackend, ReplayConfig, Routing};
+use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
 /// jemalloc, with a background thread that gives freed memory back to the system within about a
@@ -41,13 +42,19 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Which broker carries events between instances.
-    #[arg(long, env = "SSE_FANOUT_BACKEND", value_enum, default_value_t = BackendKind::Local)]
-    backend: BackendKind,
+    /// Which broker carries events between instances: `local` (in-process, one instance), or
+    /// one of the backends this build has (`redis`, `nats`, `rabbit`, `kafka`: cargo features).
+    #[arg(long, env = "SSE_FANOUT_BACKEND", default_value = "local")]
+    backend: String,
 
     /// The broker's address (redis://…, nats://…, amqp://…, host:port for Kafka).
     #[arg(long, env = "SSE_FANOUT_BACKEND_URL")]
     backend_url: Option<String>,
+
+    /// An option of the backend, `key=value` (repeatable; `;` separates several in the env var):
+    /// each backend's crate documents its own, and refuses one it does not know.
+    #[arg(long = "backend-option", env = "SSE_FANOUT_BACKEND_OPTIONS", value_delimiter = ';', value_parser = parse_key_value)]
+    backend_options: Vec<(String, String)>,
 
     /// The channel, subject, exchange or topic the instances share.
     #[arg(long, env = "SSE_FANOUT_CHANNEL", default_value = "send.sse.event")]
@@ -120,7 +127,8 @@ struct Args {
     route_linger: Duration,
 
     /// Session routing on RabbitMQ: the hash partitions of session ids, each one binding when an
-    /// instance holds a session in it (see README's RabbitMQ section for the trade-off).
+    /// instance holds a session in it (see README's RabbitMQ section for the trade-off). Same as
+    /// `--backend-option route-partitions=N`.
     #[arg(long, env = "SSE_FANOUT_ROUTE_PARTITIONS")]
     route_partitions: Option<u32>,
 
@@ -129,9 +137,10 @@ struct Args {
     /// (every instance reads every event, so session routing saves nothing). `queue`: a queue of
     /// the instance's own, bound to the partitions of its sessions in session routing (less
     /// traffic; two publishers' near-simultaneous events may reach instances in either order).
-    /// Without broker history, always `queue`.
-    #[arg(long, env = "SSE_FANOUT_RABBIT_DELIVERY", value_enum, default_value_t = RabbitDelivery::Stream)]
-    rabbit_delivery: RabbitDelivery,
+    /// Without broker history, always `queue`. Default `stream`; same as
+    /// `--backend-option delivery=…`.
+    #[arg(long, env = "SSE_FANOUT_RABBIT_DELIVERY", value_enum)]
+    rabbit_delivery: Option<RabbitDelivery>,
 
     /// Open streams this instance accepts (0: no limit); over it, 503 with Retry-After.
     #[arg(long, env = "SSE_FANOUT_MAX_STREAMS", default_value_t = 0)]
@@ -232,20 +241,21 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_PUBLISH_PATH", default_value = "/sse/publish")]
     publish_path: String,
 
-    /// Kafka: create the topic when it does not exist.
+    /// Kafka: create the topic when it does not exist (`--backend-option create-topic=true`).
     #[arg(long, env = "SSE_FANOUT_CREATE_TOPIC")]
     create_topic: bool,
 
-    /// Kafka: partitions of a created topic (one keeps every instance's order of a stream the
-    /// same; see README's Kafka section before raising it).
-    #[arg(long, env = "SSE_FANOUT_TOPIC_PARTITIONS", default_value_t = 1)]
-    topic_partitions: i32,
+    /// Kafka: partitions of a created topic, default 1 (one keeps every instance's order of a
+    /// stream the same; see README's Kafka section before raising it).
+    #[arg(long, env = "SSE_FANOUT_TOPIC_PARTITIONS")]
+    topic_partitions: Option<i32>,
 
-    /// Kafka: replication factor of a created topic.
-    #[arg(long, env = "SSE_FANOUT_TOPIC_REPLICATION", default_value_t = 1)]
-    topic_replication: i32,
+    /// Kafka: replication factor of a created topic, default 1.
+    #[arg(long, env = "SSE_FANOUT_TOPIC_REPLICATION")]
+    topic_replication: Option<i32>,
 
-    /// Kafka: a librdkafka setting, `key=value` (repeatable; `;` separates several in the env var).
+    /// Kafka: a librdkafka setting, `key=value` (repeatable; `;` separates several in the env
+    /// var). Same as `--backend-option librdkafka.key=value`.
     #[arg(long = "kafka-config", env = "SSE_FANOUT_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_key_value)]
     kafka_config: Vec<(String, String)>,
 
@@ -271,20 +281,6 @@ enum Command {
     /// Asks the hub at the listen address (`--listen`, `SSE_FANOUT_LISTEN`; a wildcard address is
     /// asked on loopback) for `/healthz`; exits 0 when it answers 200. For container health checks.
     Healthcheck,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendKind {
-    /// In-process: one instance, no broker.
-    Local,
-    /// Redis pub/sub (build with `--features redis`).
-    Redis,
-    /// NATS core pub/sub (build with `--features nats`).
-    Nats,
-    /// RabbitMQ fanout exchange (build with `--features rabbit`).
-    Rabbit,
-    /// Kafka topic (build with `--features kafka`).
-    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -368,15 +364,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         replay.max_bytes = args.replay_bytes;
         replay
     });
-    if args.routing == RoutingKind::Session && args.backend == BackendKind::Kafka {
-        // The hub refuses it too once connected; say it before touching the broker.
-        anyhow::bail!(
-            "--routing session does not work with Kafka: its consumers own partitions, not \
-             sessions, so every instance must read the whole topic; use --routing broadcast"
-        );
-    }
+    config.routing = match args.routing {
+        RoutingKind::Broadcast => Routing::Broadcast,
+        RoutingKind::Session => Routing::Session {
+            linger: args.route_linger,
+        },
+    };
     let history = config.replay.filter(|_| args.broker_history);
-    let backend = connect_backend(&args, &config.instance_id, history).await?;
+    let backend = connect_backend(&args, &config, history).await?;
     config.accept_apps = if args.accept_apps.iter().any(|a| a == "*") {
         AcceptApps::Any
     } else if args.accept_apps.is_empty() {
@@ -394,12 +389,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.max_streams = (args.max_streams > 0).then_some(args.max_streams);
     config.max_streams_per_session =
         (args.max_streams_per_session > 0).then_some(args.max_streams_per_session);
-    config.routing = match args.routing {
-        RoutingKind::Broadcast => Routing::Broadcast,
-        RoutingKind::Session => Routing::Session {
-            linger: args.route_linger,
-        },
-    };
     let hub = Hub::builder_arc(backend)
         .config(config)
         .start()
@@ -459,81 +448,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects the chosen backend; `history` is what it keeps in the broker (`None`: nothing).
+/// Connects the chosen backend from the build's table ([`sse_fanout::BACKENDS`]); `history` is
+/// what it keeps in the broker (`None`: nothing).
 async fn connect_backend(
     args: &Args,
-    instance_id: &str,
+    config: &HubConfig,
     history: Option<ReplayConfig>,
 ) -> anyhow::Result<Arc<dyn FanoutBackend>> {
-    let url = args.backend_url.as_deref();
-    let channel = args.channel.as_str();
-    let backend: Arc<dyn FanoutBackend> = match args.backend {
-        BackendKind::Local => Arc::new(LocalBackend::new()),
-        #[cfg(feature = "redis")]
-        BackendKind::Redis => {
-            use sse_fanout::redis::{RedisBackend, RedisConfig};
-            let url = url.unwrap_or("redis://127.0.0.1:6379");
-            let config = RedisConfig::new(channel).history(history);
-            Arc::new(RedisBackend::connect_with(url, config).await?)
-        }
-        #[cfg(feature = "nats")]
-        BackendKind::Nats => {
-            use sse_fanout::nats::{NatsBackend, NatsConfig};
-            let url = url.unwrap_or("nats://127.0.0.1:4222");
-            let config = NatsConfig::new(channel).history(history);
-            let options = sse_fanout::nats::ConnectOptions::new();
-            Arc::new(NatsBackend::connect_with(url, config, options).await?)
-        }
-        #[cfg(feature = "rabbit")]
-        BackendKind::Rabbit => {
-            use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
-            let url = url.unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
-            // The instance's own queue, named so it can be declared again after a reconnect.
-            let queue = format!("{}.{instance_id}", args.app_name);
-            let mut config = RabbitConfig::new(channel, queue).history(history);
-            if let Some(partitions) = args.route_partitions {
-                config.route_partitions = partitions.max(1);
-            }
-            config.delivery = match args.rabbit_delivery {
-                RabbitDelivery::Stream => sse_fanout::rabbit::Delivery::Stream,
-                RabbitDelivery::Queue => sse_fanout::rabbit::Delivery::Queue,
-            };
-            if args.routing == RoutingKind::Session
-                && args.rabbit_delivery == RabbitDelivery::Stream
-                && args.broker_history
-            {
-                tracing::info!(
-                    "session routing on RabbitMQ with --rabbit-delivery stream: every instance \
-                     reads every event from the history stream (one order); \
-                     --rabbit-delivery queue saves that traffic without one order"
-                );
-            }
-            Arc::new(RabbitBackend::connect(url, config).await?)
-        }
-        #[cfg(feature = "kafka")]
-        BackendKind::Kafka => {
-            use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
-            let brokers = url.unwrap_or("127.0.0.1:9092");
-            let mut config =
-                KafkaConfig::new(brokers, channel, args.app_name.clone()).history(history);
-            if args.create_topic {
-                config = config.create_topic(args.topic_partitions, args.topic_replication);
-            }
-            for (key, value) in &args.kafka_config {
-                config = config.set(key, value);
-            }
-            Arc::new(KafkaBackend::connect(config).await?)
-        }
-        #[allow(unreachable_patterns)]
-        other => {
-            let _ = (url, channel, instance_id, history);
-            let feature = format!("{other:?}").to_lowercase();
-            anyhow::bail!(
-                "this build has no {feature} backend; rebuild with `--features {feature}`"
-            )
-        }
+    let Some(connector) = sse_fanout::BACKENDS.iter().find(|c| c.name == args.backend) else {
+        let names: Vec<&str> = sse_fanout::BACKENDS.iter().map(|c| c.name).collect();
+        anyhow::bail!(
+            "this build has no {} backend (it has: {}); the brokers' backends are cargo \
+             features of sse-fanout: rebuild with `--features {}`",
+            args.backend,
+            names.join(", "),
+            args.backend
+        )
     };
-    Ok(backend)
+    let mut settings = BackendSettings::new(args.channel.clone());
+    settings.url = args.backend_url.clone();
+    settings.app_name = args.app_name.clone();
+    settings.instance_id = config.instance_id.clone();
+    settings.history = history;
+    settings.routing = config.routing;
+    settings.options = backend_options(args);
+    Ok((connector.connect)(settings).await?)
+}
+
+/// `--backend-option` and the shorthand flags that stand for one.
+fn backend_options(args: &Args) -> std::collections::BTreeMap<String, String> {
+    let mut options: std::collections::BTreeMap<String, String> =
+        args.backend_options.iter().cloned().collect();
+    if let Some(partitions) = args.route_partitions {
+        options.insert("route-partitions".into(), partitions.to_string());
+    }
+    if let Some(delivery) = args.rabbit_delivery {
+        let delivery = match delivery {
+            RabbitDelivery::Stream => "stream",
+            RabbitDelivery::Queue => "queue",
+        };
+        options.insert("delivery".into(), delivery.into());
+    }
+    if args.create_topic {
+        options.insert("create-topic".into(), "true".into());
+    }
+    if let Some(partitions) = args.topic_partitions {
+        options.insert("topic-partitions".into(), partitions.to_string());
+    }
+    if let Some(replication) = args.topic_replication {
+        options.insert("topic-replication".into(), replication.to_string());
+    }
+    for (key, value) in &args.kafka_config {
+        options.insert(format!("librdkafka.{key}"), value.clone());
+    }
+    options
 }
 
 /// A listener with a backlog deep enough for a reconnect storm (the kernel caps it at somaxconn).

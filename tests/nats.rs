@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::brokers::Broker;
 use sse_fanout::FanoutBackend;
-use sse_fanout::nats::NatsBackend;
+use sse_fanout::nats::{NatsBackend, NatsConfig};
 
 use common::backends::nats::{connect, forget, raw};
 
@@ -19,7 +19,7 @@ common::fanout::restart_suite!(Broker::Nats, Duration::from_secs(5));
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {
     // Nothing listens on port 1.
-    let err = NatsBackend::connect("nats://127.0.0.1:1", "c")
+    let err = NatsBackend::connect(NatsConfig::new("nats://127.0.0.1:1", "c"))
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
@@ -36,9 +36,13 @@ async fn subscribe_holds_before_it_returns_every_time() {
     };
     let subject = common::unique("ready");
     let _forget = common::backends::Forget::new(&url, &subject, forget);
-    let publisher = NatsBackend::connect(&url, &subject).await.unwrap();
+    let publisher = NatsBackend::connect(NatsConfig::new(url.as_str(), subject.as_str()))
+        .await
+        .unwrap();
     for round in 0..200 {
-        let subscriber = NatsBackend::connect(&url, &subject).await.unwrap();
+        let subscriber = NatsBackend::connect(NatsConfig::new(url.as_str(), subject.as_str()))
+            .await
+            .unwrap();
         let mut stream = subscriber.subscribe().await.unwrap();
         let envelope = sse_core::testkit::envelope("ready", serde_json::json!(round));
         publisher.publish(envelope.clone()).await.unwrap();
@@ -73,7 +77,9 @@ async fn a_fresh_connection_counts_no_reconnect() {
     let subject = common::unique("fresh");
     let _forget = common::backends::Forget::new(&url, &subject, forget);
     for round in 0..20 {
-        let backend = NatsBackend::connect(&url, &subject).await.unwrap();
+        let backend = NatsBackend::connect(NatsConfig::new(url.as_str(), subject.as_str()))
+            .await
+            .unwrap();
         let mut stream = backend.subscribe().await.unwrap();
         // The client's events are delivered by a task of its own; give them time to arrive.
         let item =

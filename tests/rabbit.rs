@@ -55,8 +55,8 @@ async fn in_queue_delivery_each_instance_has_its_own_queue_which_goes_away_with_
     let hub = |queue: String| {
         let (url, exchange) = (url.clone(), exchange.clone());
         async move {
-            let config = RabbitConfig::new(exchange, queue).delivery(Delivery::Queue);
-            let backend = RabbitBackend::connect(&url, config).await.unwrap();
+            let config = RabbitConfig::new(url, exchange, queue).delivery(Delivery::Queue);
+            let backend = RabbitBackend::connect(config).await.unwrap();
             sse_fanout::Hub::builder(backend).start().await.unwrap()
         }
     };
@@ -83,15 +83,15 @@ async fn in_queue_delivery_each_instance_has_its_own_queue_which_goes_away_with_
 
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {
-    let config = || RabbitConfig::new("x", "q");
-    let err = RabbitBackend::connect("http://nope", config())
+    let config = |url| RabbitConfig::new(url, "x", "q");
+    let err = RabbitBackend::connect(config("http://nope"))
         .await
         .unwrap_err();
     assert!(
         matches!(err, sse_fanout::BackendError::Config { .. }),
         "{err}"
     );
-    let err = RabbitBackend::connect("amqp://127.0.0.1:1/%2f", config())
+    let err = RabbitBackend::connect(config("amqp://127.0.0.1:1/%2f"))
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");

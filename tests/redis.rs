@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::brokers::{self, Broker};
 use common::unique;
 use sse_fanout::FanoutBackend;
-use sse_fanout::redis::RedisBackend;
+use sse_fanout::redis::{RedisBackend, RedisConfig};
 
 use common::backends::redis::{connect, forget, raw};
 
@@ -21,13 +21,15 @@ common::fanout::restart_suite!(Broker::Redis, Duration::from_secs(5));
 
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {
-    let err = RedisBackend::connect("http://nope", "c").await.unwrap_err();
+    let err = RedisBackend::connect(RedisConfig::new("http://nope", "c"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, sse_fanout::BackendError::Config { .. }),
         "{err}"
     );
     // Nothing listens on port 1.
-    let err = RedisBackend::connect("redis://127.0.0.1:1", "c")
+    let err = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:1", "c"))
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
@@ -60,13 +62,19 @@ async fn a_password_in_the_url_works() {
     let host = url.split("://").nth(1).unwrap();
     let authed = format!("redis://{user}:s3cret@{host}");
     let channel = unique("password");
-    let backend = RedisBackend::connect(&authed, &channel).await.unwrap();
+    let backend = RedisBackend::connect(RedisConfig::new(authed.as_str(), channel.as_str()))
+        .await
+        .unwrap();
     let mut stream = backend.subscribe().await.unwrap();
     backend.publish(Bytes::from_static(b"hello")).await.unwrap();
     let got = sse_core::testkit::next_within(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(got.as_deref(), Some(&b"hello"[..]));
     let wrong = format!("redis://{user}:wrong@{host}");
-    assert!(RedisBackend::connect(&wrong, &channel).await.is_err());
+    assert!(
+        RedisBackend::connect(RedisConfig::new(wrong.as_str(), channel.as_str()))
+            .await
+            .is_err()
+    );
     let _: () = redis::cmd("ACL")
         .arg(&["DELUSER", user.as_str()][..])
         .query_async(&mut admin)
@@ -105,17 +113,24 @@ async fn a_lost_subscription_catches_up_from_the_history() {
     let host = url.split("://").nth(1).unwrap();
     let channel = unique("catch-up");
     let _forget = common::backends::Forget::new(&url, &channel, forget);
-    let subscriber = RedisBackend::connect(&format!("redis://{user}:s3cret@{host}"), &channel)
-        .await
-        .unwrap();
+    let subscriber = RedisBackend::connect(RedisConfig::new(
+        format!("redis://{user}:s3cret@{host}"),
+        channel.as_str(),
+    ))
+    .await
+    .unwrap();
     let server = common::TestServer::start(Arc::new(subscriber), |b| b.app_name("catch-up")).await;
     let mut stream = server.stream("eventName=e&sessionId=s1").await;
     server.wait_for_streams(1).await;
-    let publisher = sse_fanout::Hub::builder(RedisBackend::connect(&url, &channel).await.unwrap())
-        .app_name("catch-up")
-        .start()
-        .await
-        .unwrap();
+    let publisher = sse_fanout::Hub::builder(
+        RedisBackend::connect(RedisConfig::new(url.as_str(), channel.as_str()))
+            .await
+            .unwrap(),
+    )
+    .app_name("catch-up")
+    .start()
+    .await
+    .unwrap();
     let publish = |n: u32| {
         publisher.publish(sse_fanout::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1"))
     };

@@ -314,7 +314,7 @@ fn kafka_refuses_session_routing() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--routing session does not work with Kafka"),
+        stderr.contains("session routing does not work with Kafka"),
         "{stderr}"
     );
 }

@@ -37,105 +37,33 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod history;
+mod publish;
+mod subscribe;
+mod topic;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use sse_core::connect::Connector;
 use sse_core::history::BrokerHistory;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{DEFAULT_URL, KafkaConfig};
+
+/// This backend's row in a hub's table of backends (`--backend kafka`).
+pub const CONNECTOR: Connector =
+    Connector::of::<KafkaConfig>("kafka", "Kafka (the topic is the history)");
+
 const NAME: &str = "kafka";
-
-/// How the backend uses Kafka.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// The topic every instance shares.
-    pub topic: String,
-    /// Group ids are `{group_prefix}-{uuid}`: use the application name.
-    pub group_prefix: String,
-    /// Create the topic when it is missing: `(partitions, replication factor)`.
-    pub create_topic: Option<(i32, i32)>,
-    /// How long a publish waits for its delivery report, and metadata calls for an answer.
-    pub timeout: Duration,
-    /// librdkafka settings applied to producer, consumer and admin client, after the defaults.
-    pub settings: Vec<(String, String)>,
-    /// Whether a hub reads the topic's last [`ReplayConfig::max_age`] when it starts (the topic
-    /// is the history: see the crate docs); `None` reads nothing.
-    pub history: Option<ReplayConfig>,
-}
-
-impl KafkaConfig {
-    /// Settings for `topic` on `brokers`, groups named after `group_prefix`; timeout 5 s.
-    pub fn new(
-        brokers: impl Into<String>,
-        topic: impl Into<String>,
-        group_prefix: impl Into<String>,
-    ) -> Self {
-        KafkaConfig {
-            brokers: brokers.into(),
-            topic: topic.into(),
-            group_prefix: group_prefix.into(),
-            create_topic: None,
-            timeout: Duration::from_secs(5),
-            settings: Vec::new(),
-            history: Some(ReplayConfig::default()),
-        }
-    }
-
-    /// Sets the history read when a hub starts; `None` reads none.
-    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
-        self.history = history;
-        self
-    }
-
-    /// Creates the topic with `partitions` and `replication` when it does not exist.
-    pub fn create_topic(mut self, partitions: i32, replication: i32) -> Self {
-        self.create_topic = Some((partitions.max(1), replication.max(1)));
-        self
-    }
-
-    /// Passes a librdkafka setting through (`security.protocol`, `sasl.mechanism`, …).
-    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.settings.push((key.into(), value.into()));
-        self
-    }
-
-    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        config.set("socket.nagle.disable", "true");
-        config.set("reconnect.backoff.ms", "50");
-        config.set("reconnect.backoff.max.ms", "1000");
-        for (k, v) in defaults {
-            config.set(*k, *v);
-        }
-        for (k, v) in &self.settings {
-            config.set(k, v);
-        }
-        config
-    }
-}
 
 /// Fans envelopes out over a Kafka topic. Cheap to clone.
 #[derive(Clone)]
@@ -197,7 +125,7 @@ impl KafkaBackend {
         let inner = Arc::new(Inner {
             config,
             max_envelope: std::sync::atomic::AtomicUsize::new(
-                DEFAULT_MAX_MESSAGE_BYTES - BATCH_ROOM,
+                publish::DEFAULT_MAX_MESSAGE_BYTES - publish::BATCH_ROOM,
             ),
             producer,
             closed: CancellationToken::new(),
@@ -210,176 +138,6 @@ impl KafkaBackend {
     }
 }
 
-/// Kafka's default `max.message.bytes` (a topic's largest record batch).
-const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
-
-/// Room left in a record batch for its own header, the record's and the key (a session id).
-const BATCH_ROOM: usize = 1024;
-
-impl Inner {
-    /// The largest envelope the topic takes: its `max.message.bytes` (Kafka counts the whole
-    /// record batch) less [`BATCH_ROOM`]; Kafka's default when the broker does not say.
-    async fn max_envelope(&self) -> usize {
-        let admin: Result<AdminClient<DefaultClientContext>, _> =
-            self.config.client_config(&[]).create();
-        let topic = self.config.topic.as_str();
-        let described = match admin {
-            Ok(admin) => {
-                let options = AdminOptions::new().request_timeout(Some(self.config.timeout));
-                admin
-                    .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
-                    .await
-                    .ok()
-            }
-            Err(_) => None,
-        };
-        let limit = described
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find_map(|resource| {
-                resource
-                    .get("max.message.bytes")?
-                    .value
-                    .as_deref()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-        limit.saturating_sub(BATCH_ROOM).max(1)
-    }
-
-    fn too_large(&self, size: usize) -> BackendError {
-        BackendError::TooLarge {
-            backend: NAME,
-            size,
-            max: self.max_envelope.load(Ordering::Relaxed),
-            raise: "the topic's max.message.bytes (kafka-configs --alter --entity-type topics \
-                    --add-config max.message.bytes=N), and the broker's message.max.bytes and \
-                    replica.fetch.max.bytes above it",
-        }
-    }
-
-    /// The topic's partition ids, or `None` when the broker does not know the topic.
-    async fn partitions(&self) -> Result<Option<Vec<i32>>, BackendError> {
-        let producer = self.producer.clone();
-        let topic = self.config.topic.clone();
-        let timeout = self.config.timeout;
-        blocking(move || {
-            // All topics: asking for one by name may make a broker auto-create it.
-            let metadata = producer
-                .client()
-                .fetch_metadata(None, timeout)
-                .map_err(kafka_error)?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-                .filter(|p| !p.is_empty()))
-        })
-        .await
-    }
-
-    async fn validate_topic(&self) -> Result<(), BackendError> {
-        if self.partitions().await?.is_some() {
-            return Ok(());
-        }
-        let topic = &self.config.topic;
-        let Some((partitions, replication)) = self.config.create_topic else {
-            return Err(config_error(format!(
-                "topic `{topic}` does not exist; create it, or enable topic creation (--create-topic)"
-            )));
-        };
-        let admin: AdminClient<DefaultClientContext> = self
-            .config
-            .client_config(&[])
-            .create()
-            .map_err(|e| config_error(format!("admin client: {e}")))?;
-        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        let options = AdminOptions::new().operation_timeout(Some(self.config.timeout));
-        let results = admin
-            .create_topics([&new_topic], &options)
-            .await
-            .map_err(kafka_error)?;
-        for result in results {
-            match result {
-                Ok(_) => tracing::info!(%topic, partitions, replication, "created the topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(BackendError::Other {
-                        backend: NAME,
-                        source: format!("creating topic {name}: {code}").into(),
-                    });
-                }
-            }
-        }
-        // Wait until the metadata shows it, so that subscribe finds its partitions.
-        let deadline = tokio::time::Instant::now() + self.config.timeout;
-        while self.partitions().await?.is_none() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(BackendError::Timeout {
-                    backend: NAME,
-                    after: self.config.timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    }
-
-    /// A consumer of every partition, each positioned at its current end offset.
-    async fn positioned_consumer(&self) -> Result<StreamConsumer, BackendError> {
-        let group = format!("{}-{}", self.config.group_prefix, uuid::Uuid::new_v4());
-        let consumer: StreamConsumer = self
-            .config
-            .client_config(&[
-                ("group.id", &group),
-                ("auto.offset.reset", "latest"),
-                ("enable.auto.commit", "true"),
-                ("enable.auto.offset.store", "false"),
-                ("fetch.wait.max.ms", "5"),
-                ("fetch.error.backoff.ms", "50"),
-                ("allow.auto.create.topics", "false"),
-            ])
-            .create()
-            .map_err(|e| config_error(format!("consumer: {e}")))?;
-        let partitions = self
-            .partitions()
-            .await?
-            .ok_or_else(|| config_error(format!("topic `{}` does not exist", self.config.topic)))?;
-        let consumer = Arc::new(consumer);
-        let topic = self.config.topic.clone();
-        let timeout = self.config.timeout;
-        let positioned = consumer.clone();
-        blocking(move || {
-            let mut assignment = TopicPartitionList::new();
-            for partition in partitions {
-                let (_, high) = positioned
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(kafka_error)?;
-                assignment
-                    .add_partition_offset(&topic, partition, Offset::Offset(high))
-                    .map_err(kafka_error)?;
-            }
-            positioned.assign(&assignment).map_err(kafka_error)
-        })
-        .await?;
-        tracing::debug!(%group, topic = %self.config.topic, "kafka consumer positioned at the end offsets");
-        Arc::try_unwrap(consumer)
-            .map_err(|_| BackendError::unavailable(NAME, "consumer still shared"))
-    }
-}
-
-/// What the producer keys a record by, read without decoding the rest of the envelope.
-#[derive(Deserialize)]
-struct Key<'a> {
-    #[serde(rename = "sessionId", borrow, default)]
-    session_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    origin: Option<Cow<'a, str>>,
-}
-
 #[async_trait]
 impl FanoutBackend for KafkaBackend {
     fn name(&self) -> &'static str {
@@ -390,31 +148,7 @@ impl FanoutBackend for KafkaBackend {
         if self.inner.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
-        if envelope.len() > self.inner.max_envelope.load(Ordering::Relaxed) {
-            return Err(self.inner.too_large(envelope.len()));
-        }
-        // A session's events share its partition (jEAP keys by session). A broadcast is keyed by
-        // its publishing instance, so that one publisher's broadcasts keep their order too.
-        let key = serde_json::from_slice::<Key<'_>>(&envelope)
-            .ok()
-            .and_then(|k| k.session_id.or(k.origin));
-        let mut record = FutureRecord::<str, [u8]>::to(&self.inner.config.topic).payload(&envelope);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
-        self.inner
-            .producer
-            .send(record, self.inner.config.timeout)
-            .await
-            .map(drop)
-            .map_err(|(error, _)| match error.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::MessageSizeTooLarge) => self.inner.too_large(envelope.len()),
-                Some(RDKafkaErrorCode::MessageTimedOut) => BackendError::Timeout {
-                    backend: NAME,
-                    after: self.inner.config.timeout,
-                },
-                _ => kafka_error(error),
-            })
+        self.inner.publish(envelope).await
     }
 
     async fn subscribe(&self) -> Result<BackendStream, BackendError> {
@@ -423,7 +157,7 @@ impl FanoutBackend for KafkaBackend {
         }
         let consumer = self.inner.positioned_consumer().await?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_consumer(self.inner.clone(), consumer, tx));
+        tokio::spawn(subscribe::run_consumer(self.inner.clone(), consumer, tx));
         Ok(sse_core::backend::channel_stream(rx))
     }
 
@@ -453,37 +187,4 @@ impl FanoutBackend for KafkaBackend {
         let timeout = self.inner.config.timeout;
         blocking(move || producer.flush(timeout).map_err(kafka_error)).await
     }
-}
-
-/// Forwards every message to the hub, storing its offset once handed over. librdkafka reconnects
-/// by itself; errors in between are logged and reflected in health.
-async fn run_consumer(inner: Arc<Inner>, consumer: StreamConsumer, tx: mpsc::Sender<Bytes>) {
-    let mut stream = consumer.stream();
-    loop {
-        let message = tokio::select! {
-            () = inner.closed.cancelled() => break,
-            () = tx.closed() => break,
-            message = stream.next() => message,
-        };
-        match message {
-            Some(Ok(message)) => {
-                inner.consuming_ok.store(true, Ordering::Relaxed);
-                let bytes = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-                if tx.send(bytes).await.is_err() {
-                    break;
-                }
-                if let Err(error) = consumer.store_offset_from_message(&message) {
-                    tracing::debug!(%error, "could not store the offset");
-                }
-            }
-            Some(Err(error)) => {
-                if inner.consuming_ok.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(%error, topic = %inner.config.topic, "kafka consumer error; librdkafka retries");
-                }
-            }
-            None => break,
-        }
-    }
-    drop(stream);
-    consumer.unassign().ok();
 }

@@ -6,7 +6,7 @@
 //!
 //! - [`Delivery::Stream`] (the default, with history): the history stream itself, from the next
 //!   offset, so every instance receives every envelope in the stream's one order (see the
-//!   `stream` module for why that matters to `Last-Event-ID`).
+//!   `subscribe` module for why that matters to `Last-Event-ID`).
 //! - [`Delivery::Queue`] (and without history): the Spring Boot SSE starter's design. Each
 //!   subscription declares its instance's own queue, exclusive and auto-delete, bound to the
 //!   exchange (the starter's `oneQueuePerInstance=true`): every instance receives every event, and
@@ -34,8 +34,9 @@
 //! use sse_core::Hub;
 //! use sse_fanout_rabbit::{RabbitBackend, RabbitConfig};
 //!
-//! let config = RabbitConfig::new("send.sse.event", "orders.instance-1");
-//! let backend = RabbitBackend::connect("amqp://guest:guest@127.0.0.1:5672/%2f", config).await?;
+//! let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+//! let config = RabbitConfig::new(url, "send.sse.event", "orders.instance-1");
+//! let backend = RabbitBackend::connect(config).await?;
 //! let hub = Hub::builder(backend).app_name("orders").start().await?;
 //! # Ok(()) }
 //! ```
@@ -43,122 +44,38 @@
 //! In [session routing](sse_core::route) targeted envelopes go to a direct exchange by hash
 //! partition of their session (see the `routes` module and [`RabbitConfig::route_partitions`]).
 
+mod config;
 mod history;
+mod publish;
 mod routes;
-mod stream;
-mod subscription;
+mod subscribe;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_core::backend::Reconnects;
+use sse_core::connect::Connector;
 use sse_core::history::BrokerHistory;
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use subscription::{Session, Source};
+pub use config::{DEFAULT_ROUTE_PARTITIONS, DEFAULT_URL, Delivery, RabbitConfig};
+
+use subscribe::Source;
+
+/// This backend's row in a hub's table of backends (`--backend rabbit`).
+pub const CONNECTOR: Connector =
+    Connector::of::<RabbitConfig>("rabbit", "RabbitMQ (a stream queue for the history)");
 
 const NAME: &str = "rabbit";
-
-/// How the backend uses RabbitMQ.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RabbitConfig {
-    /// The fanout exchange every instance shares.
-    pub exchange: String,
-    /// This instance's queue name (unique per instance, e.g. `{app}.{instance}`); a second
-    /// subscription of the same backend gets `.2`, `.3`… appended.
-    pub queue: String,
-    /// Persistent (`true`) or transient delivery mode.
-    pub persistent: bool,
-    /// Unacknowledged messages the broker sends ahead.
-    pub prefetch: u16,
-    /// How long connecting, declaring and each confirm may take.
-    pub timeout: Duration,
-    /// The longest wait between reconnect attempts.
-    pub max_backoff: Duration,
-    /// The history kept in a stream queue bound to the exchange (see the crate docs); `None`
-    /// keeps none. Give the hub the same bounds
-    /// ([`HubConfig::replay`](sse_core::HubConfig::replay)).
-    pub history: Option<ReplayConfig>,
-    /// The history stream queue's name; default `{exchange}.history`.
-    pub history_queue: String,
-    /// The hash partitions of session ids in routed delivery (see the `routes` module docs):
-    /// more partitions mean fewer other sessions' events reach an instance, and more bindings.
-    pub route_partitions: u32,
-    /// Where subscriptions receive envelopes from: the history stream (one order for every
-    /// instance; the default) or a queue of the instance's own.
-    pub delivery: Delivery,
-}
-
-/// Where a subscription receives envelopes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Delivery {
-    /// The history stream itself, from the next offset (see the `stream` module): every instance
-    /// receives every envelope in the stream's one order, and a lost connection consumes again
-    /// after the last offset received. Every instance reads targeted envelopes too, so session
-    /// routing saves nothing. Needs history; without it a subscription uses
-    /// [`Queue`](Delivery::Queue).
-    #[default]
-    Stream,
-    /// A queue of the instance's own bound to the exchange (and, in session routing, to the
-    /// partitions of the sessions it holds): session routing saves traffic, but two publishers'
-    /// near-simultaneous envelopes reach two instances' queues in either order, so a client
-    /// moving between instances at that moment may receive one of them twice, or not at all.
-    Queue,
-}
-
-impl RabbitConfig {
-    /// Defaults: transient messages, prefetch 256, timeout 5 s, backoff up to 5 s, history with
-    /// the default [`ReplayConfig`] in the stream queue `{exchange}.history`.
-    pub fn new(exchange: impl Into<String>, queue: impl Into<String>) -> Self {
-        let exchange = exchange.into();
-        RabbitConfig {
-            history: Some(ReplayConfig::default()),
-            history_queue: format!("{exchange}.history"),
-            exchange,
-            queue: queue.into(),
-            persistent: false,
-            prefetch: 256,
-            timeout: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
-            route_partitions: DEFAULT_ROUTE_PARTITIONS,
-            delivery: Delivery::default(),
-        }
-    }
-
-    /// Sets where subscriptions receive envelopes from.
-    pub fn delivery(mut self, delivery: Delivery) -> Self {
-        self.delivery = delivery;
-        self
-    }
-
-    /// Sets the history's bounds; `None` keeps no history.
-    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
-        self.history = history;
-        self
-    }
-}
-
-/// The default of [`RabbitConfig::route_partitions`]: with `S` sessions in the cluster, an
-/// instance receives about `1 + S / partitions` times the targeted events meant for its own
-/// sessions (≤ 1.1 up to ~6 500 sessions), and binds about one partition per session it holds.
-pub const DEFAULT_ROUTE_PARTITIONS: u32 = 65_536;
 
 /// Fans envelopes out over a RabbitMQ fanout exchange. Cheap to clone.
 #[derive(Clone)]
@@ -195,15 +112,16 @@ fn unavailable(error: lapin::Error) -> BackendError {
 }
 
 impl RabbitBackend {
-    /// Connects to `url`, declares the exchange, and opens the publishing channel.
-    pub async fn connect(url: &str, config: RabbitConfig) -> Result<Self, BackendError> {
+    /// Connects with `config`, declares the exchange (and the history stream), and opens the
+    /// publishing channel.
+    pub async fn connect(config: RabbitConfig) -> Result<Self, BackendError> {
         if config.queue.is_empty() {
             return Err(BackendError::Config {
                 backend: NAME,
                 message: "the queue name must not be empty".into(),
             });
         }
-        let uri: AMQPUri = url.parse().map_err(|e| BackendError::Config {
+        let uri: AMQPUri = config.url.parse().map_err(|e| BackendError::Config {
             backend: NAME,
             message: format!("invalid AMQP URL: {e}"),
         })?;
@@ -288,127 +206,6 @@ impl Inner {
             .await
             .map_err(unavailable)
     }
-
-    async fn publishing_session(&self) -> Result<(Connection, Channel), BackendError> {
-        let connection = self.connection("publisher").await?;
-        self.timed(async {
-            let channel = connection.create_channel().await.map_err(unavailable)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(unavailable)?;
-            self.declare_exchange(&channel).await?;
-            if let Some(history) = &self.config.history {
-                let declaring = connection.create_channel().await.map_err(unavailable)?;
-                self.declare_history(&connection, &declaring, history)
-                    .await?;
-                let _ = declaring.close(200, "declared".into()).await;
-            }
-            Ok(channel)
-        })
-        .await
-        .map(|channel| (connection, channel))
-    }
-
-    /// A consuming connection: the instance's queue declared, bound, and consumed.
-    async fn consuming_session(&self, queue: &str) -> Result<Session, BackendError> {
-        let connection = self.connection("subscriber").await?;
-        let consumer = self
-            .timed(async {
-                let channel = connection.create_channel().await.map_err(unavailable)?;
-                channel
-                    .basic_qos(self.config.prefetch, BasicQosOptions::default())
-                    .await
-                    .map_err(unavailable)?;
-                self.declare_exchange(&channel).await?;
-                let options = QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                };
-                channel
-                    .queue_declare(queue.into(), options, FieldTable::default())
-                    .await
-                    .map_err(unavailable)?;
-                self.bind(&channel, queue).await?;
-                let consumer = channel
-                    .basic_consume(
-                        queue.into(),
-                        format!("sse-fanout.{queue}").into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                Ok((consumer, channel))
-            })
-            .await?;
-        self.bind_routes(consumer.1.clone(), queue).await?;
-        Ok((connection, consumer.0, consumer.1))
-    }
-
-    /// The publishing channel, reconnected first when its connection is gone.
-    async fn publisher(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<(Connection, Channel)>>, BackendError> {
-        let mut publisher = self.publisher.lock().await;
-        if publisher
-            .as_ref()
-            .is_none_or(|(connection, _)| !connection.status().connected())
-        {
-            *publisher = None;
-            *publisher = Some(self.publishing_session().await?);
-        }
-        Ok(publisher)
-    }
-
-    async fn publish(&self, envelope: &[u8]) -> Result<(), BackendError> {
-        self.publish_to(&self.config.exchange, "", FieldTable::default(), envelope)
-            .await
-    }
-
-    /// Publishes to `exchange` with a routing key and headers, waiting for the confirm.
-    async fn publish_to(
-        &self,
-        exchange: &str,
-        key: &str,
-        headers: FieldTable,
-        envelope: &[u8],
-    ) -> Result<(), BackendError> {
-        let mut publisher = self.publisher().await?;
-        let Some((_, channel)) = publisher.as_ref() else {
-            return Err(BackendError::unavailable(NAME, "no publishing channel"));
-        };
-        let properties = BasicProperties::default()
-            .with_delivery_mode(if self.config.persistent { 2 } else { 1 })
-            .with_headers(headers);
-        let result = self
-            .timed(async {
-                let confirm = channel
-                    .basic_publish(
-                        exchange.into(),
-                        key.into(),
-                        BasicPublishOptions::default(),
-                        envelope,
-                        properties,
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                match confirm.await.map_err(unavailable)? {
-                    Confirmation::Nack(_) => Err(BackendError::Other {
-                        backend: NAME,
-                        source: "the broker refused the message (nack)".into(),
-                    }),
-                    _ => Ok(()),
-                }
-            })
-            .await;
-        if result.as_ref().is_err_and(BackendError::is_temporary) {
-            // Reconnect on the next publish.
-            *publisher = None;
-        }
-        result
-    }
 }
 
 #[async_trait]
@@ -444,7 +241,7 @@ impl FanoutBackend for RabbitBackend {
         };
         let first = source.connect(&self.inner).await?;
         let (tx, rx) = mpsc::channel(usize::from(self.inner.config.prefetch.max(1)));
-        tokio::spawn(subscription::run(self.inner.clone(), source, first, tx));
+        tokio::spawn(subscribe::run(self.inner.clone(), source, first, tx));
         Ok(sse_core::backend::channel_stream(rx))
     }
 

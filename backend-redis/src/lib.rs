@@ -12,9 +12,10 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use sse_core::Hub;
-//! use sse_fanout_redis::RedisBackend;
+//! use sse_fanout_redis::{RedisBackend, RedisConfig};
 //!
-//! let backend = RedisBackend::connect("redis://127.0.0.1:6379", "send.sse.event").await?;
+//! let config = RedisConfig::new("redis://127.0.0.1:6379", "send.sse.event");
+//! let backend = RedisBackend::connect(config).await?;
 //! let hub = Hub::builder(backend).app_name("orders").start().await?;
 //! # Ok(()) }
 //! ```
@@ -51,97 +52,34 @@
 //! backend talks to one Redis server: Redis Cluster, and with it sharded pub/sub
 //! (`SSUBSCRIBE`), is not supported yet.
 
-use std::collections::HashSet;
+mod config;
+mod history;
+mod publish;
+mod routes;
+mod subscribe;
+
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sse_core::backend::Reconnects;
-use sse_core::history::{self, BrokerHistory, HistoryStream};
-use sse_core::route::{SessionRoutes, route_token};
-use sse_core::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
+use sse_core::connect::Connector;
+use sse_core::history::BrokerHistory;
+use sse_core::route::SessionRoutes;
+use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{DEFAULT_URL, RedisConfig};
+
+use routes::Routes;
+
+/// This backend's row in a hub's table of backends (`--backend redis`).
+pub const CONNECTOR: Connector = Connector::of::<RedisConfig>("redis", "Redis pub/sub");
+
 const NAME: &str = "redis";
-
-/// How the backend talks to Redis.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RedisConfig {
-    /// The pub/sub channel every instance shares.
-    pub channel: String,
-    /// How long connecting (and each reconnect attempt) may take.
-    pub connect_timeout: Duration,
-    /// How long a publish may wait for the server's answer.
-    pub response_timeout: Duration,
-    /// How often an idle subscription pings the server to notice a dead connection.
-    pub ping_interval: Duration,
-    /// The longest wait between reconnect attempts.
-    pub max_backoff: Duration,
-    /// Messages buffered between the subscription connection and the hub.
-    pub buffer: usize,
-    /// The history kept in a Redis stream (see the crate docs); `None` keeps none. Give the hub
-    /// the same bounds ([`HubConfig::replay`](sse_core::HubConfig::replay)): its replay log is
-    /// where the history is served from, and what recognises envelopes that arrive twice.
-    pub history: Option<ReplayConfig>,
-    /// The key of the history stream.
-    pub history_key: String,
-}
-
-impl RedisConfig {
-    /// Defaults for `channel`: connect timeout 2 s, response timeout 2 s, ping every 5 s,
-    /// backoff up to 5 s, buffer of 4096 messages, history with the default [`ReplayConfig`] in
-    /// the stream `{channel}:history`.
-    pub fn new(channel: impl Into<String>) -> Self {
-        let channel = channel.into();
-        RedisConfig {
-            history: Some(ReplayConfig::default()),
-            history_key: format!("{channel}:history"),
-            channel,
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            ping_interval: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
-            buffer: 4096,
-        }
-    }
-
-    /// Sets the history's bounds; `None` keeps no history.
-    pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
-        self.history = history;
-        self
-    }
-}
-
-/// Appends the envelope (`ARGV[1]`) to the history stream (`KEYS[1]`), trims the stream to
-/// `ARGV[3]` entries and `ARGV[4]` milliseconds, and publishes it to the channel (`ARGV[2]`):
-/// one atomic step, so subscribers and the stream see the same order.
-const PUBLISH_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
-local oldest = now - tonumber(ARGV[4])
-if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return redis.call('PUBLISH', ARGV[2], ARGV[1])
-";
-
-/// Channels one `SUBSCRIBE` names at most when routes are subscribed again after a reconnect.
-const ROUTE_BATCH: usize = 1000;
-
-/// Entries one `XRANGE` reads.
-const PAGE: usize = 1000;
-
-/// How far before its last sign of life a restored subscription's gap begins: the clocks of this
-/// host and the Redis server may differ by this much.
-const GAP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Fans envelopes out over Redis pub/sub. Cheap to clone.
 #[derive(Clone)]
@@ -163,14 +101,6 @@ struct Inner {
     route_changes: tokio::sync::Mutex<()>,
 }
 
-/// The session channels this instance subscribes (see the crate docs on routed delivery), and
-/// the subscription connection's sink while it is up.
-#[derive(Default)]
-struct Routes {
-    channels: HashSet<String>,
-    sink: Option<PubSubSink>,
-}
-
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
@@ -184,19 +114,15 @@ fn unavailable(error: redis::RedisError) -> BackendError {
 }
 
 impl RedisBackend {
-    /// Connects to `url` and uses `channel`, with the other settings at their defaults.
-    pub async fn connect(url: &str, channel: &str) -> Result<Self, BackendError> {
-        Self::connect_with(url, RedisConfig::new(channel)).await
-    }
-
-    /// Connects to `url` with `config`. Fails when the URL is invalid or the server cannot be
-    /// reached within the connect timeout.
-    pub async fn connect_with(url: &str, config: RedisConfig) -> Result<Self, BackendError> {
+    /// Connects with `config`. Fails when the URL is invalid or the server cannot be reached
+    /// within the connect timeout.
+    pub async fn connect(config: RedisConfig) -> Result<Self, BackendError> {
         install_crypto_provider();
-        let client = redis::Client::open(url).map_err(|e| BackendError::Config {
-            backend: NAME,
-            message: format!("invalid Redis URL: {e}"),
-        })?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| BackendError::Config {
+                backend: NAME,
+                message: format!("invalid Redis URL: {e}"),
+            })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -217,7 +143,7 @@ impl RedisBackend {
                 client,
                 publisher,
                 config,
-                script: redis::Script::new(PUBLISH_SCRIPT),
+                script: redis::Script::new(publish::PUBLISH_SCRIPT),
                 reconnects: Reconnects::default(),
                 closed: CancellationToken::new(),
                 routes: Mutex::default(),
@@ -238,74 +164,6 @@ impl RedisBackend {
 }
 
 impl Inner {
-    /// Publishes to `channel` (the shared one, or a session's), through the history script when
-    /// history is on.
-    async fn publish_on(&self, channel: &str, envelope: Bytes) -> Result<(), BackendError> {
-        if self.closed.is_cancelled() {
-            return Err(BackendError::Closed { backend: NAME });
-        }
-        let mut connection = self.publisher.clone();
-        let config = &self.config;
-        let result: Result<i64, _> = match &config.history {
-            None => {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(envelope.as_ref())
-                    .query_async(&mut connection)
-                    .await
-            }
-            Some(history) => {
-                self.script
-                    .key(&config.history_key)
-                    .arg(envelope.as_ref())
-                    .arg(channel)
-                    .arg(history.max_events.max(1))
-                    .arg(
-                        u64::try_from(history.max_age.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .invoke_async(&mut connection)
-                    .await
-            }
-        };
-        result.map(drop).map_err(unavailable)
-    }
-
-    /// The channel of a session's route.
-    fn route_channel(&self, session: &str) -> String {
-        format!("{}:{}", self.config.channel, route_token(session))
-    }
-
-    fn route_channels(&self, sessions: &[&str]) -> Vec<String> {
-        sessions.iter().map(|s| self.route_channel(s)).collect()
-    }
-
-    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Hands a new subscription connection's sink to the routes and subscribes every route
-    /// again, in batches (after a reconnect).
-    async fn resubscribe(&self, sink: &PubSubSink) -> Result<(), BackendError> {
-        let _changing = self.route_changes.lock().await;
-        let channels: Vec<String> = {
-            let mut routes = self.routes();
-            routes.sink = Some(sink.clone());
-            routes.channels.iter().cloned().collect()
-        };
-        for batch in channels.chunks(ROUTE_BATCH) {
-            self.timed(sink.clone().subscribe(batch)).await?;
-        }
-        if !channels.is_empty() {
-            tracing::info!(
-                routes = channels.len(),
-                "redis session routes subscribed again"
-            );
-        }
-        Ok(())
-    }
-
     async fn timed<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
@@ -318,25 +176,6 @@ impl Inner {
                 after,
             })?
             .map_err(unavailable)
-    }
-
-    /// A subscribed connection: its ping sink and its message stream.
-    async fn subscribed(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), BackendError> {
-        let timeout = self.config.connect_timeout;
-        let attempt = async {
-            let pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-            let (mut sink, stream) = pubsub.split();
-            sink.subscribe(&self.config.channel)
-                .await
-                .map_err(unavailable)?;
-            Ok((sink, stream))
-        };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| BackendError::Timeout {
-                backend: NAME,
-                after: timeout,
-            })?
     }
 }
 
@@ -370,7 +209,7 @@ impl FanoutBackend for RedisBackend {
         }
         let first = self.inner.subscribed().await?;
         let (tx, rx) = mpsc::channel(self.inner.config.buffer.max(1));
-        tokio::spawn(run_subscription(self.inner.clone(), first, tx));
+        tokio::spawn(subscribe::run_subscription(self.inner.clone(), first, tx));
         Ok(sse_core::backend::channel_stream(rx))
     }
 
@@ -402,203 +241,6 @@ impl FanoutBackend for RedisBackend {
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.closed.cancel();
         Ok(())
-    }
-}
-
-#[async_trait]
-impl BrokerHistory for RedisBackend {
-    async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
-        self.inner.read_since(since).await
-    }
-}
-
-impl Inner {
-    /// `XRANGE` from `since` up to the newest entry when the read begins, a page at a time.
-    async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
-        let mut connection = self.publisher.clone();
-        let key = self.config.history_key.clone();
-        let newest: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        let Some((end, _)) = newest.into_iter().next() else {
-            return Ok(Box::pin(futures_util::stream::empty()));
-        };
-        let first = format!("{}-0", history::unix_millis(since));
-        Ok(history::paged(first, move |start: String| {
-            let (mut connection, key, end) = (connection.clone(), key.clone(), end.clone());
-            async move {
-                let page: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg(&end)
-                    .arg("COUNT")
-                    .arg(PAGE)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                let next = match page.last() {
-                    Some((last, _)) if page.len() == PAGE && *last != end => {
-                        Some(format!("({last}"))
-                    }
-                    _ => None,
-                };
-                let envelopes = page
-                    .into_iter()
-                    .filter_map(|(_, fields)| envelope_field(fields))
-                    .collect();
-                Ok((envelopes, next))
-            }
-        }))
-    }
-}
-
-/// The envelope of a stream entry: the value of its `e` field.
-fn envelope_field(fields: Vec<Vec<u8>>) -> Option<Bytes> {
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        if name == b"e" {
-            return Some(Bytes::from(value));
-        }
-    }
-    None
-}
-
-/// Forwards messages of one subscription; reconnects and subscribes again when the connection
-/// dies, until the backend is closed or the receiving side is dropped.
-async fn run_subscription(
-    inner: Arc<Inner>,
-    first: (PubSubSink, redis::aio::PubSubStream),
-    tx: mpsc::Sender<Received>,
-) {
-    let mut connection = Some(first);
-    let mut backoff = Duration::from_millis(50);
-    let mut state = inner.reconnects.subscription();
-    // When this subscription last proved it was receiving (a message or a ping's answer).
-    let mut alive_at = SystemTime::now();
-    let mut lost = false;
-    loop {
-        let (mut sink, mut stream) = match connection.take() {
-            Some(connection) => connection,
-            None => {
-                tokio::select! {
-                    () = inner.closed.cancelled() => return,
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                match inner.subscribed().await {
-                    Ok(connection) => {
-                        state.restored();
-                        tracing::info!(channel = %inner.config.channel, "redis subscription restored");
-                        backoff = Duration::from_millis(50);
-                        connection
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "redis reconnect attempt failed");
-                        backoff = (backoff * 2).min(inner.config.max_backoff);
-                        continue;
-                    }
-                }
-            }
-        };
-        if let Err(error) = inner.resubscribe(&sink).await {
-            tracing::warn!(%error, "subscribing the session routes again failed; reconnecting");
-            state.lost();
-            lost = true;
-            inner.routes().sink = None;
-            continue;
-        }
-        if std::mem::take(&mut lost) {
-            // Subscribed again: what was published while this subscription was down is in the
-            // history, which the hub reads for this gap.
-            let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
-            if tx.send(Received::Gap { since }).await.is_err() {
-                return;
-            }
-        }
-        let mut ping = tokio::time::interval(inner.config.ping_interval);
-        ping.tick().await;
-        let reason = loop {
-            tokio::select! {
-                () = inner.closed.cancelled() => return,
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let bytes = Bytes::copy_from_slice(message.get_payload_bytes());
-                        if tx.send(Received::Envelope(bytes)).await.is_err() {
-                            return; // nobody is listening any more
-                        }
-                        alive_at = SystemTime::now();
-                    }
-                    None => break "connection closed".to_owned(),
-                },
-                _ = ping.tick() => {
-                    let answer = tokio::time::timeout(
-                        inner.config.response_timeout,
-                        sink.ping::<redis::Value>(),
-                    ).await;
-                    match answer {
-                        Ok(Ok(_)) => alive_at = SystemTime::now(),
-                        Ok(Err(error)) => break format!("ping failed: {error}"),
-                        Err(_) => break "ping timed out".to_owned(),
-                    }
-                }
-            }
-        };
-        state.lost();
-        lost = true;
-        inner.routes().sink = None;
-        tracing::warn!(channel = %inner.config.channel, %reason, "redis subscription lost; reconnecting");
-    }
-}
-
-#[async_trait]
-impl SessionRoutes for RedisBackend {
-    async fn publish_to(&self, session: &str, envelope: Bytes) -> Result<(), BackendError> {
-        let channel = self.inner.route_channel(session);
-        self.inner.publish_on(&channel, envelope).await
-    }
-
-    async fn subscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
-        let channels = self.inner.route_channels(sessions);
-        let sink = {
-            let mut routes = self.inner.routes();
-            routes.channels.extend(channels.iter().cloned());
-            routes.sink.clone()
-        };
-        // While the subscription reconnects, the routes are recorded: it subscribes them when it
-        // is back, and catches up from the history.
-        let Some(mut sink) = sink else { return Ok(()) };
-        let subscribed = self.inner.timed(sink.subscribe(&channels)).await;
-        if subscribed.is_err() {
-            let mut routes = self.inner.routes();
-            for channel in &channels {
-                routes.channels.remove(channel);
-            }
-        }
-        subscribed
-    }
-
-    async fn unsubscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {
-        let channels = self.inner.route_channels(sessions);
-        let sink = {
-            let mut routes = self.inner.routes();
-            for channel in &channels {
-                routes.channels.remove(channel);
-            }
-            routes.sink.clone()
-        };
-        // A connection that is down forgets its subscriptions by itself.
-        let Some(mut sink) = sink else { return Ok(()) };
-        self.inner.timed(sink.unsubscribe(&channels)).await
-    }
-
-    fn subscribed(&self) -> usize {
-        self.inner.routes().channels.len()
     }
 }
 

@@ -220,6 +220,8 @@ pub trait FanoutBackend: Send + Sync + fmt::Debug + 'static {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::sync::Arc;
 
     use super::*;

@@ -18,6 +18,7 @@
 
 pub mod backend;
 mod catch_up;
+pub mod connect;
 pub mod encode;
 pub mod envelope;
 pub mod error;

@@ -72,15 +72,18 @@ impl Drop for Forget {
 #[cfg(feature = "redis")]
 pub mod redis {
     use super::*;
-    use sse_fanout::redis::RedisBackend;
+    use sse_fanout::redis::{RedisBackend, RedisConfig};
 
     pub fn connect(url: &str, channel: &str) -> Connect {
         let (url, channel) = (url.to_owned(), channel.to_owned());
         Arc::new(move || {
             let (url, channel) = (url.clone(), channel.clone());
             boxed(async move {
-                Arc::new(RedisBackend::connect(&url, &channel).await.unwrap())
-                    as Arc<dyn FanoutBackend>
+                Arc::new(
+                    RedisBackend::connect(RedisConfig::new(url, channel))
+                        .await
+                        .unwrap(),
+                ) as Arc<dyn FanoutBackend>
             })
         })
     }
@@ -129,15 +132,18 @@ pub mod redis {
 #[cfg(feature = "nats")]
 pub mod nats {
     use super::*;
-    use sse_fanout::nats::NatsBackend;
+    use sse_fanout::nats::{NatsBackend, NatsConfig};
 
     pub fn connect(url: &str, subject: &str) -> Connect {
         let (url, subject) = (url.to_owned(), subject.to_owned());
         Arc::new(move || {
             let (url, subject) = (url.clone(), subject.clone());
             boxed(async move {
-                Arc::new(NatsBackend::connect(&url, &subject).await.unwrap())
-                    as Arc<dyn FanoutBackend>
+                Arc::new(
+                    NatsBackend::connect(NatsConfig::new(url, subject))
+                        .await
+                        .unwrap(),
+                ) as Arc<dyn FanoutBackend>
             })
         })
     }
@@ -157,11 +163,11 @@ pub mod nats {
 
     /// Deletes the subject's JetStream history stream (streams outlive their messages).
     pub async fn forget(url: String, subject: String) {
-        let Ok(client) = async_nats::connect(url).await else {
+        let Ok(client) = async_nats::connect(url.as_str()).await else {
             return;
         };
         let jetstream = async_nats::jetstream::new(client);
-        let name = sse_fanout::nats::NatsConfig::new(subject).history_stream;
+        let name = NatsConfig::new(url.as_str(), subject).history_stream;
         let _ = jetstream.delete_stream(name).await;
     }
 }
@@ -236,9 +242,9 @@ pub mod rabbit {
         Arc::new(move || {
             let (url, exchange) = (url.clone(), exchange.clone());
             boxed(async move {
-                let config = RabbitConfig::new(exchange, super::super::unique("sse-test-queue"));
-                Arc::new(RabbitBackend::connect(&url, config).await.unwrap())
-                    as Arc<dyn FanoutBackend>
+                let queue = super::super::unique("sse-test-queue");
+                let config = RabbitConfig::new(url, exchange, queue);
+                Arc::new(RabbitBackend::connect(config).await.unwrap()) as Arc<dyn FanoutBackend>
             })
         })
     }

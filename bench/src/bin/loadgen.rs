@@ -29,6 +29,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sse_fanout::connect::BackendSettings;
 use sse_fanout::{FanoutBackend, Hub};
 use sse_fanout_bench::client::{Publisher, Server, open_stream};
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
@@ -870,35 +871,28 @@ async fn connect_backend(
     instance: &str,
     app: &str,
 ) -> anyhow::Result<Arc<dyn FanoutBackend>> {
-    let url = broker.backend_url.as_str();
-    let channel = broker.channel.as_str();
-    let history = broker.history();
-    Ok(match broker.backend {
-        Backend::Redis => {
-            use sse_fanout::redis::{RedisBackend, RedisConfig};
-            let config = RedisConfig::new(channel).history(history);
-            Arc::new(RedisBackend::connect_with(url, config).await?)
-        }
-        Backend::Nats => {
-            use sse_fanout::nats::{ConnectOptions, NatsBackend, NatsConfig};
-            let config = NatsConfig::new(channel).history(history);
-            Arc::new(NatsBackend::connect_with(url, config, ConnectOptions::new()).await?)
-        }
+    let name = format!("{:?}", broker.backend).to_lowercase();
+    let connector = sse_fanout::BACKENDS
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| anyhow::anyhow!("this build has no {name} backend"))?;
+    let mut settings = BackendSettings::new(broker.channel.clone());
+    settings.url = Some(broker.backend_url.clone());
+    settings.app_name = app.to_owned();
+    settings.instance_id = instance.to_owned();
+    settings.history = broker.history();
+    match broker.backend {
         Backend::Rabbit => {
-            use sse_fanout::rabbit::{RabbitBackend, RabbitConfig};
-            let queue = format!("{app}.{instance}");
-            let mut config = RabbitConfig::new(channel, queue).history(history);
-            config.route_partitions = broker.route_partitions;
-            Arc::new(RabbitBackend::connect(url, config).await?)
+            settings = settings.option("route-partitions", broker.route_partitions.to_string());
         }
         Backend::Kafka => {
-            use sse_fanout::kafka::{KafkaBackend, KafkaConfig};
-            let config = KafkaConfig::new(url, channel, app.to_owned())
-                .create_topic(3, 1)
-                .history(history);
-            Arc::new(KafkaBackend::connect(config).await?)
+            settings = settings
+                .option("create-topic", "true")
+                .option("topic-partitions", "3");
         }
-    })
+        Backend::Redis | Backend::Nats => {}
+    }
+    Ok((connector.connect)(settings).await?)
 }
 
 async fn cross(args: CrossArgs) -> anyhow::Result<Value> {

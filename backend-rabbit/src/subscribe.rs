@@ -1,21 +1,40 @@
 //! One subscription's life, whichever [`Source`] it consumes: forward each delivery to the hub
 //! and acknowledge it once handed over; when the connection dies, connect again with backoff,
 //! until the backend is closed or the receiving side is dropped.
+//!
+//! # Live delivery from the history stream ([`Delivery::Stream`](crate::Delivery::Stream))
+//!
+//! RabbitMQ routes two publishers' messages into each queue in that queue's own order: two
+//! instances with a queue each can disagree on which of two near-simultaneous events came first,
+//! and a client that moves between them with `Last-Event-ID` would get one of them twice, or
+//! never. A stream queue has one order, its offsets, and every consumer reads it in that order.
+//! So each subscription consumes the history stream itself from the next offset: every instance
+//! delivers the same sequence, the one a resume reads back from the history.
+//!
+//! A subscription that loses its connection consumes again from the offset after the last one it
+//! received: nothing is missed or received twice, and no history read is needed (RabbitMQ may
+//! hand over the whole chunk that offset falls in, so earlier offsets are skipped). Only one that
+//! received nothing before it was lost reports a [gap](sse_core::Received::Gap).
+//!
+//! Every instance reads every message of the stream, targeted ones included: in session routing
+//! nothing needs binding, and nothing is saved either ([`Delivery::Queue`](crate::Delivery::Queue)
+//! saves it, without one order).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use sse_core::{BackendError, Received};
 use tokio::sync::mpsc;
 
-use crate::Inner;
 use crate::history::marker_of;
-use crate::stream::offset_of;
+use crate::{Inner, unavailable};
 
 /// How far before its last sign of life a restored subscription's gap begins (this host's and the
 /// broker's clocks may differ by this much).
@@ -169,5 +188,94 @@ pub(crate) async fn run(
         state.lost();
         inner.routes_lost();
         tracing::warn!(source = source.name(), reason = %lost, "rabbitmq subscription lost; reconnecting");
+    }
+}
+
+/// The header in which RabbitMQ gives a stream message's offset.
+const OFFSET: &str = "x-stream-offset";
+
+impl Inner {
+    /// A consuming connection: the instance's queue declared, bound, and consumed.
+    pub(crate) async fn consuming_session(&self, queue: &str) -> Result<Session, BackendError> {
+        let connection = self.connection("subscriber").await?;
+        let consumer = self
+            .timed(async {
+                let channel = connection.create_channel().await.map_err(unavailable)?;
+                channel
+                    .basic_qos(self.config.prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+                self.declare_exchange(&channel).await?;
+                let options = QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(queue.into(), options, FieldTable::default())
+                    .await
+                    .map_err(unavailable)?;
+                self.bind(&channel, queue).await?;
+                let consumer = channel
+                    .basic_consume(
+                        queue.into(),
+                        format!("sse-fanout.{queue}").into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok((consumer, channel))
+            })
+            .await?;
+        self.bind_routes(consumer.1.clone(), queue).await?;
+        Ok((connection, consumer.0, consumer.1))
+    }
+
+    /// Consumes the history stream from `offset`, or from the next message when `None`.
+    pub(crate) async fn consuming_stream(
+        &self,
+        offset: Option<i64>,
+    ) -> Result<Session, BackendError> {
+        let connection = self.connection("subscriber").await?;
+        let queue = self.config.history_queue.clone();
+        let (consumer, channel) = self
+            .timed(async {
+                let channel = connection.create_channel().await.map_err(unavailable)?;
+                // Stream consumers must have a prefetch.
+                channel
+                    .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+                let mut arguments = FieldTable::default();
+                arguments.insert(
+                    OFFSET.into(),
+                    match offset {
+                        Some(offset) => AMQPValue::LongLongInt(offset),
+                        None => AMQPValue::LongString("next".into()),
+                    },
+                );
+                let consumer = channel
+                    .basic_consume(
+                        queue.clone().into(),
+                        format!("sse-fanout.{}", self.config.queue).into(),
+                        BasicConsumeOptions::default(),
+                        arguments,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok((consumer, channel))
+            })
+            .await?;
+        Ok((connection, consumer, channel))
+    }
+}
+
+/// A stream message's offset.
+pub(crate) fn offset_of(properties: &BasicProperties) -> Option<i64> {
+    match properties.headers().as_ref()?.inner().get(OFFSET)? {
+        AMQPValue::LongLongInt(offset) => Some(*offset),
+        AMQPValue::LongInt(offset) => Some(i64::from(*offset)),
+        _ => None,
     }
 }
