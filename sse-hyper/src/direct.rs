@@ -27,7 +27,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::SseBody;
-use crate::router::{ConnectionAbort, SseRouter};
+use crate::router::SseRouter;
+use crate::transport::ConnectionAbort;
 
 /// The largest request head taken on this path (hyper serves larger ones).
 const MAX_HEAD: usize = 4096;

@@ -11,7 +11,10 @@
 //! Every endpoint returns `http::Response<SseBody>`, so they mount in axum too.
 
 mod body;
+mod config;
+mod cors;
 mod direct;
+mod endpoint;
 mod error;
 mod idle;
 pub mod jwt;
@@ -20,16 +23,20 @@ pub mod openapi;
 mod router;
 mod serve;
 pub mod session;
+mod stats;
+mod transport;
 
 pub use body::SseBody;
+pub use config::RouterConfig;
+pub use cors::Cors;
+pub use endpoint::{parse_event_names, parse_publish_body};
 pub use error::ApiError;
 pub use jwt::{EventGrant, JwtKeys, JwtVerifier};
-pub use router::{
-    ConnectionAbort, Cors, RouterConfig, RouterStats, SseRouter, parse_event_names,
-    parse_publish_body,
-};
+pub use router::SseRouter;
 pub use serve::{ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, Identity, JwtSessions, SessionResolver};
+pub use stats::RouterStats;
+pub use transport::ConnectionAbort;
 
 /// Internals reached by the fuzz targets and property tests; not part of the API.
 #[doc(hidden)]

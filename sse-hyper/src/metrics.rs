@@ -17,7 +17,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sse_core::{Hub, LatencySnapshot};
 
-use crate::router::RouterStats;
+use crate::stats::RouterStats;
 
 /// The process's Prometheus recorder, installed on first use; `None` when another recorder is
 /// installed already.

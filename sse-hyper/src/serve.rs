@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::direct::{self, FirstRequest};
 use crate::idle::{Activity, Tracked};
-use crate::router::{ConnectionAbort, SseRouter};
+use crate::router::SseRouter;
+use crate::transport::ConnectionAbort;
 
 /// How [`serve_with`] runs.
 #[derive(Debug, Clone)]

@@ -1,0 +1,80 @@
+//! Cross-origin access ([`Cors`]): which other origins may open streams and publish, the
+//! preflight answer, and the headers added to every answer for an allowed origin.
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use crate::body::SseBody;
+
+/// Which other origins may open streams and publish (CORS), and whether with credentials
+/// (`new EventSource(url, {withCredentials: true})`, cookies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`https://app.example.com`); `*` allows any but the opaque `null`
+    /// origin (sandboxed frames, `file:` pages), which only an explicit `null` entry allows.
+    pub allowed_origins: Vec<String>,
+    /// Sends `Access-Control-Allow-Credentials: true` to the origins listed by name, never to
+    /// one let in by `*` only: a `*` with credentials would let any site read a visitor's stream.
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    fn listed(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == origin)
+    }
+
+    pub(crate) fn allows(&self, origin: &str) -> bool {
+        self.listed(origin) || (origin != "null" && self.allowed_origins.iter().any(|o| o == "*"))
+    }
+
+    /// Whether `origin` gets `Access-Control-Allow-Credentials`.
+    pub(crate) fn credentials_for(&self, origin: &str) -> bool {
+        self.allow_credentials && self.listed(origin)
+    }
+
+    /// The request's `Origin` when this configuration allows it.
+    pub(crate) fn allowed_origin(cors: Option<&Cors>, headers: &HeaderMap) -> Option<HeaderValue> {
+        headers
+            .get(header::ORIGIN)
+            .filter(|o| cors.is_some_and(|c| c.allows(o.to_str().unwrap_or(""))))
+            .cloned()
+    }
+
+    /// The answer to a preflight (`OPTIONS`) from an allowed origin.
+    pub(crate) fn preflight() -> Response<SseBody> {
+        let mut response = Response::new(SseBody::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization, last-event-id"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    }
+
+    /// Adds the CORS headers for an allowed `origin`.
+    pub(crate) fn apply(
+        &self,
+        mut response: Response<SseBody>,
+        origin: HeaderValue,
+    ) -> Response<SseBody> {
+        let credentials = origin.to_str().is_ok_and(|o| self.credentials_for(o));
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+        if credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,343 @@
+//! `POST` publish: an event as JSON, answered `202 {"id"}` once the backend holds it.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use sse_core::{BackendError, PublishError, SendSseEvent};
+
+use crate::body::SseBody;
+use crate::error::{ApiError, json_response};
+use crate::jwt::EventGrant;
+use crate::router::SseRouter;
+use crate::session::bearer_token;
+
+impl SseRouter {
+    /// `POST` publish: the JSON body `{"eventName", "sessionId"?, "payload", "id"?}`; answers `202
+    /// {"id": ...}` once the backend holds the event.
+    pub async fn publish<B>(&self, request: Request<B>) -> Result<Response<SseBody>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let config = &self.inner.config;
+        let grant = self.publish_grant(request.headers()).await?;
+        // A JSON content type is required: a body without one (or `text/plain`, a form) is what
+        // any web page can send cross-origin without a preflight (CSRF).
+        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be sent as Content-Type: application/json",
+            ));
+        }
+        let too_large = || {
+            self.inner
+                .counters
+                .publish_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} bytes", config.max_publish_body),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > DRAIN_AT_MOST as u64) {
+            // Too large to read on: answered at once, and the connection closes.
+            return Err(too_large());
+        }
+        let body = match read_body(request.into_body(), config.max_publish_body).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return Err(too_large()),
+            Err(BodyError::Failed(error)) => {
+                return Err(ApiError::bad_request(format!(
+                    "could not read the body: {error}"
+                )));
+            }
+        };
+        let event = parse_publish_body(&body)?;
+        if let Some(grant) = grant
+            && !grant.allows(&event.event_name)
+        {
+            return Err(ApiError::forbidden(format!(
+                "the token does not allow publishing {:?}",
+                event.event_name
+            )));
+        }
+        let too_long = |what: &str, len: usize, max: usize| {
+            ApiError::bad_request(format!(
+                "{what} is {len} bytes long; at most {max} are allowed"
+            ))
+        };
+        if event.event_name.len() > config.max_event_name_len {
+            let len = event.event_name.len();
+            return Err(too_long("eventName", len, config.max_event_name_len));
+        }
+        for (what, value) in [("id", &event.id), ("sessionId", &event.session_id)] {
+            if let Some(len) = value
+                .as_ref()
+                .map(String::len)
+                .filter(|&l| l > config.max_id_len)
+            {
+                return Err(too_long(what, len, config.max_id_len));
+            }
+        }
+        match self.inner.hub.publish(event).await {
+            Ok(id) => {
+                #[derive(Serialize)]
+                struct Accepted {
+                    id: String,
+                }
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &Accepted { id: id.into() },
+                ))
+            }
+            Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
+            Err(error @ PublishError::DuplicateId(_)) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_id",
+                error.to_string(),
+            )),
+            Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    error.to_string(),
+                ))
+            }
+            Err(error) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                error.to_string(),
+            )),
+        }
+    }
+
+    /// Who may publish: `Ok(None)` for any event name (no credentials configured, or the publish
+    /// token), `Ok(Some(grant))` for a JWT's grant, or `401`.
+    async fn publish_grant(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<EventGrant>, ApiError> {
+        let config = &self.inner.config;
+        if config.publish_token.is_none() && self.inner.publish_jwt.is_none() {
+            return Ok(None);
+        }
+        let token = match bearer_token(headers) {
+            Some(Ok(token)) => token,
+            Some(Err(error)) => return Err(error),
+            None => return Err(ApiError::unauthorized("a publish token is required")),
+        };
+        if let Some(expected) = &config.publish_token
+            && constant_time_eq(token.as_bytes(), expected.as_bytes())
+        {
+            return Ok(None);
+        }
+        match &self.inner.publish_jwt {
+            Some((verifier, claim)) => {
+                let claims = verifier.verify(token).await?;
+                Ok(Some(EventGrant::from_claim(&claims, claim)))
+            }
+            None => Err(ApiError::unauthorized("a valid publish token is required")),
+        }
+    }
+}
+
+/// The publish body. Unknown fields are refused: a misspelt `sessionId` must not turn a targeted
+/// event into a broadcast.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishBody {
+    event_name: Option<String>,
+    /// `Some(None)` when the body says `"sessionId": null`.
+    #[serde(default, deserialize_with = "present_session")]
+    session_id: Option<Option<String>>,
+    /// Kept as the JSON text it was posted as (see [`sse_core::Payload`]).
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
+    id: Option<String>,
+}
+
+/// `Some` whenever the field is present, `Some(None)` when it is `null`.
+fn present_session<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `Some` whenever the field is present, even as `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Reads a publish body, `{"eventName", "sessionId"?, "payload", "id"?}`; `400` for anything else.
+/// (Event names and ids are checked for CR, LF and NUL when the event is published.)
+pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
+    let body: PublishBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let event_name = body
+        .event_name
+        .ok_or_else(|| ApiError::bad_request("eventName is required"))?;
+    let payload = body
+        .payload
+        .ok_or_else(|| ApiError::bad_request("payload is required (it may be null)"))?;
+    // A broadcast leaves `sessionId` out. An explicit `null` is most often a variable that was
+    // meant to hold a session: refused rather than sent to everyone.
+    let session_id = match body.session_id {
+        None => None,
+        Some(Some(session)) => Some(session),
+        Some(None) => {
+            return Err(ApiError::bad_request(
+                "sessionId is null: leave it out to broadcast to every session",
+            ));
+        }
+    };
+    let mut event = SendSseEvent::with_json(event_name, payload);
+    event.session_id = session_id;
+    event.id = body.id;
+    Ok(event)
+}
+
+/// A body over the limit is still read (and dropped) up to this many bytes, for at most
+/// [`DRAIN_FOR`], before the `413` goes out: a client that sends its whole body before reading
+/// (no `Expect: 100-continue`) then reads the answer instead of a reset connection.
+const DRAIN_AT_MOST: usize = 16 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+enum BodyError {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a body of at most `max` bytes; a larger one is drained (see [`DRAIN_AT_MOST`]) and
+/// reported as too large.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Failed(e.into().to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                collected.extend_from_slice(&data);
+            } else if seen > DRAIN_AT_MOST {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_FOR, read).await {
+        Ok(Ok(())) if seen <= max => Ok(collected.freeze()),
+        Ok(Ok(())) => Err(BodyError::TooLarge),
+        Ok(Err(error)) => Err(error),
+        Err(_) if seen > max => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Failed(
+            "the body did not arrive in time".to_owned(),
+        )),
+    }
+}
+
+/// Whether a `Content-Type` is `application/json` (parameters such as `charset` allowed).
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|ct| ct.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn only_json_content_types_publish() {
+        let ct = |v: &'static str| Some(HeaderValue::from_static(v));
+        for good in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ",
+        ] {
+            assert!(is_json(ct(good).as_ref()), "{good}");
+        }
+        for bad in [
+            "application/jsonp-evil",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+        ] {
+            assert!(!is_json(ct(bad).as_ref()), "{bad}");
+        }
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn publish_body_parsing() {
+        let e =
+            parse_publish_body(br#"{"eventName":"e","sessionId":"s","payload":{"a":1},"id":"x"}"#)
+                .unwrap();
+        assert_eq!(e.event_name, "e");
+        assert_eq!(e.session_id.as_deref(), Some("s"));
+        assert_eq!(e.id.as_deref(), Some("x"));
+        assert_eq!(
+            parse_publish_body(br#"{"eventName":"e","payload":null}"#)
+                .unwrap()
+                .payload,
+            Value::Null
+        );
+        assert_eq!(
+            parse_publish_body(br#"{"eventName":"e","payload":{"z":1, "a":1.50}}"#)
+                .unwrap()
+                .payload
+                .get(),
+            r#"{"z":1, "a":1.50}"#,
+            "the payload as posted"
+        );
+        for bad in [
+            &br#"{"payload":1}"#[..],
+            br#"{"eventName":"e"}"#,
+            br#"{"eventName":"e","payload":1,"sessionID":"typo"}"#,
+            br#"{"eventName":5,"payload":1}"#,
+            br#"{"eventName":"e","payload":1,"sessionId":null}"#,
+            b"[]",
+            b"",
+            b"{",
+        ] {
+            assert!(
+                parse_publish_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,29 @@
+//! [`RouterStats`]: what the router refused for its own limits (the hub counts the rest).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) publish_too_large: AtomicU64,
+    pub(crate) bad_event_names: AtomicU64,
+}
+
+/// Requests the router refused for its own limits (the hub counts the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Publish bodies over the size limit (`413`).
+    pub publish_too_large: u64,
+    /// Event-stream requests whose event names were missing, too many, too long or invalid (`400`).
+    pub bad_event_names: u64,
+}
+
+impl Counters {
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> RouterStats {
+        RouterStats {
+            publish_too_large: self.publish_too_large.load(Ordering::Relaxed),
+            bad_event_names: self.bad_event_names.load(Ordering::Relaxed),
+        }
+    }
+}
