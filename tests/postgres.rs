@@ -65,3 +65,15 @@ async fn forget(url: String, channel: String) {
 }
 
 common::fanout::broker_suite!(Broker::Postgres);
+
+/// The conformance suite, as every backend crate runs it against its broker.
+#[tokio::test]
+async fn conformance_suite() {
+    let Some(url) = common::brokers::url(Broker::Postgres).await else {
+        return;
+    };
+    let channel = common::unique("conformance");
+    let _forget = common::backends::Forget::new(&url, &channel, forget);
+    let connect = connect(&url, &channel);
+    sse_core::testkit::run_all(&move || connect()).await;
+}

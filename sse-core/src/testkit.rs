@@ -20,6 +20,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+pub mod broker;
 pub mod history;
 mod parse;
 pub mod routes;

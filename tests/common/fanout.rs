@@ -268,7 +268,8 @@ where
     Box::pin(f)
 }
 
-/// Declares the tests every broker backend runs, in a test file that has
+/// Declares the hub-level scenarios every broker backend runs (its crate's own `tests/` run the
+/// conformance suite), in a test file that has
 /// `fn connect(url: &str, channel: &str) -> Connect`, `fn raw(url: &str, channel: &str) -> RawPublish`
 /// and `async fn forget(url: String, channel: String)` (removes what the channel left in the broker)
 /// in scope:
@@ -276,17 +277,6 @@ where
 #[allow(unused_macros)]
 macro_rules! broker_suite {
     ($broker:expr) => {
-        #[tokio::test]
-        async fn conformance_suite() {
-            let Some(url) = common::brokers::url($broker).await else {
-                return;
-            };
-            let channel = common::unique("conformance");
-            let _forget = common::backends::Forget::new(&url, &channel, forget);
-            let connect = connect(&url, &channel);
-            sse_core::testkit::run_all(&move || connect()).await;
-        }
-
         #[tokio::test]
         async fn targeting_and_broadcast_across_instances() {
             let Some(url) = common::brokers::url($broker).await else {
