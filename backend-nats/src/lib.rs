@@ -27,7 +27,7 @@
 //!
 //! With history on (the default, [`NatsConfig::history`]), the backend keeps a JetStream stream
 //! over the subject (named by [`NatsConfig::history_stream`], created or updated when it
-//! connects: limits by age, count and bytes from the [`ReplayConfig`], oldest discarded first,
+//! connects: limits by age, count and bytes from the [`ReplayConfig`](sse_core::ReplayConfig), oldest discarded first,
 //! file storage), and publishes through JetStream: `Ok` means the stream stored the envelope.
 //!
 //! **One order.** The instances do not subscribe the subject itself: core NATS hands two

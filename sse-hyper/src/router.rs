@@ -91,7 +91,7 @@ impl SseRouter {
     }
 
     /// Lets publishers authenticate with a JWT that `verifier` accepts, publishing only the event
-    /// names its `claim` allows ([`EventGrant`]; others are `403`), as Mercure's publishers do. A
+    /// names its `claim` allows ([`EventGrant`](crate::EventGrant); others are `403`), as Mercure's publishers do. A
     /// configured [`RouterConfig::publish_token`] is still accepted, for every event name.
     pub fn publish_jwt(mut self, verifier: JwtVerifier, claim: impl Into<String>) -> Self {
         self.inner_mut().publish_jwt = Some((verifier, claim.into()));
