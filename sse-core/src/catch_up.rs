@@ -16,7 +16,14 @@
 //! events the bounded log has let go of. When the last live envelope is not in the read (nothing
 //! was received since the read's start), every envelope read is a candidate; the replay log
 //! still drops those it holds.
+//!
+//! While a catch-up runs (its read may wait for the broker for up to [`GIVE_UP`]), the hub is
+//! [`Behind`]: its log lacks what was published since the gap began, so a resume whose event it
+//! does not hold is read from the broker's history, reaching back to where the gap began (see
+//! `route::resume`), never answered from the log with a reset; and what the catch-up then
+//! delivers, such a stream skips where it had it before its cursor.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -26,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::Envelope;
 use crate::error::BackendError;
 use crate::history::BrokerHistory;
+
+/// How far before the last sign of life of a subscription found silent by the delivery probe its
+/// catch-up begins (clocks of hosts and broker differ).
+pub(crate) const PROBE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The first wait before reading again after a failed read; doubled up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -41,6 +52,34 @@ const ATTEMPT: Duration = Duration::from_secs(10);
 /// may still refuse reads for a moment, e.g. a JetStream leader being elected) before it gives
 /// up, logs and counts the gap as unrecovered.
 pub(crate) const GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Whether the hub is catching up after a gap, and since when it may have missed envelopes.
+#[derive(Debug, Default)]
+pub(crate) struct Behind(Mutex<Option<SystemTime>>);
+
+impl Behind {
+    /// Marks the hub behind since `since` until the returned guard is dropped (the catch-up has
+    /// delivered what it read, or given up).
+    pub(crate) fn enter(&self, since: SystemTime) -> BehindGuard<'_> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(since);
+        BehindGuard(self)
+    }
+
+    /// Since when the hub may lack envelopes, while it catches up.
+    pub(crate) fn since(&self) -> Option<SystemTime> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Clears [`Behind`] when dropped.
+#[derive(Debug)]
+pub(crate) struct BehindGuard<'a>(&'a Behind);
+
+impl Drop for BehindGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
 
 /// What reading a gap came to.
 #[derive(Debug)]
@@ -60,8 +99,7 @@ pub(crate) async fn read(
     since: SystemTime,
     stop: &CancellationToken,
 ) -> Read {
-    let started = tokio::time::Instant::now();
-    let mut wait = FIRST_RETRY;
+    let mut backoff = Backoff::new();
     loop {
         let attempt = async {
             let mut stream = history.read_since(since).await?;
@@ -86,15 +124,41 @@ pub(crate) async fn read(
                 Err(error) => error,
             },
         };
-        if !error.is_temporary() || started.elapsed() + wait > GIVE_UP {
+        let Some(wait) = backoff.after(&error) else {
             return Read::Failed(error);
-        }
+        };
         tracing::debug!(%error, ?wait, "reading the history for a gap failed; trying again");
         tokio::select! {
             () = stop.cancelled() => return Read::Stopped,
             () = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(MAX_RETRY);
+    }
+}
+
+/// The one retry policy of history reads: again after 0.1, 0.2, … 2 s while the failure is
+/// temporary, for up to [`GIVE_UP`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    started: tokio::time::Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
+            started: tokio::time::Instant::now(),
+            wait: FIRST_RETRY,
+        }
+    }
+
+    /// How long to wait before reading again after `error`; `None`: give up.
+    pub(crate) fn after(&mut self, error: &BackendError) -> Option<Duration> {
+        if !error.is_temporary() || self.started.elapsed() + self.wait > GIVE_UP {
+            return None;
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(MAX_RETRY);
+        Some(wait)
     }
 }
 

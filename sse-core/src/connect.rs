@@ -145,6 +145,34 @@ pub trait BackendConfig: Sized + Send + 'static {
 pub type Connecting =
     Pin<Box<dyn Future<Output = Result<Arc<dyn FanoutBackend>, BackendError>> + Send>>;
 
+/// The addresses of a URL setting that names a cluster: one, or several comma-separated
+/// (`nats://a:4222,nats://b:4222`), each parsed by `parse`; a [`BackendError::Config`] error for
+/// one `parse` refuses (its message says why) or when none is given.
+///
+/// ```
+/// use sse_core::connect::cluster_addresses;
+/// let ports = cluster_addresses("test", "a:1, b:2", |a| a.rsplit(':').next().unwrap().parse::<u16>().map_err(|e| e.to_string()));
+/// assert_eq!(ports.unwrap(), [1, 2]);
+/// assert!(cluster_addresses("test", " , ", |a| Ok::<_, String>(a.to_owned())).is_err());
+/// ```
+pub fn cluster_addresses<T>(
+    backend: &'static str,
+    url: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, BackendError> {
+    let config = |message: String| BackendError::Config { backend, message };
+    let addresses = url
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(|address| parse(address).map_err(|e| config(format!("`{address}`: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if addresses.is_empty() {
+        return Err(config("no address given".to_owned()));
+    }
+    Ok(addresses)
+}
+
 /// One row of a hub's table of backends: a name for `--backend`, and how to connect it.
 #[derive(Clone, Copy)]
 pub struct Connector {

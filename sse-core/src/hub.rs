@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::backend::{BackendError, BackendStream, FanoutBackend, Health, Received};
@@ -19,6 +20,7 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
 use crate::history;
 use crate::memory::InMemoryEmitterRepository;
+use crate::probe::{self, ProbeConfig, Prober, Step};
 use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
 use crate::route::cursor::{self, Cursor, Cursors};
@@ -75,12 +77,16 @@ pub struct HubConfig {
     pub max_streams_per_session: Option<usize>,
     /// How targeted events travel between instances (see [`crate::route`]).
     pub routing: Routing,
+    /// When to check that the subscription still delivers (see [`crate::probe`]); `None` never
+    /// checks.
+    pub probe: Option<ProbeConfig>,
 }
 
 impl HubConfig {
     /// The defaults: app `sse-fanout`, a random instance id, heartbeat 15 s, emitter timeout
     /// 3 minutes (as in the Spring starter), queue of 256 frames and 4 MiB, `retry: 3000` on connect and
-    /// `retry: 1000` at shutdown, the default [`ReplayConfig`], no stream limits.
+    /// `retry: 1000` at shutdown, the default [`ReplayConfig`], no stream limits, the default
+    /// [`ProbeConfig`].
     pub fn new(app_name: impl Into<String>) -> Self {
         HubConfig {
             app_name: app_name.into(),
@@ -96,6 +102,7 @@ impl HubConfig {
             max_streams: None,
             max_streams_per_session: None,
             routing: Routing::Broadcast,
+            probe: Some(ProbeConfig::default()),
         }
     }
 
@@ -258,6 +265,13 @@ impl HubBuilder {
         self
     }
 
+    /// Sets when the hub checks that its subscription still delivers (see [`crate::probe`]);
+    /// `None` never checks.
+    pub fn probe(mut self, probe: Option<ProbeConfig>) -> Self {
+        self.config.probe = probe;
+        self
+    }
+
     /// Uses another repository instead of the [`InMemoryEmitterRepository`].
     pub fn repository(mut self, repository: impl EmitterRepository) -> Self {
         self.repository = Some(Arc::new(repository));
@@ -298,6 +312,11 @@ impl HubBuilder {
             replay: self.config.replay.map(|c| Mutex::new(ReplayLog::new(c))),
             malformed_log: LogLimit::default(),
             last_broadcast: Mutex::new(cursor::since(std::time::SystemTime::now())),
+            prober: self
+                .config
+                .probe
+                .map(|probe| Prober::new(probe, &self.config.instance_id)),
+            behind: catch_up::Behind::default(),
             config: self.config,
             stats,
         });
@@ -305,15 +324,17 @@ impl HubBuilder {
             shared.load_history(history, replay.max_age).await?;
         }
         let stop = CancellationToken::new();
-        tokio::spawn(consume(
+        let tasks = TaskTracker::new();
+        tasks.spawn(consume(
             shared.clone(),
             self.backend.clone(),
             stream,
             stop.clone(),
         ));
         if let Some(routes) = &routes {
-            tokio::spawn(routes.clone().run(self.backend.clone(), stop.clone()));
+            tasks.spawn(routes.clone().run(self.backend.clone(), stop.clone()));
         }
+        tasks.close();
         tracing::info!(
             backend = self.backend.name(),
             app = %shared.config.app_name,
@@ -328,6 +349,7 @@ impl HubBuilder {
                 started: Instant::now(),
                 backend: self.backend,
                 stop: stop.clone(),
+                tasks,
                 _stop_on_drop: stop.drop_guard(),
             }),
         })
@@ -369,6 +391,9 @@ struct HubInner {
     started: Instant,
     backend: Arc<dyn FanoutBackend>,
     stop: CancellationToken,
+    /// The receiving task and the route table's: [`Hub::shutdown`] waits for them, so the
+    /// backend's subscription is let go of before the backend closes.
+    tasks: TaskTracker,
     _stop_on_drop: DropGuard,
 }
 
@@ -386,6 +411,10 @@ struct Shared {
     /// In session routing: the last broadcast received, escaped for a cursor (`@ms` before the
     /// first), which routed events' frames carry (see [`crate::route::cursor`]).
     last_broadcast: Mutex<String>,
+    /// Whether the subscription still delivers (see [`crate::probe`]).
+    prober: Option<Prober>,
+    /// Set while a catch-up after a gap runs (see [`crate::catch_up`]).
+    behind: catch_up::Behind,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -406,9 +435,19 @@ fn opening_frame(retry: Option<Duration>) -> Bytes {
     }
 }
 
+/// The longest `Last-Event-ID` the reset event echoes: longer than any id this hub writes (a
+/// session routing cursor holds two ids of at most a few hundred bytes); a longer one is not
+/// ours, and is not reflected (`null`), so that a client cannot make every reset it gets as
+/// large as its request head.
+const MAX_ECHOED_ID: usize = 1024;
+
+/// How long [`Hub::shutdown`] waits for the hub's tasks to end.
+const TASKS_END: Duration = Duration::from_secs(10);
+
 /// The event that tells a resuming client its history is gone.
 fn reset_frame(last_event_id: &str) -> Bytes {
-    let data = serde_json::json!({ "lastEventId": last_event_id }).to_string();
+    let echoed = (last_event_id.len() <= MAX_ECHOED_ID).then_some(last_event_id);
+    let data = serde_json::json!({ "lastEventId": echoed }).to_string();
     encode::Event::new(&data).name(RESET_EVENT).encode_checked()
 }
 
@@ -561,6 +600,7 @@ impl Hub {
             accepts: &accepts,
             stats: &shared.stats,
             cursors: matches!(shared.config.routing, Routing::Session { .. }),
+            behind: shared.behind.since(),
         };
         self.inner
             .resumes
@@ -582,8 +622,10 @@ impl Hub {
             shared.config.replay,
             self.inner.backend.history(),
         ) {
+            // While catching up after a gap, the log lacks what the gap holds, however old.
             (Some(log), Some(replay), Some(_)) => {
-                crate::route::resume::may_still_arrive(&lock(log), cursor, replay.max_age)
+                shared.behind.since().is_some()
+                    || crate::route::resume::may_still_arrive(&lock(log), cursor, replay.max_age)
             }
             _ => false,
         }
@@ -746,6 +788,9 @@ impl Hub {
 
     /// The backend's health.
     pub async fn health(&self) -> Health {
+        if let Some(reason) = self.inner.shared.prober.as_ref().and_then(Prober::down) {
+            return Health::down(reason);
+        }
         self.inner.backend.health().await
     }
 
@@ -788,10 +833,21 @@ impl Hub {
             .close_all(CloseReason::Shutdown);
     }
 
-    /// Ends every stream, stops receiving and closes the backend.
+    /// Ends every stream, stops receiving and closes the backend. The hub's tasks have ended
+    /// (and dropped their subscription) before the backend is closed, so a backend can let go
+    /// of its broker connections while the broker is still there.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         self.close_streams();
         self.inner.stop.cancel();
+        if tokio::time::timeout(TASKS_END, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                after = ?TASKS_END,
+                "the hub's receiving tasks did not end; closing the backend under them"
+            );
+        }
         self.inner.backend.close().await
     }
 }
@@ -805,13 +861,34 @@ async fn consume(
     // The last envelope received live: where a catch-up after a gap begins (see
     // [`crate::catch_up`]).
     let mut last_live: Option<Bytes> = None;
+    let mut probe_tick = tokio::time::interval(
+        shared
+            .prober
+            .as_ref()
+            .map_or(Duration::from_secs(3600), Prober::tick),
+    );
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the subscription last delivered: what the probe measures silence from, and where a
+    // catch-up after a failed probe begins.
+    let mut heard = Instant::now();
     loop {
         let message = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             message = stream.next() => message,
+            _ = probe_tick.tick(), if shared.prober.is_some() => {
+                if let Some(renewed) = shared.probe(backend.as_ref(), heard, last_live.as_deref(), &stop).await {
+                    stream = renewed;
+                    heard = Instant::now();
+                }
+                continue;
+            }
         };
+        if message.is_some() {
+            heard = Instant::now();
+        }
         match message {
+            Some(Received::Envelope(bytes)) if probe::is_probe(&bytes) => {}
             Some(Received::Envelope(bytes)) => {
                 shared.receive(&bytes, Source::Live);
                 last_live = Some(bytes);
@@ -832,6 +909,62 @@ async fn consume(
 }
 
 impl Shared {
+    /// One step of the delivery probe (see [`crate::probe`]): sends a probe when the
+    /// subscription has been silent, and when one did not come back, subscribes again (the
+    /// new subscription is returned), and reads what was missed since `heard` from the
+    /// history.
+    async fn probe(
+        &self,
+        backend: &dyn FanoutBackend,
+        heard: Instant,
+        last_live: Option<&[u8]>,
+        stop: &CancellationToken,
+    ) -> Option<BackendStream> {
+        let prober = self.prober.as_ref()?;
+        match prober.step(heard) {
+            Step::Wait => None,
+            Step::Send(probe) => {
+                Stats::bump(&self.stats.probes);
+                if let Err(error) = backend.publish(probe).await {
+                    tracing::debug!(%error, "publishing a delivery probe failed");
+                }
+                None
+            }
+            Step::Failed => {
+                Stats::bump(&self.stats.probe_failures);
+                tracing::warn!(
+                    backend = backend.name(),
+                    instance = %self.config.instance_id,
+                    "a delivery probe did not come back: the subscription delivers nothing; \
+                     subscribing again"
+                );
+                let mut wait = Duration::from_millis(100);
+                let renewed = loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        subscribed = backend.subscribe() => match subscribed {
+                            Ok(stream) => break stream,
+                            Err(error) => tracing::debug!(%error, "subscribing again failed"),
+                        },
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                };
+                let now = std::time::SystemTime::now();
+                let heard_at = now.checked_sub(heard.elapsed()).unwrap_or(now);
+                let since = heard_at
+                    .checked_sub(catch_up::PROBE_MARGIN)
+                    .unwrap_or(heard_at);
+                self.catch_up(backend, since, last_live, stop).await;
+                prober.restored();
+                tracing::info!(instance = %self.config.instance_id, "subscribed again after a failed delivery probe");
+                Some(renewed)
+            }
+        }
+    }
+}
+
+impl Shared {
     /// Delivers what the subscription missed in a gap, read from the history (see
     /// [`crate::catch_up`]), before anything received after the gap.
     async fn catch_up(
@@ -842,6 +975,7 @@ impl Shared {
         stop: &CancellationToken,
     ) {
         Stats::bump(&self.stats.gaps);
+        let _behind = self.behind.enter(since);
         let Some(history) = backend.history() else {
             Stats::bump(&self.stats.gaps_unrecovered);
             tracing::warn!(
@@ -895,30 +1029,43 @@ impl Shared {
         let since = std::time::SystemTime::now()
             .checked_sub(max_age)
             .unwrap_or(std::time::UNIX_EPOCH);
-        let read = history::read_into(history, since, |bytes| {
-            self.receive(bytes, Source::Broker);
-        })
-        .await;
-        Stats::bump(&self.stats.history_reads);
-        match read {
-            Ok(report) => {
-                self.stats.history_read_latency.record(report.took);
-                tracing::info!(
-                    envelopes = report.envelopes,
-                    took = ?report.took,
-                    instance = %self.config.instance_id,
-                    "history loaded from the broker"
-                );
-                Ok(())
-            }
-            Err(error) => {
-                Stats::bump(&self.stats.history_read_failed);
-                Err(error)
+        // A broker that is back may refuse reads for a moment (a JetStream replica still
+        // copying its store): read again, as a catch-up does. What a failed attempt delivered
+        // is in the log, and comes again as a duplicate.
+        let mut backoff = catch_up::Backoff::new();
+        loop {
+            let read = history::read_into(history, since, |bytes| {
+                self.receive(bytes, Source::Broker);
+            })
+            .await;
+            Stats::bump(&self.stats.history_reads);
+            match read {
+                Ok(report) => {
+                    self.stats.history_read_latency.record(report.took);
+                    tracing::info!(
+                        envelopes = report.envelopes,
+                        took = ?report.took,
+                        instance = %self.config.instance_id,
+                        "history loaded from the broker"
+                    );
+                    return Ok(());
+                }
+                Err(error) => {
+                    Stats::bump(&self.stats.history_read_failed);
+                    let Some(wait) = backoff.after(&error) else {
+                        return Err(error);
+                    };
+                    tracing::debug!(%error, ?wait, "loading the history failed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
 
     fn receive(&self, bytes: &[u8], source: Source) {
+        if probe::is_probe(bytes) {
+            return; // read back from a history: not an event
+        }
         Stats::bump(match source {
             Source::Live => &self.stats.received,
             Source::Broker => &self.stats.history_loaded,
@@ -1259,6 +1406,29 @@ mod tests {
             "event: sse-fanout-reset\ndata: {\"lastEventId\":\"gone\\nforged: x\"}\n\n"
         );
         assert_eq!(hub.stats().replay_unknown, 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_last_event_id_is_not_echoed() {
+        let hub = Hub::builder(LocalBackend::new()).start().await.unwrap();
+        let longest = "a".repeat(MAX_ECHOED_ID);
+        let sub = hub.subscription(None, EventFilter::Any);
+        let mut s = hub.open_after(sub, Some(&longest)).await.unwrap();
+        next(&mut s).await;
+        assert!(
+            next(&mut s).await.contains(&longest),
+            "echoed up to the bound"
+        );
+        let sub = hub.subscription(None, EventFilter::Any);
+        let mut s = hub
+            .open_after(sub, Some(&"a".repeat(300_000)))
+            .await
+            .unwrap();
+        next(&mut s).await;
+        assert_eq!(
+            next(&mut s).await,
+            "event: sse-fanout-reset\ndata: {\"lastEventId\":null}\n\n"
+        );
     }
 
     #[tokio::test]

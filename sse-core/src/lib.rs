@@ -27,6 +27,7 @@ pub mod history;
 mod hub;
 mod local;
 mod memory;
+pub mod probe;
 pub mod replay;
 pub mod repository;
 pub mod route;
@@ -43,6 +44,7 @@ pub use history::{BrokerHistory, HistoryStream};
 pub use hub::{AcceptApps, Hub, HubBuilder, HubConfig, OpenError, PublishError};
 pub use local::LocalBackend;
 pub use memory::InMemoryEmitterRepository;
+pub use probe::ProbeConfig;
 pub use replay::{RESET_EVENT, ReplayConfig};
 pub use repository::{
     CloseReason, DeliveryReport, Emitter, EmitterRepository, EventFilter, Subscription, Target,

@@ -27,6 +27,8 @@ pub(crate) struct Stats {
     pub(crate) history_loaded: AtomicU64,
     pub(crate) gaps: AtomicU64,
     pub(crate) gaps_unrecovered: AtomicU64,
+    pub(crate) probes: AtomicU64,
+    pub(crate) probe_failures: AtomicU64,
     pub(crate) caught_up: AtomicU64,
     pub(crate) received_unmatched: AtomicU64,
     pub(crate) route_subscribes: AtomicU64,
@@ -88,6 +90,11 @@ pub struct StatsSnapshot {
     /// Gaps whose history could not be read (or with no history to read): what was published
     /// meanwhile may be missing on this instance.
     pub gaps_unrecovered: u64,
+    /// Delivery probes sent (see [`crate::probe`]).
+    pub probes: u64,
+    /// Delivery probes that did not come back: the subscription was silent though connected,
+    /// and was made again (see [`crate::probe`]).
+    pub probe_failures: u64,
     /// Envelopes read after a gap that the subscription had not received (those the replay log
     /// held already count as duplicates too).
     pub caught_up: u64,
@@ -159,6 +166,8 @@ impl Stats {
             history_loaded: get(&self.history_loaded),
             gaps: get(&self.gaps),
             gaps_unrecovered: get(&self.gaps_unrecovered),
+            probes: get(&self.probes),
+            probe_failures: get(&self.probe_failures),
             caught_up: get(&self.caught_up),
             received_unmatched: get(&self.received_unmatched),
             route_subscribes: get(&self.route_subscribes),

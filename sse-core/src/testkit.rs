@@ -21,10 +21,13 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 pub mod broker;
+mod client;
 pub mod history;
+pub mod hubs;
 mod parse;
 pub mod routes;
 
+pub use client::Client;
 pub use parse::{Dispatched, EventStreamParser, ParsedEvent, ParsedStream, parse_event_stream};
 
 use std::collections::HashMap;
@@ -74,6 +77,20 @@ pub async fn run_all(factory: &dyn Factory) {
     a_malformed_message_is_skipped_and_counted(factory).await;
     history::run_all(factory).await;
     routes::run_all(factory).await;
+    hubs::run_all(factory).await;
+}
+
+/// Waits until `hub` has received at least `n` envelopes.
+pub async fn wait_received(hub: &Hub, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.stats().received < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a hub received {} envelope(s), not {n}, within {WAIT:?}",
+            hub.stats().received
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// An envelope carrying `payload`, as the hub would publish it.

@@ -82,15 +82,26 @@ impl FanoutBackend for Script {
 
 #[async_trait]
 impl BrokerHistory for Script {
-    async fn read_since(&self, _since: SystemTime) -> Result<HistoryStream, BackendError> {
+    async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
         if self.history_down.load(Ordering::Relaxed) {
             return Err(BackendError::unavailable("script", "the broker is down"));
         }
+        // As a broker reads by time: what was published at or after `since`.
+        let since = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let items: Vec<Result<Bytes, BackendError>> = self
             .history
             .lock()
             .unwrap()
             .iter()
+            .filter(|b| {
+                Envelope::decode_ref(b)
+                    .unwrap()
+                    .ts()
+                    .is_none_or(|ts| ts >= since)
+            })
             .cloned()
             .map(Ok)
             .collect();
@@ -140,12 +151,19 @@ async fn hub() -> (Hub, std::sync::Arc<Script>) {
 
 /// A hub whose broker history is `history` (shared with other hubs of the test).
 async fn hub_on(history: std::sync::Arc<Mutex<Vec<Bytes>>>) -> (Hub, std::sync::Arc<Script>) {
+    hub_routing(history, Routing::session()).await
+}
+
+async fn hub_routing(
+    history: std::sync::Arc<Mutex<Vec<Bytes>>>,
+    routing: Routing,
+) -> (Hub, std::sync::Arc<Script>) {
     let script = std::sync::Arc::new(Script {
         history,
         ..Script::default()
     });
     let hub = Hub::builder_arc(script.clone())
-        .routing(Routing::session())
+        .routing(routing)
         .heartbeat(None)
         .start()
         .await
@@ -365,4 +383,99 @@ async fn catching_up_after_a_resume_repeats_nothing_the_stream_had() {
     let (_, after) = event(4);
     script.publish_live(&after);
     assert_eq!(received(&mut stream).await, vec![4]);
+}
+
+/// A broadcast numbered `n`, published `age` ago (its id a UUIDv7 of that time, as hubs make).
+fn broadcast_aged(n: u32, age: Duration) -> (String, Bytes) {
+    let at = SystemTime::now() - age;
+    let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let event = SendSseEvent::new("e", json!(n));
+    let mut envelope = Envelope::from_event(&event, "sse-fanout", "elsewhere").unwrap();
+    envelope.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    ))
+    .to_string();
+    envelope.ts = Some(since_epoch.as_millis() as u64);
+    (envelope.id.clone(), envelope.encode().unwrap())
+}
+
+/// Found by the fault test (CI, a NATS cluster, broadcast routing): a hub's subscription lost
+/// its server; the catch-up after the gap waited 19 s for the history (JetStream had no leader).
+/// Meanwhile (1) a client came back with the id of an event the hub had not caught up to, older
+/// than an event's time in flight, and got the reset event although the event was not gone, and
+/// (2) a client whose resume was read from the broker got, once the catch-up delivered, the
+/// events it had had before its cursor: the read reached back from its cursor only, not to
+/// where the hub's gap began. While a hub catches up, a resume it cannot serve from its log is
+/// read from the broker, back to the gap (or refused while the broker cannot be read).
+#[tokio::test]
+async fn a_resume_while_catching_up_is_neither_reset_nor_repeats_what_it_had() {
+    let (hub, script) = hub_routing(std::sync::Arc::default(), Routing::Broadcast).await;
+    let aged = |n: u32, secs: u64| broadcast_aged(n, Duration::from_secs(secs));
+    script.publish_live(&aged(0, 60).1);
+    script.publish_live(&aged(1, 59).1);
+    // The subscription is down: 2..5 and, later, 6 went by; the history cannot be read yet.
+    script.history_down.store(true, Ordering::Relaxed);
+    let mut last = String::new();
+    for (n, age) in [(2, 58), (3, 57), (4, 56), (5, 55), (6, 30)] {
+        let (id, envelope) = aged(n, age);
+        script.record(&envelope);
+        last = id;
+    }
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(61),
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // (1) The hub cannot tell yet whether it will have 6: not a reset, a refusal to retry.
+    let refused = resume_any(&hub, &last).await;
+    assert!(
+        matches!(refused, Err(OpenError::HistoryUnavailable(_))),
+        "{:?}",
+        refused.map(|_| "a stream")
+    );
+    // (2) The broker answers again; the resume is read before the catch-up's next attempt.
+    script.history_down.store(false, Ordering::Relaxed);
+    let mut stream = resume_any(&hub, &last).await.unwrap();
+    assert_eq!(received(&mut stream).await, Vec::<u32>::new());
+    // The catch-up delivers 2..6 to the hub's other streams; this one had them.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    script.publish_live(&broadcast(7));
+    assert_eq!(received(&mut stream).await, vec![7]);
+    assert_eq!(hub.stats().gaps, 1);
+}
+
+async fn resume_any(hub: &Hub, last: &str) -> Result<EventStream, OpenError> {
+    let subscription = hub.subscription(None, EventFilter::Any);
+    hub.open_after(subscription, Some(last)).await
+}
+
+/// Found by the fault test (a NATS cluster, a server back with an empty store): a hub starting
+/// while the broker refused history reads for a moment either exited or, with a read answered
+/// from a replica still copying its store back, started with a log missing events, and then
+/// replayed resumes with holes. The start reads again until the broker answers (the NATS backend
+/// refuses a read from a replica behind its leader).
+#[tokio::test]
+async fn a_hub_starts_once_its_history_can_be_read_whole() {
+    let script = std::sync::Arc::new(Script::default());
+    let (first, first_bytes) = broadcast_aged(0, Duration::from_secs(20));
+    script.record(&first_bytes);
+    script.record(&broadcast_aged(1, Duration::from_secs(19)).1);
+    script.history_down.store(true, Ordering::Relaxed);
+    let start = tokio::spawn(
+        Hub::builder_arc(script.clone())
+            .routing(Routing::Broadcast)
+            .heartbeat(None)
+            .start(),
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!start.is_finished(), "started without its history");
+    script.history_down.store(false, Ordering::Relaxed);
+    let hub = tokio::time::timeout(Duration::from_secs(5), start)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut stream = resume_any(&hub, &first).await.unwrap();
+    assert_eq!(received(&mut stream).await, vec![1]);
 }

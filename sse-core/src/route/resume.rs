@@ -221,6 +221,9 @@ pub(crate) struct Resume<'a> {
     pub(crate) stats: &'a Stats,
     /// Whether streams' ids are cursors (session routing): a read's frames carry them.
     pub(crate) cursors: bool,
+    /// While the instance catches up after a gap: since when it may lack envelopes (see
+    /// [`crate::catch_up`]).
+    pub(crate) behind: Option<SystemTime>,
 }
 
 impl Resumes {
@@ -254,6 +257,12 @@ impl Resumes {
                 round_down(t.checked_sub(SKEW).unwrap_or(oldest))
             })
             .max(oldest);
+        // While this instance catches up after a gap, the read reaches back to where the gap
+        // began: what the catch-up is about to deliver, a stream that had it before its cursor
+        // skips (see `HistoryRead::replay`), only if the read holds it.
+        let since = resume
+            .behind
+            .map_or(since, |behind| since.min(round_down(behind)).max(oldest));
         let read = self
             .read(&resume, history, since, covered_since, cursor, session)
             .await?;
@@ -541,6 +550,7 @@ mod tests {
                 accepts: &accept_all,
                 stats: &self.stats,
                 cursors: true,
+                behind: None,
             }
         }
     }

@@ -27,6 +27,15 @@ pub async fn run_all(factory: &dyn Factory) {
 /// Reads the whole history since `since`, decoded, failing the check on an error or a read that
 /// does not end within [`WAIT`].
 pub async fn read_history(backend: &dyn FanoutBackend, since: SystemTime) -> Vec<Envelope> {
+    read_history_within(backend, since, WAIT).await
+}
+
+/// [`read_history`] with a wait of its own (a long history on a slow broker).
+async fn read_history_within(
+    backend: &dyn FanoutBackend,
+    since: SystemTime,
+    within: Duration,
+) -> Vec<Envelope> {
     let history = backend.history().expect("a backend with history");
     let read = async {
         let mut stream = history.read_since(since).await.unwrap();
@@ -39,9 +48,9 @@ pub async fn read_history(backend: &dyn FanoutBackend, since: SystemTime) -> Vec
         }
         all
     };
-    tokio::time::timeout(WAIT, read)
+    tokio::time::timeout(within, read)
         .await
-        .expect("reading the history did not end")
+        .unwrap_or_else(|_| panic!("reading the history did not end within {within:?}"))
 }
 
 fn some_seconds_ago() -> SystemTime {
@@ -157,7 +166,10 @@ pub async fn a_long_history_is_read_whole(factory: &dyn Factory) {
             result.unwrap();
         }
     }
-    let read = read_history(&*backend, since).await;
+    // What is checked is that the read is whole, not how fast it is: the Kafka-API broker here
+    // (Nisshi) reads a long topic slowly (BENCHMARKS.md) and took more than 10 s for these in
+    // two of five runs.
+    let read = read_history_within(&*backend, since, WAIT * 4).await;
     let found = read.iter().filter(|e| ids.contains(&e.id)).count();
     assert_eq!(found, N, "envelopes of a {N}-envelope history read back");
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{Factory, WAIT, envelope, expect_next};
+use super::{Factory, WAIT, envelope, expect_next, wait_received};
 use crate::backend::{BackendStream, FanoutBackend};
 use crate::envelope::Envelope;
 use crate::event::SendSseEvent;
@@ -410,17 +410,4 @@ async fn session_hubs(factory: &dyn Factory, linger: Duration) -> Vec<Hub> {
         hubs.push(hub);
     }
     hubs
-}
-
-/// Waits until `hub` has received at least `n` envelopes.
-async fn wait_received(hub: &Hub, n: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while hub.stats().received < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a hub received {} envelope(s), not {n}, within {WAIT:?}",
-            hub.stats().received
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
