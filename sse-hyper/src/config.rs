@@ -25,6 +25,11 @@ pub struct RouterConfig {
     pub publish_token: Option<String>,
     /// The largest publish body accepted, default 1 MiB; larger ones get `413`.
     pub max_publish_body: usize,
+    /// Bytes of publish bodies all connections together may hold while they are being read,
+    /// default 64 MiB (at least `max_publish_body`): a body that finds no room within a second
+    /// gets `503` with `Retry-After`. This, not a token, is what bounds the memory of
+    /// connections that send part of a body and stop.
+    pub publish_body_budget: usize,
     /// Event names one stream may ask for, default 64; more get `400`.
     pub max_event_names: usize,
     /// Bytes of one event name, default 256; longer ones get `400` (asked for by a stream or
@@ -48,6 +53,7 @@ impl Default for RouterConfig {
             cors: None,
             publish_token: None,
             max_publish_body: 1024 * 1024,
+            publish_body_budget: 64 * 1024 * 1024,
             max_event_names: EventFilter::MAX_NAMES,
             max_event_name_len: EventFilter::MAX_NAME_LEN,
             max_id_len: 256,

@@ -11,6 +11,7 @@
 //! Every endpoint returns `http::Response<SseBody>`, so they mount in axum too.
 
 mod body;
+mod budget;
 mod config;
 mod cors;
 mod direct;
@@ -20,6 +21,7 @@ mod idle;
 pub mod jwt;
 pub mod metrics;
 pub mod openapi;
+mod overload;
 mod router;
 mod serve;
 pub mod session;
@@ -33,7 +35,7 @@ pub use endpoint::{parse_event_names, parse_publish_body};
 pub use error::ApiError;
 pub use jwt::{EventGrant, JwtKeys, JwtVerifier};
 pub use router::SseRouter;
-pub use serve::{ServeOptions, serve, serve_with};
+pub use serve::{DEFAULT_MAX_HEAD_BYTES, ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, Identity, JwtSessions, SessionResolver};
 pub use stats::RouterStats;
 pub use transport::ConnectionAbort;

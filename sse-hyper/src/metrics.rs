@@ -72,6 +72,11 @@ const HELP: &[(&str, bool, &str)] = &[
         "Publish requests refused before publishing, by reason.",
     ),
     (
+        "sse_connections_shed_total",
+        true,
+        "Connections accepted while out of file descriptors, answered at once and closed.",
+    ),
+    (
         "sse_events_received_total",
         true,
         "Envelopes received from the backend.",
@@ -151,6 +156,16 @@ const HELP: &[(&str, bool, &str)] = &[
         true,
         "Envelopes read after a gap that the subscription had not received.",
     ),
+    (
+        "sse_probes_total",
+        true,
+        "Delivery probes sent through the broker after the subscription was silent for the probe interval.",
+    ),
+    (
+        "sse_probe_failures_total",
+        true,
+        "Delivery probes that did not come back in time: the subscription delivered nothing and was made again.",
+    ),
     ("sse_build_info", false, "The hub's version; always 1."),
 ];
 
@@ -220,8 +235,14 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     }
     counter!("sse_events_published_total", "instance" => i()).absolute(s.published);
     counter!("sse_publish_failed_total", "instance" => i()).absolute(s.publish_failed);
-    counter!("sse_publish_rejected_total", "instance" => i(), "reason" => "too_large")
-        .absolute(router.publish_too_large);
+    for (reason, value) in [
+        ("too_large", router.publish_too_large),
+        ("over_budget", router.publish_over_budget),
+    ] {
+        counter!("sse_publish_rejected_total", "instance" => i(), "reason" => reason)
+            .absolute(value);
+    }
+    counter!("sse_connections_shed_total", "instance" => i()).absolute(router.connections_shed);
     counter!("sse_events_received_total", "instance" => i()).absolute(s.received);
     counter!("sse_events_delivered_total", "instance" => i()).absolute(s.delivered);
     for (reason, value) in [
@@ -263,6 +284,8 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
         counter!("sse_backend_gaps_total", "instance" => i(), "outcome" => outcome).absolute(value);
     }
     counter!("sse_events_caught_up_total", "instance" => i()).absolute(s.caught_up);
+    counter!("sse_probes_total", "instance" => i()).absolute(s.probes);
+    counter!("sse_probe_failures_total", "instance" => i()).absolute(s.probe_failures);
     let mut text = handle.render();
     let histograms = [
         hub.publish_latency(),

@@ -9,6 +9,7 @@ use http_body::Body;
 use sse_core::Hub;
 
 use crate::body::SseBody;
+use crate::budget::BodyBudget;
 use crate::config::RouterConfig;
 use crate::cors::Cors;
 use crate::endpoint::{openapi, page::StaticPage};
@@ -33,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) hub: Hub,
     pub(crate) resolver: Arc<dyn SessionResolver>,
     pub(crate) config: RouterConfig,
+    /// Shared by the publish bodies being read (see [`RouterConfig::publish_body_budget`]).
+    pub(crate) body_budget: BodyBudget,
     /// Publishing with a JWT whose claim names the event names it may publish.
     pub(crate) publish_jwt: Option<(JwtVerifier, String)>,
     /// The OpenAPI document, made when the configuration is set.
@@ -58,6 +61,7 @@ impl SseRouter {
                 hub,
                 resolver: Arc::new(AnonymousSessions),
                 config: RouterConfig::default(),
+                body_budget: BodyBudget::new(RouterConfig::default().publish_body_budget),
                 publish_jwt: None,
                 openapi: Bytes::new(),
                 pages: Vec::new(),
@@ -86,6 +90,9 @@ impl SseRouter {
             Some(_) => Bytes::from(crate::openapi::document(&config)),
             None => Bytes::new(),
         };
+        // A body of the largest size accepted always fits.
+        inner.body_budget =
+            BodyBudget::new(config.publish_body_budget.max(config.max_publish_body));
         inner.config = config;
         self
     }
@@ -126,6 +133,19 @@ impl SseRouter {
     /// The event-stream endpoint's path.
     pub(crate) fn stream_path(&self) -> &str {
         &self.inner.config.stream_path
+    }
+
+    /// The health endpoint's path.
+    pub(crate) fn health_path(&self) -> &str {
+        &self.inner.config.health_path
+    }
+
+    /// Counts a connection answered at once for want of file descriptors.
+    pub(crate) fn count_shed(&self) {
+        self.inner
+            .counters
+            .connections_shed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Routes one request by path and method to its endpoint (`405` for another method, `404`

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::direct::{self, FirstRequest};
 use crate::idle::{Activity, Tracked};
+use crate::overload::{self, Reserve};
 use crate::router::SseRouter;
 use crate::transport::ConnectionAbort;
 
@@ -50,7 +51,19 @@ pub struct ServeOptions {
     /// for this long is closed (default 60 s): what ends an HTTP/2 connection that holds no
     /// stream but answers the keep-alive PINGs. HTTP/1 meets `head_timeout` first.
     pub idle_timeout: Duration,
+    /// The largest request head, in bytes (default 32 KiB, nginx's default for all header lines
+    /// of a request): an HTTP/1 connection buffers at most this much of a head that has not
+    /// ended (a larger one gets `431` and the connection closes), and HTTP/2 advertises it as
+    /// its `SETTINGS_MAX_HEADER_LIST_SIZE`. At least 8 KiB (hyper's minimum).
+    pub max_head_bytes: usize,
+    /// The most header fields in one request (default 100); more get `431`.
+    pub max_headers: usize,
 }
+
+/// [`ServeOptions::max_head_bytes`]'s default.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The smallest head buffer hyper accepts.
+const MIN_HEAD_BYTES: usize = 8 * 1024;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -61,6 +74,8 @@ impl Default for ServeOptions {
             head_timeout: Duration::from_secs(10),
             http2_keep_alive: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: 100,
         }
     }
 }
@@ -95,18 +110,24 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> io::Result<()> {
+    let max_head = options.max_head_bytes.max(MIN_HEAD_BYTES);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.head_timeout);
+        .header_read_timeout(options.head_timeout)
+        // hyper's read buffer holds the head until it ends: without this, ~400 KiB each.
+        .max_buf_size(max_head)
+        .max_headers(options.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(options.http2_keep_alive)
-        .keep_alive_timeout(options.http2_keep_alive);
+        .keep_alive_timeout(options.http2_keep_alive)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let mut accept_errors = AcceptErrors::default();
+    let mut reserve = Reserve::new();
     let graceful = GracefulShutdown::new();
     let direct_tasks = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -116,10 +137,21 @@ pub async fn serve_with(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning, and
-                    // say so once a second, not once a try.
                     accept_errors.failed(&error);
+                    // Out of file descriptors: the reserved one answers the waiting connection.
+                    if reserve.release_for(&error) {
+                        if let Ok(Ok((socket, _))) =
+                            tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+                        {
+                            router.count_shed();
+                            overload::answer(socket, &router).await;
+                        }
+                        reserve.restore();
+                        continue;
+                    }
+                    // Back off instead of spinning (and say so once a second, not once a try).
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    reserve.restore();
                     continue;
                 }
             },

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) publish_too_large: AtomicU64,
+    pub(crate) publish_over_budget: AtomicU64,
     pub(crate) bad_event_names: AtomicU64,
+    pub(crate) connections_shed: AtomicU64,
 }
 
 /// Requests the router refused for its own limits (the hub counts the rest).
@@ -14,8 +16,13 @@ pub(crate) struct Counters {
 pub struct RouterStats {
     /// Publish bodies over the size limit (`413`).
     pub publish_too_large: u64,
+    /// Publish bodies refused because the body budget stayed spent (`503`).
+    pub publish_over_budget: u64,
     /// Event-stream requests whose event names were missing, too many, too long or invalid (`400`).
     pub bad_event_names: u64,
+    /// Connections accepted while the process was out of file descriptors, answered at once
+    /// (the health check) or with `503`, and closed.
+    pub connections_shed: u64,
 }
 
 impl Counters {
@@ -23,7 +30,9 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> RouterStats {
         RouterStats {
             publish_too_large: self.publish_too_large.load(Ordering::Relaxed),
+            publish_over_budget: self.publish_over_budget.load(Ordering::Relaxed),
             bad_event_names: self.bad_event_names.load(Ordering::Relaxed),
+            connections_shed: self.connections_shed.load(Ordering::Relaxed),
         }
     }
 }

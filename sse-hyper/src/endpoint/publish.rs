@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use sse_core::{BackendError, PublishError, SendSseEvent};
 
 use crate::body::SseBody;
+use crate::budget::{BodyBudget, Held};
 use crate::error::{ApiError, json_response};
 use crate::jwt::EventGrant;
 use crate::router::SseRouter;
@@ -19,21 +20,42 @@ use crate::session::bearer_token;
 impl SseRouter {
     /// `POST` publish: the JSON body `{"eventName", "sessionId"?, "payload", "id"?}`; answers `202
     /// {"id": ...}` once the backend holds the event.
+    ///
+    /// A request refused before its body was read (no credentials, wrong content type, too
+    /// large, no room in the [body budget](crate::RouterConfig::publish_body_budget)) is
+    /// answered with `Connection: close` on HTTP/1: the unread body cannot be told from the next
+    /// request, so the connection always ends (never in some cases only, as a race would decide).
     pub async fn publish<B>(&self, request: Request<B>) -> Result<Response<SseBody>, ApiError>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let closes = request.version() < Version::HTTP_2 && carries_body(request.headers());
+        match self.publish_event(request).await {
+            Err(Refused::Unread(error)) if closes => Ok(closing(error.into_response())),
+            Err(Refused::Unread(error) | Refused::Read(error)) => Err(error),
+            Ok(response) => Ok(response),
+        }
+    }
+
+    async fn publish_event<B>(&self, request: Request<B>) -> Result<Response<SseBody>, Refused>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let config = &self.inner.config;
-        let grant = self.publish_grant(request.headers()).await?;
+        let grant = self
+            .publish_grant(request.headers())
+            .await
+            .map_err(Refused::Unread)?;
         // A JSON content type is required: a body without one (or `text/plain`, a form) is what
         // any web page can send cross-origin without a preflight (CSRF).
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::new(
+            return Err(Refused::Unread(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "the body must be sent as Content-Type: application/json",
-            ));
+            )));
         }
         let too_large = || {
             self.inner
@@ -52,18 +74,50 @@ impl SseRouter {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > DRAIN_AT_MOST as u64) {
             // Too large to read on: answered at once, and the connection closes.
-            return Err(too_large());
+            return Err(Refused::Unread(too_large()));
         }
-        let body = match read_body(request.into_body(), config.max_publish_body).await {
+        let budget = &self.inner.body_budget;
+        let limits = BodyLimits {
+            max: config.max_publish_body,
+            declared: declared.and_then(|len| usize::try_from(len).ok()),
+            budget,
+        };
+        let body = match read_body(request.into_body(), limits).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge) => return Err(too_large()),
+            Err(BodyError::TooLarge) => return Err(Refused::Read(too_large())),
+            Err(BodyError::OverBudget) => {
+                self.inner
+                    .counters
+                    .publish_over_budget
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Unread(
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "too many publish bodies are being received right now; try again",
+                    )
+                    .retry_after(config.retry_after_secs),
+                ));
+            }
             Err(BodyError::Failed(error)) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Refused::Read(ApiError::bad_request(format!(
                     "could not read the body: {error}"
-                )));
+                ))));
             }
         };
-        let event = parse_publish_body(&body)?;
+        self.publish_body(&body.bytes, grant)
+            .await
+            .map_err(Refused::Read)
+    }
+
+    /// Publishes a body that was read whole.
+    async fn publish_body(
+        &self,
+        body: &[u8],
+        grant: Option<EventGrant>,
+    ) -> Result<Response<SseBody>, ApiError> {
+        let config = &self.inner.config;
+        let event = parse_publish_body(body)?;
         if let Some(grant) = grant
             && !grant.allows(&event.event_name)
         {
@@ -211,20 +265,75 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
 const DRAIN_AT_MOST: usize = 16 * 1024 * 1024;
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Why a publish was refused, and whether its body was read (see [`SseRouter::publish`]).
+enum Refused {
+    /// Before the body was read.
+    Unread(ApiError),
+    /// After it was read (or drained).
+    Read(ApiError),
+}
+
+/// Whether a request carries a body (a `Content-Length` other than 0, or chunks).
+fn carries_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0")
+}
+
+/// `response`, ending its HTTP/1 connection once sent.
+fn closing(mut response: Response<SseBody>) -> Response<SseBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 enum BodyError {
     TooLarge,
+    OverBudget,
     Failed(String),
 }
 
+/// A body read whole, holding its part of the body budget until dropped.
+struct ReadBody {
+    bytes: Bytes,
+    _held: Held,
+}
+
+/// How much of a body may be read, and from which budget.
+struct BodyLimits<'a> {
+    /// The largest body accepted.
+    max: usize,
+    /// Its `Content-Length`, if it has one.
+    declared: Option<usize>,
+    budget: &'a BodyBudget,
+}
+
 /// Reads a body of at most `max` bytes; a larger one is drained (see [`DRAIN_AT_MOST`]) and
-/// reported as too large.
-async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+/// reported as too large. What it holds (the buffer's capacity: the declared length at once,
+/// else as it grows) is taken from the budget first.
+async fn read_body<B>(body: B, limits: BodyLimits<'_>) -> Result<ReadBody, BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let BodyLimits {
+        max,
+        declared,
+        budget,
+    } = limits;
     let mut body = std::pin::pin!(body);
     let mut collected = bytes::BytesMut::new();
+    let mut held = Held::default();
+    let mut held_bytes = 0usize;
+    if let Some(len) = declared.filter(|&len| len <= max) {
+        if !budget.take(&mut held, len).await {
+            return Err(BodyError::OverBudget);
+        }
+        held_bytes = len;
+        collected.reserve(len);
+    }
     let mut seen = 0usize;
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -234,6 +343,14 @@ where
             };
             seen = seen.saturating_add(data.len());
             if seen <= max {
+                collected.reserve(data.len());
+                let grown = collected.capacity().saturating_sub(held_bytes);
+                if grown > 0 {
+                    if !budget.take(&mut held, grown).await {
+                        return Err(BodyError::OverBudget);
+                    }
+                    held_bytes += grown;
+                }
                 collected.extend_from_slice(&data);
             } else if seen > DRAIN_AT_MOST {
                 break;
@@ -242,7 +359,10 @@ where
         Ok(())
     };
     match tokio::time::timeout(DRAIN_FOR, read).await {
-        Ok(Ok(())) if seen <= max => Ok(collected.freeze()),
+        Ok(Ok(())) if seen <= max => Ok(ReadBody {
+            bytes: collected.freeze(),
+            _held: held,
+        }),
         Ok(Ok(())) => Err(BodyError::TooLarge),
         Ok(Err(error)) => Err(error),
         Err(_) if seen > max => Err(BodyError::TooLarge),
