@@ -1,5 +1,7 @@
-//! The Redis backend against a real Redis: the conformance suite, several hubs on one channel, the
-//! sending-application filter, and a broker restart under running hubs.
+//! The Redis backend under running hubs, beyond the conformance suite its crate runs: typed URL
+//! errors, an ACL password, a broker restart (a Redis of the test's own), a lost subscription and
+//! a cut connection caught up from the history, malformed envelopes counted, and a Redis Cluster
+//! of the test's own passing the conformance suite.
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
@@ -14,10 +16,26 @@ use common::unique;
 use sse_fanout::FanoutBackend;
 use sse_fanout::redis::{RedisBackend, RedisConfig};
 
-use common::backends::redis::{connect, forget, raw};
+use common::backends::redis::{connect, forget};
 
-common::fanout::broker_suite!(Broker::Redis);
 common::fanout::restart_suite!(Broker::Redis, Duration::from_secs(5));
+
+/// On a Redis Cluster (three masters, three replicas, named by all six nodes) the backend passes
+/// the whole conformance suite: sharded pub/sub, the history in the channel's slot, routes.
+#[tokio::test]
+async fn a_redis_cluster_passes_the_conformance_suite() {
+    let Some(cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+        return;
+    };
+    let config = RedisConfig::new(cluster.url(), unique("cluster-conformance"));
+    let backend = RedisBackend::connect(config.clone()).await.unwrap();
+    assert!(backend.is_cluster());
+    sse_core::testkit::run_all(&move || {
+        let config = config.clone();
+        async move { Arc::new(RedisBackend::connect(config).await.unwrap()) as Arc<dyn FanoutBackend> }
+    })
+    .await;
+}
 
 #[tokio::test]
 async fn bad_urls_are_typed_errors() {
@@ -160,6 +178,156 @@ async fn a_lost_subscription_catches_up_from_the_history() {
     assert_eq!(stream.next().await.data, "6", "live again");
     assert!(server.hub.backend_reconnects() >= 1);
     acl(vec!["DELUSER".to_owned(), user.clone()]).await;
+}
+
+/// On a Redis Cluster the channel's slot is moved to another master, then the master holding it
+/// is killed (its replica takes over), under a hub with a client. Each time the subscription
+/// follows (Redis tells it of the move with an unsolicited `sunsubscribe`; the killed master's
+/// connection closes), the hub's health goes down and comes back, and every event published
+/// before and after reaches the client once, in order. Without following the move, the
+/// subscription would stay on the old master, which no longer gets the slot's publishes.
+#[tokio::test]
+async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
+    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+        return;
+    };
+    let channel = unique("cluster-moves");
+    cluster.focus(&channel);
+    let config =
+        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
+    let subscriber = RedisBackend::connect(config.clone()).await.unwrap();
+    let server = common::TestServer::start(Arc::new(subscriber), |b| b.app_name("moves")).await;
+    let mut stream = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let publisher = sse_fanout::Hub::builder(RedisBackend::connect(config).await.unwrap())
+        .app_name("moves")
+        .start()
+        .await
+        .unwrap();
+    // A publish may fail while the cluster changes (it then did not go out, or goes out and is
+    // seen once): it is tried again until one is answered.
+    let publish = |n: u32| {
+        let publisher = publisher.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let event = sse_fanout::SendSseEvent::new("e", serde_json::json!(n));
+                match publisher.publish(event.to_session("s1")).await {
+                    Ok(_) => return,
+                    Err(error) => {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "publish {n}: {error}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    publish(0).await;
+    assert_eq!(stream.next().await.data, "0");
+
+    cluster.migrate(Box::pin(async {})).await;
+    for n in 1..=3 {
+        publish(n).await;
+    }
+    for n in 1..=3 {
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "after the slot moved"
+        );
+    }
+
+    assert_eq!(server.health().await.0, 200);
+    // The health check, asked every 50 ms while the master is killed and replaced.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watch = {
+        let (url, watching) = (server.url("/healthz"), watching.clone());
+        tokio::spawn(async move {
+            let mut states = Vec::new();
+            while !watching.is_cancelled() {
+                if let Ok(answer) = common::client().get(&url).send().await {
+                    let up = answer.status() == 200;
+                    if states.last() != Some(&up) {
+                        states.push(up);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            states
+        })
+    };
+    cluster.fail_over(Box::pin(async {})).await;
+    for n in 4..=6 {
+        publish(n).await;
+    }
+    for n in 4..=6 {
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "after the failover"
+        );
+    }
+    watching.cancel();
+    let states = watch.await.unwrap();
+    assert!(
+        states.contains(&false) && states.last() == Some(&true),
+        "health went down and came back: {states:?}"
+    );
+    assert!(server.hub.backend_reconnects() >= 2);
+}
+
+/// A publish to a Redis that stops answering (its process paused, as a frozen VM is) fails after
+/// the publish timeout; when the server runs again it finds the script past its deadline and
+/// refuses it. Without the deadline the server would run the queued publish when it came back:
+/// an event answered as failed would go out after all, and after the publisher's next one.
+#[tokio::test]
+async fn a_publish_answered_as_failed_never_goes_out_later() {
+    let Some(own) = common::own::OwnBroker::start(Broker::Redis).await else {
+        return;
+    };
+    let mut config = RedisConfig::new(own.url(), unique("deadline"));
+    config.publish_timeout = Duration::from_secs(1);
+    let backend = RedisBackend::connect(config).await.unwrap();
+    let mut subscription = backend.subscribe().await.unwrap();
+    // The server knows the script from now on (else the late publish would be refused anyway).
+    backend.publish(Bytes::from_static(b"first")).await.unwrap();
+    let first = sse_core::testkit::next_within(&mut subscription, Duration::from_secs(5)).await;
+    assert_eq!(first.unwrap(), "first");
+    own.signal("STOP");
+    let started = tokio::time::Instant::now();
+    let late = backend.publish(Bytes::from_static(b"late")).await;
+    let took = started.elapsed();
+    own.signal("CONT");
+    assert!(late.is_err(), "a publish to a paused server succeeded");
+    assert!(
+        took < Duration::from_secs(3),
+        "the publish failed after {took:?}"
+    );
+    backend.publish(Bytes::from_static(b"next")).await.unwrap();
+    let after = loop {
+        match sse_core::testkit::next_item_within(&mut subscription, Duration::from_secs(5)).await {
+            Some(sse_fanout::Received::Envelope(bytes)) => break bytes,
+            Some(_) => continue,
+            None => panic!("nothing arrived"),
+        }
+    };
+    assert_eq!(after, "next", "the failed publish went out after all");
+    let mut history = backend
+        .history()
+        .unwrap()
+        .read_since(std::time::UNIX_EPOCH)
+        .await
+        .unwrap();
+    while let Some(envelope) = futures_util::StreamExt::next(&mut history).await {
+        assert_ne!(
+            envelope.unwrap(),
+            "late",
+            "the failed publish is in the history"
+        );
+    }
 }
 
 /// The connection to the broker is cut and comes back; what was published meanwhile is read from

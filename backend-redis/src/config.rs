@@ -15,14 +15,18 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 #[non_exhaustive]
 pub struct RedisConfig {
     /// The server's URL: `redis://host:port`, `rediss://` for TLS, with `user:password@` when
-    /// it asks for them.
+    /// it asks for them. A Redis Cluster is named by several nodes' URLs, comma-separated
+    /// (`redis://a:7000,redis://b:7001`), or by one node of it (the backend asks the node).
     pub url: String,
     /// The pub/sub channel every instance shares.
     pub channel: String,
     /// How long connecting (and each reconnect attempt) may take.
     pub connect_timeout: Duration,
-    /// How long a publish may wait for the server's answer.
+    /// How long a command may wait for the server's answer.
     pub response_timeout: Duration,
+    /// How long a publish may take, retries after a failover or a moved slot included; past it
+    /// the publish fails and the server refuses to run it any more (see the crate docs).
+    pub publish_timeout: Duration,
     /// How often an idle subscription pings the server to notice a dead connection.
     pub ping_interval: Duration,
     /// The longest wait between reconnect attempts.
@@ -33,12 +37,20 @@ pub struct RedisConfig {
     /// the same bounds ([`HubConfig::replay`](sse_core::HubConfig::replay)): its replay log is
     /// where the history is served from, and what recognises envelopes that arrive twice.
     pub history: Option<ReplayConfig>,
-    /// The key of the history stream.
+    /// The key of the history stream. On a Redis Cluster it must be in the channel's slot: the
+    /// default becomes `{channel}:history`, braces included (a hash tag).
     pub history_key: String,
+    /// Replicas that must have a publish before it is answered (`WAIT`); 0 answers once the
+    /// master has it. Redis replicates asynchronously: without a wait, a publish answered by a
+    /// master that dies before its replica has it is lost in the failover.
+    pub wait_replicas: u32,
+    /// How long a publish waits for [`wait_replicas`](Self::wait_replicas) before it fails.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
-    /// Defaults for the server at `url` and `channel`: connect timeout 2 s, response timeout 2 s, ping every 5 s,
+    /// Defaults for the server at `url` and `channel`: connect timeout 2 s, response timeout 2 s,
+    /// publish timeout 3 s, ping every 5 s,
     /// backoff up to 5 s, buffer of 4096 messages, history with the default [`ReplayConfig`] in
     /// the stream `{channel}:history`.
     pub fn new(url: impl Into<String>, channel: impl Into<String>) -> Self {
@@ -50,10 +62,25 @@ impl RedisConfig {
             channel,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(3),
             ping_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             buffer: 4096,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// The URLs of the nodes [`url`](Self::url) names (one for a single server).
+    pub fn nodes(&self) -> Result<Vec<String>, BackendError> {
+        sse_core::connect::cluster_addresses(NAME, &self.url, |url| Ok(url.to_owned()))
+    }
+
+    /// Waits for `replicas` replicas to have a publish, up to `timeout`, before it is answered.
+    pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = replicas;
+        self.wait_timeout = timeout;
+        self
     }
 
     /// Sets the history's bounds; `None` keeps no history.
@@ -66,12 +93,16 @@ impl RedisConfig {
 impl BackendConfig for RedisConfig {
     type Backend = RedisBackend;
 
-    /// The URL (default [`DEFAULT_URL`]), channel and history of the settings; Redis takes no
-    /// options.
+    /// The URL (default [`DEFAULT_URL`]), channel and history of the settings. Options:
+    /// `wait-replicas` and `wait-timeout-ms` (see [`RedisConfig::wait_replicas`]).
     fn from_settings(mut settings: BackendSettings) -> Result<Self, BackendError> {
+        let replicas = settings.take(NAME, "wait-replicas")?.unwrap_or(0);
+        let timeout = settings.take(NAME, "wait-timeout-ms")?.unwrap_or(1000);
         settings.finish(NAME)?;
         let url = settings.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-        Ok(RedisConfig::new(url, settings.channel).history(settings.history))
+        Ok(RedisConfig::new(url, settings.channel)
+            .history(settings.history)
+            .wait_replicas(replicas, Duration::from_millis(timeout)))
     }
 
     async fn connect(self) -> Result<RedisBackend, BackendError> {

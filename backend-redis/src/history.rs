@@ -23,7 +23,7 @@ impl Inner {
     /// `XRANGE` from `since` up to the newest entry when the read begins, a page at a time.
     async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError> {
         let mut connection = self.publisher.clone();
-        let key = self.config.history_key.clone();
+        let key = self.names.history_key.clone();
         let newest: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
             .arg(&key)
             .arg("+")

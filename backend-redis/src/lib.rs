@@ -48,12 +48,24 @@
 //! subscription connection, up to 1 000 per command; after a reconnect it subscribes them all
 //! again in such batches before it reports the gap. Plain channels, never patterns:
 //! a pattern subscription makes every `PUBLISH` on the server match against every pattern, while
-//! a channel is one hash lookup (10 000 channels subscribe in about 20 ms, BENCHMARKS.md). The
-//! backend talks to one Redis server: Redis Cluster, and with it sharded pub/sub
-//! (`SSUBSCRIBE`), is not supported yet.
+//! a channel is one hash lookup (10 000 channels subscribe in about 20 ms, BENCHMARKS.md).
+//!
+//! # Redis Cluster
+//!
+//! A URL listing several nodes (`redis://a:7000,redis://b:7000`), or one node that says it runs
+//! in cluster mode, makes the backend use a Redis Cluster (Redis ≥ 7): sharded pub/sub
+//! (`SPUBLISH`, `SSUBSCRIBE`), with the history stream and the route channels in the channel's
+//! slot (they begin with its hash tag, `{channel}:`), so one script still writes the history and
+//! publishes, and one connection to that slot's master carries everything in one order; it
+//! follows the slot to its new master after a failover or a migration and reports the gap. A
+//! publish can wait for replicas ([`RedisConfig::wait_replicas()`]), and has a deadline the
+//! script checks ([`RedisConfig::publish_timeout`]): one answered as failed never goes out later.
+//! The project's README ("A Redis Cluster") says what survives which failure and what it costs.
 
+mod cluster;
 mod config;
 mod history;
+mod link;
 mod publish;
 mod routes;
 mod subscribe;
@@ -63,17 +75,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sse_core::backend::Reconnects;
 use sse_core::connect::Connector;
 use sse_core::history::BrokerHistory;
 use sse_core::route::SessionRoutes;
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_URL, RedisConfig};
 
+use link::{Conn, Link, Names};
 use routes::Routes;
 
 /// This backend's row in a hub's table of backends (`--backend redis`).
@@ -88,9 +99,11 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    client: redis::Client,
-    publisher: ConnectionManager,
+    link: Link,
+    /// The connection publishing and reading the history.
+    publisher: Conn,
     config: RedisConfig,
+    names: Names,
     script: redis::Script,
     /// Subscriptions currently down (a backend is healthy when this is 0 and publishing works).
     reconnects: Reconnects,
@@ -104,7 +117,8 @@ struct Inner {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("channel", &self.inner.config.channel)
+            .field("channel", &self.inner.names.channel)
+            .field("cluster", &self.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -118,38 +132,27 @@ impl RedisBackend {
     /// within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, BackendError> {
         install_crypto_provider();
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| BackendError::Config {
-                backend: NAME,
-                message: format!("invalid Redis URL: {e}"),
-            })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(config.max_backoff);
-        let publisher = tokio::time::timeout(
-            config.connect_timeout * 2,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout {
-            backend: NAME,
-            after: config.connect_timeout * 2,
-        })?
-        .map_err(unavailable)?;
+        let link = Link::discover(&config).await?;
+        let names = Names::new(&config, &link)?;
+        let publisher = link.commands(&config).await?;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                client,
+                script: redis::Script::new(&publish::publish_script(names.sharded)),
+                link,
                 publisher,
+                names,
                 config,
-                script: redis::Script::new(publish::PUBLISH_SCRIPT),
                 reconnects: Reconnects::default(),
                 closed: CancellationToken::new(),
                 routes: Mutex::default(),
                 route_changes: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// Whether the backend talks to a Redis Cluster (sharded pub/sub) rather than one server.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.link, Link::Cluster(_))
     }
 
     /// How often a subscription had to reconnect.
@@ -159,7 +162,7 @@ impl RedisBackend {
 
     /// The channel in use.
     pub fn channel(&self) -> &str {
-        &self.inner.config.channel
+        &self.inner.names.channel
     }
 }
 
@@ -191,7 +194,7 @@ impl FanoutBackend for RedisBackend {
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
         self.inner
-            .publish_on(&self.inner.config.channel, envelope)
+            .publish_on(&self.inner.names.channel, envelope)
             .await
     }
 
@@ -207,10 +210,13 @@ impl FanoutBackend for RedisBackend {
         if self.inner.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
-        let first = self.inner.subscribed().await?;
-        let (tx, rx) = mpsc::channel(self.inner.config.buffer.max(1));
-        tokio::spawn(subscribe::run_subscription(self.inner.clone(), first, tx));
-        Ok(sse_core::backend::channel_stream(rx))
+        match &self.inner.link {
+            Link::Single(client) => {
+                subscribe::subscribe::<subscribe::Single>(self.inner.clone(), (**client).clone())
+                    .await
+            }
+            Link::Cluster(nodes) => cluster::subscribe(self.inner.clone(), nodes).await,
+        }
     }
 
     async fn health(&self) -> Health {
@@ -221,9 +227,9 @@ impl FanoutBackend for RedisBackend {
             return down;
         }
         let mut connection = self.inner.publisher.clone();
-        let ping: Result<String, _> = tokio::time::timeout(
+        let ping = tokio::time::timeout(
             self.inner.config.response_timeout,
-            redis::cmd("PING").query_async(&mut connection),
+            connection.on_master_of(&self.inner.names.channel, redis::cmd("PING")),
         )
         .await
         .unwrap_or_else(|_| {

@@ -1,17 +1,38 @@
-//! Publishing: a plain `PUBLISH`, or with history one script that appends to the history stream
-//! and publishes, atomically.
+//! Publishing: a plain `PUBLISH` (`SPUBLISH` on a cluster), or with history one script that
+//! appends to the history stream and publishes, atomically; then, when asked, `WAIT` for
+//! replicas.
+//!
+//! A publish has a deadline ([`RedisConfig::publish_timeout`](crate::RedisConfig)), and the
+//! script refuses to run after it (by the Redis server's clock). The client library may send a
+//! script again after a failover or a moved slot, and a command it queued runs even when its
+//! caller has stopped waiting: without the deadline, a publish answered as failed could still go
+//! out later, after the publisher's next event (out of its order). The answer "failed" is given
+//! [`CLOCK_SKEW`] after the deadline, so it holds while the clocks of the hub's host and the
+//! Redis servers agree within that.
+
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sse_core::BackendError;
 
+use crate::link::Conn;
 use crate::{Inner, NAME, unavailable};
 
-/// Appends the envelope (`ARGV[1]`) to the history stream (`KEYS[1]`), trims the stream to
-/// `ARGV[3]` entries and `ARGV[4]` milliseconds, and publishes it to the channel (`ARGV[2]`):
-/// one atomic step, so subscribers and the stream see the same order.
-pub(crate) const PUBLISH_SCRIPT: &str = r"
+/// How far the clocks of the hub's host and the Redis servers may differ for a publish answered
+/// as failed to be sure not to go out later (see the module docs).
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_millis(500);
+
+/// Unless the deadline (`ARGV[5]`, Unix milliseconds) has passed, appends the envelope
+/// (`ARGV[1]`) to the history stream (`KEYS[1]`), trims the stream to `ARGV[3]` entries and
+/// `ARGV[4]` milliseconds, and publishes it to the channel (`ARGV[2]`): one atomic step, so
+/// subscribers and the stream see the same order. `PUBLISH` is replaced by `SPUBLISH` on a
+/// cluster.
+const PUBLISH_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[5]) then
+  return redis.error_reply('SSEDEADLINE the publish deadline has passed')
+end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
 local oldest = now - tonumber(ARGV[4])
 if oldest > 0 then
@@ -20,6 +41,15 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('PUBLISH', ARGV[2], ARGV[1])
 ";
+
+/// The publish script, sharded (`SPUBLISH`) or not.
+pub(crate) fn publish_script(sharded: bool) -> String {
+    if sharded {
+        PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'")
+    } else {
+        PUBLISH_SCRIPT.to_owned()
+    }
+}
 
 impl Inner {
     /// Publishes to `channel` (the shared one, or a session's), through the history script when
@@ -32,31 +62,74 @@ impl Inner {
         if self.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
-        let mut connection = self.publisher.clone();
         let config = &self.config;
-        let result: Result<i64, _> = match &config.history {
-            None => {
-                redis::cmd("PUBLISH")
+        let deadline = SystemTime::now() + config.publish_timeout;
+        let deadline_ms = sse_core::history::unix_millis(deadline);
+        let attempt = async {
+            let mut connection = self.publisher.clone();
+            let result: Result<i64, _> = match &config.history {
+                None => {
+                    redis::cmd(if self.names.sharded {
+                        "SPUBLISH"
+                    } else {
+                        "PUBLISH"
+                    })
                     .arg(channel)
                     .arg(envelope.as_ref())
                     .query_async(&mut connection)
                     .await
+                }
+                Some(history) => {
+                    self.script
+                        .key(&self.names.history_key)
+                        .arg(envelope.as_ref())
+                        .arg(channel)
+                        .arg(history.max_events.max(1))
+                        .arg(
+                            u64::try_from(history.max_age.as_millis())
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        )
+                        .arg(deadline_ms)
+                        .invoke_async(&mut connection)
+                        .await
+                }
+            };
+            result.map_err(unavailable)?;
+            if config.wait_replicas > 0 {
+                self.wait_for_replicas(connection).await?;
             }
-            Some(history) => {
-                self.script
-                    .key(&config.history_key)
-                    .arg(envelope.as_ref())
-                    .arg(channel)
-                    .arg(history.max_events.max(1))
-                    .arg(
-                        u64::try_from(history.max_age.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .invoke_async(&mut connection)
-                    .await
-            }
+            Ok(())
         };
-        result.map(drop).map_err(unavailable)
+        let after = config.publish_timeout + CLOCK_SKEW;
+        tokio::time::timeout(after, attempt)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                backend: NAME,
+                after,
+            })?
+    }
+
+    /// Waits until [`RedisConfig::wait_replicas`](crate::RedisConfig::wait_replicas) replicas
+    /// have what `connection` wrote (`WAIT` on the channel's master), failing after the wait's
+    /// timeout: the publish then may or may not survive a failover.
+    async fn wait_for_replicas(&self, mut connection: Conn) -> Result<(), BackendError> {
+        let config = &self.config;
+        let timeout = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(config.wait_replicas).arg(timeout.max(1));
+        let acked = connection
+            .on_master_of(&self.names.channel, wait)
+            .await
+            .map_err(unavailable)?;
+        let acked: u32 =
+            redis::from_redis_value(acked).map_err(|e| BackendError::unavailable(NAME, e))?;
+        if acked < config.wait_replicas {
+            return Err(BackendError::Timeout {
+                backend: NAME,
+                after: config.wait_timeout,
+            });
+        }
+        Ok(())
     }
 }

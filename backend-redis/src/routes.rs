@@ -6,10 +6,10 @@ use std::sync::PoisonError;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::PubSubSink;
 use sse_core::BackendError;
 use sse_core::route::{SessionRoutes, route_token};
 
+use crate::link::Subscriber;
 use crate::{Inner, RedisBackend};
 
 /// Channels one `SUBSCRIBE` names at most when routes are subscribed again after a reconnect.
@@ -20,13 +20,13 @@ const ROUTE_BATCH: usize = 1000;
 #[derive(Default)]
 pub(crate) struct Routes {
     channels: HashSet<String>,
-    sink: Option<PubSubSink>,
+    sink: Option<Subscriber>,
 }
 
 impl Inner {
     /// The channel of a session's route.
     fn route_channel(&self, session: &str) -> String {
-        format!("{}:{}", self.config.channel, route_token(session))
+        self.names.route(&route_token(session))
     }
 
     fn route_channels(&self, sessions: &[&str]) -> Vec<String> {
@@ -39,13 +39,20 @@ impl Inner {
         self.routes().sink = None;
     }
 
+    /// Whether this instance wants `channel` subscribed (the shared channel, or a route it
+    /// holds): a channel Redis unsubscribed by itself (its slot moved) is subscribed again.
+    pub(crate) fn intends(&self, channel: &[u8]) -> bool {
+        channel == self.names.channel.as_bytes()
+            || std::str::from_utf8(channel).is_ok_and(|c| self.routes().channels.contains(c))
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Hands a new subscription connection's sink to the routes and subscribes every route
     /// again, in batches (after a reconnect).
-    pub(crate) async fn resubscribe(&self, sink: &PubSubSink) -> Result<(), BackendError> {
+    pub(crate) async fn resubscribe(&self, sink: &Subscriber) -> Result<(), BackendError> {
         let _changing = self.route_changes.lock().await;
         let channels: Vec<String> = {
             let mut routes = self.routes();

@@ -1,34 +1,63 @@
 //! The subscription: one connection of its own that reconnects with backoff, subscribes the
-//! shared channel and the session routes again, and reports the gap it may have left.
+//! shared channel and the session routes again, and reports the gap it may have left. One loop
+//! ([`run`]) drives both kinds of connection, a server's ([`Single`]) and a cluster slot master's
+//! (`cluster::Sharded`), through [`Feed`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
-use sse_core::{BackendError, Received};
+use redis::aio::{PubSubSink, PubSubStream};
+use sse_core::{BackendError, BackendStream, Received};
 use tokio::sync::mpsc;
 
+use crate::link::Subscriber;
 use crate::{Inner, NAME, unavailable};
 
 /// How far before its last sign of life a restored subscription's gap begins: the clocks of this
 /// host and the Redis server may differ by this much.
-const GAP_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const GAP_MARGIN: Duration = Duration::from_secs(5);
 
-impl Inner {
-    /// A subscribed connection: its ping sink and its message stream.
-    pub(crate) async fn subscribed(
-        &self,
-    ) -> Result<(PubSubSink, redis::aio::PubSubStream), BackendError> {
-        let timeout = self.config.connect_timeout;
+/// A subscribed connection, as [`run`] drives it.
+pub(crate) trait Feed: Sized + Send + 'static {
+    /// Where it connects again after a loss.
+    type Target: Send + Sync + 'static;
+
+    /// Connects to `target` and subscribes the shared channel.
+    fn connect(
+        inner: &Inner,
+        target: &Self::Target,
+    ) -> impl Future<Output = Result<Self, BackendError>> + Send;
+
+    /// What the session routes subscribe on, and pings go through.
+    fn subscriber(&self) -> Subscriber;
+
+    /// The next envelope received, `Ok(None)` for anything else that arrived, or why the
+    /// connection is lost.
+    fn next(&mut self, inner: &Inner)
+    -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+/// A subscribed pub/sub connection to one server.
+pub(crate) struct Single {
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+impl Feed for Single {
+    type Target = redis::Client;
+
+    async fn connect(inner: &Inner, client: &redis::Client) -> Result<Single, BackendError> {
+        let timeout = inner.config.connect_timeout;
         let attempt = async {
-            let pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+            let pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
             let (mut sink, stream) = pubsub.split();
-            sink.subscribe(&self.config.channel)
+            sink.subscribe(&inner.names.channel)
                 .await
                 .map_err(unavailable)?;
-            Ok((sink, stream))
+            Ok(Single { sink, stream })
         };
         tokio::time::timeout(timeout, attempt)
             .await
@@ -37,15 +66,33 @@ impl Inner {
                 after: timeout,
             })?
     }
+
+    fn subscriber(&self) -> Subscriber {
+        Subscriber::Single(self.sink.clone())
+    }
+
+    async fn next(&mut self, _inner: &Inner) -> Result<Option<Bytes>, String> {
+        match self.stream.next().await {
+            Some(message) => Ok(Some(Bytes::copy_from_slice(message.get_payload_bytes()))),
+            None => Err("connection closed".to_owned()),
+        }
+    }
 }
 
-/// Forwards messages of one subscription; reconnects and subscribes again when the connection
-/// dies, until the backend is closed or the receiving side is dropped.
-pub(crate) async fn run_subscription(
+/// Subscribes at `target` and spawns [`run`]: the subscription's stream.
+pub(crate) async fn subscribe<F: Feed>(
     inner: Arc<Inner>,
-    first: (PubSubSink, redis::aio::PubSubStream),
-    tx: mpsc::Sender<Received>,
-) {
+    target: F::Target,
+) -> Result<BackendStream, BackendError> {
+    let first = F::connect(&inner, &target).await?;
+    let (tx, rx) = mpsc::channel(inner.config.buffer.max(1));
+    tokio::spawn(run(inner, target, first, tx));
+    Ok(sse_core::backend::channel_stream(rx))
+}
+
+/// Forwards what the subscription receives; connects and subscribes again when the connection
+/// is lost, until the backend is closed or the hub stops listening.
+async fn run<F: Feed>(inner: Arc<Inner>, target: F::Target, first: F, tx: mpsc::Sender<Received>) {
     let mut connection = Some(first);
     let mut backoff = Duration::from_millis(50);
     let mut state = inner.reconnects.subscription();
@@ -53,20 +100,20 @@ pub(crate) async fn run_subscription(
     let mut alive_at = SystemTime::now();
     let mut lost = false;
     loop {
-        let (mut sink, mut stream) = match connection.take() {
-            Some(connection) => connection,
+        let mut feed = match connection.take() {
+            Some(feed) => feed,
             None => {
                 tokio::select! {
                     () = inner.closed.cancelled() => return,
                     () = tx.closed() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                match inner.subscribed().await {
-                    Ok(connection) => {
+                match F::connect(&inner, &target).await {
+                    Ok(feed) => {
                         state.restored();
-                        tracing::info!(channel = %inner.config.channel, "redis subscription restored");
+                        tracing::info!(channel = %inner.names.channel, "redis subscription restored");
                         backoff = Duration::from_millis(50);
-                        connection
+                        feed
                     }
                     Err(error) => {
                         tracing::debug!(%error, "redis reconnect attempt failed");
@@ -76,7 +123,11 @@ pub(crate) async fn run_subscription(
                 }
             }
         };
-        if let Err(error) = inner.resubscribe(&sink).await {
+        if tx.is_closed() {
+            return;
+        }
+        let mut subscriber = feed.subscriber();
+        if let Err(error) = inner.resubscribe(&subscriber).await {
             tracing::warn!(%error, "subscribing the session routes again failed; reconnecting");
             state.lost();
             lost = true;
@@ -96,23 +147,25 @@ pub(crate) async fn run_subscription(
         let reason = loop {
             tokio::select! {
                 () = inner.closed.cancelled() => return,
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let bytes = Bytes::copy_from_slice(message.get_payload_bytes());
-                        if tx.send(Received::Envelope(bytes)).await.is_err() {
+                // A subscription the hub let go of touches nothing shared any more.
+                () = tx.closed() => return,
+                next = feed.next(&inner) => match next {
+                    Ok(Some(envelope)) => {
+                        if tx.send(Received::Envelope(envelope)).await.is_err() {
                             return; // nobody is listening any more
                         }
                         alive_at = SystemTime::now();
                     }
-                    None => break "connection closed".to_owned(),
+                    Ok(None) => {}
+                    Err(reason) => break reason,
                 },
                 _ = ping.tick() => {
                     let answer = tokio::time::timeout(
                         inner.config.response_timeout,
-                        sink.ping::<redis::Value>(),
+                        subscriber.ping(),
                     ).await;
                     match answer {
-                        Ok(Ok(_)) => alive_at = SystemTime::now(),
+                        Ok(Ok(())) => alive_at = SystemTime::now(),
                         Ok(Err(error)) => break format!("ping failed: {error}"),
                         Err(_) => break "ping timed out".to_owned(),
                     }
@@ -122,6 +175,6 @@ pub(crate) async fn run_subscription(
         state.lost();
         lost = true;
         inner.connection_lost();
-        tracing::warn!(channel = %inner.config.channel, %reason, "redis subscription lost; reconnecting");
+        tracing::warn!(channel = %inner.names.channel, %reason, "redis subscription lost; reconnecting");
     }
 }
