@@ -1,5 +1,7 @@
-//! The NATS backend against a real NATS server: the conformance suite, several hubs on one subject, the
-//! sending-application filter, and a broker restart under running hubs.
+//! The NATS backend under running hubs, beyond the conformance suite its crate runs: typed URL
+//! errors, subscriptions that hold before they return, a broker restart (a server of the test's
+//! own), a cut connection caught up from the history, reconnect counting, and a silent
+//! subscription found by the delivery probe.
 #![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
@@ -11,9 +13,8 @@ use common::brokers::Broker;
 use sse_fanout::FanoutBackend;
 use sse_fanout::nats::{NatsBackend, NatsConfig};
 
-use common::backends::nats::{connect, forget, raw};
+use common::backends::nats::{connect, forget};
 
-common::fanout::broker_suite!(Broker::Nats);
 common::fanout::restart_suite!(Broker::Nats, Duration::from_secs(5));
 
 #[tokio::test]
@@ -23,6 +24,14 @@ async fn bad_urls_are_typed_errors() {
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
+    // A list with something that is no server address in it.
+    let err = NatsBackend::connect(NatsConfig::new("nats://127.0.0.1:1,http://", "c"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sse_fanout::BackendError::Config { .. }),
+        "{err}"
+    );
 }
 
 /// `subscribe` returns only once the server holds the subscription, every time: an event
@@ -88,4 +97,76 @@ async fn a_fresh_connection_counts_no_reconnect() {
         assert_eq!(backend.reconnects(), 0, "round {round}");
         backend.close().await.unwrap();
     }
+}
+
+/// A subscription that stays connected but delivers nothing: a proxy between the hub and NATS
+/// stops forwarding and keeps the connection open. The NATS client still sees its connection as
+/// up, so only the delivery probe can tell: `/healthz` goes down with the probe's reason, the
+/// metric counts it, and once the proxy forwards again the hub subscribes again, the client gets
+/// what was published meanwhile, and health comes back. Without the probe, health stayed up the
+/// whole time.
+#[tokio::test]
+async fn a_silent_subscription_turns_health_down_and_recovers() {
+    let Some(url) = common::brokers::url(Broker::Nats).await else {
+        return;
+    };
+    let proxy = common::proxy::Proxy::start(url.trim_start_matches("nats://").to_owned()).await;
+    let subject = common::unique("silent");
+    let _forget = common::backends::Forget::new(&url, &subject, forget);
+    let through_proxy = NatsBackend::connect(NatsConfig::new(
+        format!("nats://127.0.0.1:{}", proxy.port()),
+        subject.as_str(),
+    ))
+    .await
+    .unwrap();
+    let probe = sse_fanout::ProbeConfig::new(Duration::from_millis(500), Duration::from_secs(1));
+    let server = common::TestServer::start(std::sync::Arc::new(through_proxy), |b| {
+        b.app_name("silent").probe(Some(probe))
+    })
+    .await;
+    let mut stream = server.stream("eventName=e").await;
+    server.wait_for_streams(1).await;
+    let publisher = sse_fanout::Hub::builder(
+        NatsBackend::connect(NatsConfig::new(url.as_str(), subject.as_str()))
+            .await
+            .unwrap(),
+    )
+    .app_name("silent")
+    .start()
+    .await
+    .unwrap();
+    let publish =
+        |n: u32| publisher.publish(sse_fanout::SendSseEvent::new("e", serde_json::json!(n)));
+    publish(0).await.unwrap();
+    assert_eq!(stream.next().await.data, "0");
+    assert_eq!(server.health().await.0, 200);
+
+    proxy.freeze();
+    publish(1).await.unwrap();
+    let wait_for = |status: u16| {
+        let server = &server;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let (code, body) = server.health().await;
+                if code == status {
+                    return body;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "health stayed {code}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let down = wait_for(503).await;
+    assert!(down.to_string().contains("probe"), "{down}");
+    assert!(server.hub.stats().probe_failures >= 1);
+
+    proxy.thaw();
+    wait_for(200).await;
+    assert_eq!(stream.next().await.data, "1", "published while silent");
+    publish(2).await.unwrap();
+    assert_eq!(stream.next().await.data, "2", "live again");
 }

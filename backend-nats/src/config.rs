@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use async_nats::ConnectOptions;
-use sse_core::connect::{BackendConfig, BackendSettings};
+use async_nats::{ConnectOptions, ServerAddr};
+use sse_core::connect::{BackendConfig, BackendSettings, cluster_addresses};
 use sse_core::{BackendError, ReplayConfig};
 
 use crate::{NAME, NatsBackend};
@@ -36,6 +36,10 @@ pub struct NatsConfig {
     /// The JetStream stream's name; default `SSE_FANOUT_` and the subject with every character
     /// a stream name cannot hold replaced by `_`.
     pub history_stream: String,
+    /// Copies of the history stream a JetStream cluster keeps (default 1; 3 on a three-server
+    /// cluster, so that the loss of one server loses nothing that was acknowledged). An existing
+    /// stream is brought to this number when the backend connects.
+    pub history_replicas: usize,
 }
 
 impl NatsConfig {
@@ -52,12 +56,29 @@ impl NatsConfig {
             connect_timeout: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(2),
             subscription_capacity: 65_536,
+            history_replicas: 1,
         }
     }
 
     /// Sets the client's options (credentials, TLS, names).
     pub fn options(mut self, options: ConnectOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// The servers of [`url`](Self::url), which names one or several, comma-separated (the
+    /// client connects to one and moves to another when it is lost); a
+    /// [`Config`](BackendError::Config) error names one that is not a server address.
+    pub fn servers(&self) -> Result<Vec<ServerAddr>, BackendError> {
+        cluster_addresses(NAME, &self.url, |url| {
+            url.parse::<ServerAddr>()
+                .map_err(|e| format!("not a NATS server address: {e}"))
+        })
+    }
+
+    /// Sets how many servers of a JetStream cluster keep the history stream.
+    pub fn history_replicas(mut self, replicas: usize) -> Self {
+        self.history_replicas = replicas;
         self
     }
 
@@ -90,6 +111,7 @@ impl fmt::Debug for NatsConfig {
             .field("subject", &self.subject)
             .field("history", &self.history)
             .field("history_stream", &self.history_stream)
+            .field("history_replicas", &self.history_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -97,12 +119,17 @@ impl fmt::Debug for NatsConfig {
 impl BackendConfig for NatsConfig {
     type Backend = NatsBackend;
 
-    /// The URL (default [`DEFAULT_URL`]), subject and history of the settings; NATS takes no
-    /// options.
+    /// The URL (default [`DEFAULT_URL`]; several, comma-separated, for a cluster), subject and
+    /// history of the settings.
+    ///
+    /// Options: `history-replicas` (see [`NatsConfig::history_replicas`]).
     fn from_settings(mut settings: BackendSettings) -> Result<Self, BackendError> {
+        let replicas = settings.take(NAME, "history-replicas")?.unwrap_or(1);
         settings.finish(NAME)?;
         let url = settings.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-        Ok(NatsConfig::new(url, settings.channel).history(settings.history))
+        Ok(NatsConfig::new(url, settings.channel)
+            .history(settings.history)
+            .history_replicas(replicas))
     }
 
     async fn connect(self) -> Result<NatsBackend, BackendError> {

@@ -1,5 +1,7 @@
 //! The history: a JetStream stream over the shared subject and the routes' subjects, which also
-//! republishes what it stores for the instances; read with a pull consumer from a start time.
+//! republishes what it stores for the instances; read with a pull consumer from a start time,
+//! refused (as unavailable, so read again) when the consumer's replica is behind the stream's
+//! leader.
 
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ pub(crate) async fn ensure_stream(
         max_bytes: i64::try_from(history.max_bytes).unwrap_or(i64::MAX),
         discard: js_stream::DiscardPolicy::Old,
         storage: js_stream::StorageType::File,
+        num_replicas: config.history_replicas.max(1),
         allow_direct: true,
         // Every stored message goes out again, in the stream's order, to the same subject
         // under LIVE_PREFIX: what the instances subscribe (see the crate docs on order).
@@ -91,6 +94,19 @@ impl BrokerHistory for NatsBackend {
                 .map_err(|e| unavailable(&e))?;
             let pending = consumer.cached_info().num_pending;
             let name = consumer.cached_info().name.clone();
+            // The consumer reads its leader's replica of the stream, which may be behind the
+            // stream's leader (in a cluster, a server that lost its store and is copying it back
+            // in): a read from there would miss envelopes. What the stream's leader said it held
+            // before the consumer was made must all be in the consumer's reach.
+            let leader_last = stream.cached_info().state.last_sequence;
+            let reach = consumer.cached_info().delivered.stream_sequence + pending;
+            if reach < leader_last {
+                let _ = stream.delete_consumer(&name).await;
+                return Err(unavailable(&format!(
+                    "the replica that would serve the history read holds up to sequence \
+                     {reach}, its leader {leader_last}: it is still catching up"
+                )));
+            }
             Ok::<_, BackendError>((stream, consumer, pending, name))
         };
         let (stream, consumer, pending, name) =

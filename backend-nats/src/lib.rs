@@ -180,16 +180,14 @@ impl NatsBackend {
                 let subject = subject.clone();
                 async move { counters.on_event(&subject, event) }
             });
-        let client = tokio::time::timeout(
-            config.connect_timeout * 2,
-            options.connect(config.url.as_str()),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout {
-            backend: NAME,
-            after: config.connect_timeout * 2,
-        })?
-        .map_err(|e| BackendError::unavailable(NAME, e))?;
+        let servers = config.servers()?;
+        let client = tokio::time::timeout(config.connect_timeout * 2, options.connect(servers))
+            .await
+            .map_err(|_| BackendError::Timeout {
+                backend: NAME,
+                after: config.connect_timeout * 2,
+            })?
+            .map_err(|e| BackendError::unavailable(NAME, e))?;
         counters.connected_once.store(true, Ordering::Relaxed);
         let jetstream = match &config.history {
             None => None,
@@ -287,13 +285,15 @@ impl FanoutBackend for NatsBackend {
             .map_err(|_| self.timeout())??;
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let (routes_tx, routes_rx) = tokio::sync::mpsc::channel(64);
-        *lock(&self.routes.forward) = Some(routes_tx);
+        *lock(&self.routes.forward) = Some(routes_tx.clone());
         tokio::spawn(subscribe::forward(
             subscriber,
             routes_rx,
             self.counters.missed.subscribe(),
             tx,
         ));
+        // Subscribed before (the hub subscribes again): the routes move to this subscription.
+        self.carry_routes(&routes_tx).await?;
         Ok(sse_core::backend::channel_stream(rx))
     }
 

@@ -10,7 +10,9 @@
 //! The first message of a subject since subscribing (or since a gap) cannot know whether its
 //! predecessor will come (it may have been published before the subscription): it waits
 //! [`FIRST_HOLD`] for it, long beyond the microseconds a swap spans. A message still waiting
-//! after [`HOLD`] (its predecessor lost without a gap reported) goes out in sequence order.
+//! after [`HOLD`] goes out in sequence order, after a gap the subscription reports: its
+//! predecessor was lost on the way (in a cluster, a republish lost as the stream's leader
+//! moved), and the hub reads it from the history.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -117,17 +119,24 @@ impl Sequencer {
     }
 
     /// Lets out, in sequence order, every chain that has a message waiting past its time.
-    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Bytes>) {
+    /// Returns whether a message its chain said must come never did (a chain that had let a
+    /// message out before): it was lost on the way (a republish lost when a cluster's stream
+    /// leader moved, say), and the caller reports a gap before what is let out.
+    #[must_use = "a broken chain is a gap to report"]
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Bytes>) -> bool {
         let chains = &mut self.chains;
+        let mut broken = false;
         self.held.retain(|subject| {
             let Some(chain) = chains.get_mut(subject) else {
                 return false;
             };
             if chain.waiting.values().any(|w| w.until <= now) {
+                broken |= chain.last.is_some();
                 chain.release(out);
             }
             !chain.waiting.is_empty()
         });
+        broken
     }
 
     /// When [`expire`](Self::expire) next has something to do.
@@ -235,16 +244,17 @@ mod tests {
         assert!(push(&mut s, "a", 20, 15, now).is_empty());
         assert_eq!(s.deadline(), Some(now + FIRST_HOLD));
         let mut out = Vec::new();
-        s.expire(now + FIRST_HOLD / 2, &mut out);
+        assert!(!s.expire(now + FIRST_HOLD / 2, &mut out));
         assert!(out.is_empty());
-        s.expire(now + FIRST_HOLD, &mut out);
+        // No gap: a first message's predecessor may well predate the subscription.
+        assert!(!s.expire(now + FIRST_HOLD, &mut out));
         assert_eq!(names(&out), ["20", "21"]);
         // The chain goes on from there.
         assert_eq!(names(&push(&mut s, "a", 30, 21, now)), ["30"]);
     }
 
     #[test]
-    fn a_lost_predecessor_is_waited_for_then_passed() {
+    fn a_lost_predecessor_is_waited_for_then_passed_after_a_gap() {
         let now = Instant::now();
         let mut s = Sequencer::default();
         push(&mut s, "a", 1, 0, now);
@@ -252,7 +262,8 @@ mod tests {
         assert!(push(&mut s, "a", 4, 2, now).is_empty());
         assert_eq!(s.deadline(), Some(now + HOLD));
         let mut out = Vec::new();
-        s.expire(now + HOLD, &mut out);
+        assert!(!s.expire(now + HOLD / 2, &mut out));
+        assert!(s.expire(now + HOLD, &mut out), "2 and 3 never came: a gap");
         assert_eq!(names(&out), ["4", "5"]);
     }
 

@@ -30,6 +30,48 @@ impl NatsBackend {
     fn route_subject(&self, session: &str) -> String {
         format!("{}.{}", self.config.subject, route_token(session))
     }
+
+    /// A core subscription to a route's subject, as the forwarding task takes it, and the token
+    /// that ends it.
+    async fn route_stream(
+        &self,
+        subject: &str,
+    ) -> Result<(BoxStream<'static, Incoming>, CancellationToken), BackendError> {
+        let subscriber = self
+            .client
+            .subscribe(self.delivered_on(subject))
+            .await
+            .map_err(|e| BackendError::unavailable(NAME, e))?;
+        let stop = CancellationToken::new();
+        let ended = Incoming::Ended(self.delivered_on(subject));
+        let route = subscriber
+            .map(Incoming::Message)
+            .take_until(stop.clone().cancelled_owned())
+            .chain(futures_util::stream::once(async move { ended }))
+            .boxed();
+        Ok((route, stop))
+    }
+
+    /// Hands every route this instance holds to a new forwarding task (the hub subscribed again,
+    /// e.g. after its delivery probe found the old subscription silent): each gets a new
+    /// subscription there, and the old one ends.
+    pub(crate) async fn carry_routes(
+        &self,
+        forward: &tokio::sync::mpsc::Sender<BoxStream<'static, Incoming>>,
+    ) -> Result<(), BackendError> {
+        let subjects: Vec<String> = lock(&self.routes.subscribed).keys().cloned().collect();
+        for subject in subjects {
+            let (route, stop) = self.route_stream(&subject).await?;
+            forward
+                .send(route)
+                .await
+                .map_err(|_| BackendError::Closed { backend: NAME })?;
+            if let Some(old) = lock(&self.routes.subscribed).insert(subject, stop) {
+                old.cancel();
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -53,18 +95,7 @@ impl SessionRoutes for NatsBackend {
             if lock(&self.routes.subscribed).contains_key(&subject) {
                 continue;
             }
-            let subscriber = self
-                .client
-                .subscribe(self.delivered_on(&subject))
-                .await
-                .map_err(|e| BackendError::unavailable(NAME, e))?;
-            let stop = CancellationToken::new();
-            let ended = Incoming::Ended(self.delivered_on(&subject));
-            let route = subscriber
-                .map(Incoming::Message)
-                .take_until(stop.clone().cancelled_owned())
-                .chain(futures_util::stream::once(async move { ended }))
-                .boxed();
+            let (route, stop) = self.route_stream(&subject).await?;
             forward
                 .send(route)
                 .await

@@ -58,7 +58,14 @@ pub(crate) async fn forward(
                 }
             },
             () = sleep_until(deadline), if deadline.is_some() => {
-                order.expire(tokio::time::Instant::now(), &mut out);
+                if order.expire(tokio::time::Instant::now(), &mut out) {
+                    // A message before those let out now never came: the hub reads it (and
+                    // them) from the history first.
+                    let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
+                    if tx.send(Received::Gap { since }).await.is_err() {
+                        return;
+                    }
+                }
                 if !send_all(&tx, &mut out).await {
                     return;
                 }
