@@ -1,6 +1,6 @@
-//! The RabbitMQ backend against a real RabbitMQ: the conformance suite, several hubs on one
-//! exchange, the sending-application filter, one queue per instance that goes away with it, and a
-//! `stop_app`/`start_app` under running hubs.
+//! The RabbitMQ backend under running hubs, beyond the conformance suite its crate runs: one queue
+//! per instance that goes away with it, typed URL errors, a broker restart (a node of the test's
+//! own) and a cut connection caught up from the history.
 #![cfg(feature = "rabbit")]
 #![allow(clippy::unwrap_used)]
 
@@ -12,9 +12,8 @@ use common::brokers::{self, Broker};
 use common::unique;
 use sse_fanout::rabbit::{Delivery, RabbitBackend, RabbitConfig};
 
-use common::backends::rabbit::{connect, forget, raw};
+use common::backends::rabbit::{connect, forget};
 
-common::fanout::broker_suite!(Broker::Rabbit);
 common::fanout::restart_suite!(Broker::Rabbit, Duration::from_secs(10));
 
 /// Whether `queue` exists on the broker at `url`: a passive declare, answered by any broker (the

@@ -16,7 +16,8 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[non_exhaustive]
 pub struct RabbitConfig {
     /// The broker's URL: `amqp://user:password@host:5672/vhost` (`%2f` for `/`), `amqps://`
-    /// for TLS, `?heartbeat=10` as lapin reads it.
+    /// for TLS, `?heartbeat=10` as lapin reads it; several, comma-separated, for the nodes of a
+    /// cluster (a connection goes to the node that answered last, else to the next).
     pub url: String,
     /// The fanout exchange every instance shares.
     pub exchange: String,
@@ -37,6 +38,11 @@ pub struct RabbitConfig {
     pub history: Option<ReplayConfig>,
     /// The history stream queue's name; default `{exchange}.history`.
     pub history_queue: String,
+    /// The nodes of a cluster that keep the history stream when it is created
+    /// (`x-initial-cluster-size`; 3 on a three-node cluster, so that the loss of one node loses
+    /// nothing that was confirmed); `None` leaves it to RabbitMQ. A stream made earlier keeps
+    /// its replicas (`rabbitmq-streams add_replica` changes them).
+    pub history_replicas: Option<u16>,
     /// The hash partitions of session ids in routed delivery (see the `routes` module docs):
     /// more partitions mean fewer other sessions' events reach an instance, and more bindings.
     pub route_partitions: u32,
@@ -76,6 +82,7 @@ impl RabbitConfig {
             url: url.into(),
             history: Some(ReplayConfig::default()),
             history_queue: format!("{exchange}.history"),
+            history_replicas: None,
             exchange,
             queue: queue.into(),
             persistent: false,
@@ -122,12 +129,14 @@ impl BackendConfig for RabbitConfig {
 
     /// The URL (default [`DEFAULT_URL`]), exchange and history of the settings, the queue
     /// `{app}.{instance}` (named so it can be declared again after a reconnect), and the options
-    /// `delivery` (`stream` or `queue`, see [`Delivery`]), `route-partitions` and `queue`.
+    /// `delivery` (`stream` or `queue`, see [`Delivery`]), `route-partitions`, `queue` and
+    /// `history-replicas`.
     fn from_settings(mut settings: BackendSettings) -> Result<Self, BackendError> {
         let default_queue = format!("{}.{}", settings.app_name, settings.instance_id);
         let queue = settings.take(NAME, "queue")?.unwrap_or(default_queue);
         let delivery = settings.take(NAME, "delivery")?;
         let partitions: Option<u32> = settings.take(NAME, "route-partitions")?;
+        let replicas: Option<u16> = settings.take(NAME, "history-replicas")?;
         settings.finish(NAME)?;
         let url = settings.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
         let mut config = RabbitConfig::new(url, settings.channel, queue).history(settings.history);
@@ -147,6 +156,7 @@ impl BackendConfig for RabbitConfig {
         if let Some(partitions) = partitions {
             config.route_partitions = partitions.max(1);
         }
+        config.history_replicas = replicas;
         Ok(config)
     }
 

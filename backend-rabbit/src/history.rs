@@ -65,6 +65,12 @@ impl Inner {
             "x-max-length-bytes".into(),
             AMQPValue::LongLongInt(i64::try_from(history.max_bytes).unwrap_or(i64::MAX)),
         );
+        if let Some(replicas) = self.config.history_replicas {
+            arguments.insert(
+                "x-initial-cluster-size".into(),
+                AMQPValue::LongInt(i32::from(replicas.max(1))),
+            );
+        }
         // Retention drops whole segments: small ones keep the stream close to its age.
         arguments.insert(
             "x-stream-max-segment-size-bytes".into(),

@@ -46,6 +46,7 @@
 
 mod config;
 mod history;
+mod nodes;
 mod publish;
 mod routes;
 mod subscribe;
@@ -54,11 +55,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::nodes::Nodes;
 use async_trait::async_trait;
 use bytes::Bytes;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sse_core::backend::Reconnects;
 use sse_core::connect::Connector;
@@ -84,7 +85,9 @@ pub struct RabbitBackend {
 }
 
 struct Inner {
-    uri: AMQPUri,
+    /// The cluster's nodes (one for a single broker); connections go to the node that answered
+    /// last, else to the next one in turn.
+    nodes: Nodes,
     config: RabbitConfig,
     /// The publishing connection and its confirm-mode channel; `None` after it failed.
     publisher: Mutex<Option<(Connection, Channel)>>,
@@ -121,12 +124,8 @@ impl RabbitBackend {
                 message: "the queue name must not be empty".into(),
             });
         }
-        let uri: AMQPUri = config.url.parse().map_err(|e| BackendError::Config {
-            backend: NAME,
-            message: format!("invalid AMQP URL: {e}"),
-        })?;
         let inner = Arc::new(Inner {
-            uri,
+            nodes: Nodes::parse(&config.url)?,
             config,
             publisher: Mutex::new(None),
             subscriptions: AtomicU64::new(0),
@@ -164,16 +163,27 @@ impl Inner {
             })?
     }
 
+    /// A connection to the node that answered last, else to the others in turn: an instance
+    /// whose node is lost goes on with another node of the cluster.
     async fn connection(&self, role: &str) -> Result<Connection, BackendError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("sse-fanout {role} {}", self.config.queue).into());
-        let uri = self.uri.clone();
-        self.timed(async move {
-            Connection::connect_uri(uri, properties)
-                .await
-                .map_err(unavailable)
-        })
-        .await
+        let mut last_error = None;
+        for uri in self.nodes.in_turn() {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(format!("sse-fanout {role} {}", self.config.queue).into());
+            let attempt = self.timed(async move {
+                Connection::connect_uri(uri, properties)
+                    .await
+                    .map_err(unavailable)
+            });
+            match attempt.await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => {
+                    self.nodes.failed();
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(BackendError::Closed { backend: NAME }))
     }
 
     async fn declare_exchange(&self, channel: &Channel) -> Result<(), BackendError> {
