@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use sse_fanout::connect::BackendSettings;
 use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter};
-use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ReplayConfig, Routing};
+use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ProbeConfig, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
 /// jemalloc, with a background thread that gives freed memory back to the system within about a
@@ -126,6 +126,15 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_ROUTE_LINGER", default_value = "5", value_parser = parse_duration)]
     route_linger: Duration,
 
+    /// How long the broker subscription may deliver nothing before the hub sends a probe through
+    /// the broker to itself; `0` never probes (see README, "Delivery probe").
+    #[arg(long, env = "SSE_FANOUT_PROBE_INTERVAL", default_value = "30", value_parser = parse_duration)]
+    probe_interval: Duration,
+
+    /// How long a probe has to come back before the hub reports itself down and subscribes again.
+    #[arg(long, env = "SSE_FANOUT_PROBE_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    probe_timeout: Duration,
+
     /// Session routing on RabbitMQ: the hash partitions of session ids, each one binding when an
     /// instance holds a session in it (see README's RabbitMQ section for the trade-off). Same as
     /// `--backend-option route-partitions=N`.
@@ -233,6 +242,16 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_IDLE_TIMEOUT", default_value = "60", value_parser = parse_duration)]
     idle_timeout: Duration,
 
+    /// The largest request head in bytes, all header lines together (at least 8192): a longer
+    /// one gets `431`. The default, 32 KiB, is nginx's; browsers' heads are a few KiB, cookies
+    /// included. Each connection still sending its head holds up to this much.
+    #[arg(long, env = "SSE_FANOUT_MAX_HEAD_BYTES", default_value_t = sse_fanout::hyper::DEFAULT_MAX_HEAD_BYTES)]
+    max_head_bytes: usize,
+
+    /// The most header fields in one request: more get `431`.
+    #[arg(long, env = "SSE_FANOUT_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+
     /// Path of the event-stream endpoint.
     #[arg(long, env = "SSE_FANOUT_PATH", default_value = "/sse/event-stream")]
     path: String,
@@ -274,6 +293,11 @@ struct Args {
     /// Largest publish body in bytes.
     #[arg(long, env = "SSE_FANOUT_MAX_PUBLISH_BODY", default_value_t = 1024 * 1024)]
     max_publish_body: usize,
+
+    /// Bytes of publish bodies all connections together may hold while they are read (at least
+    /// the largest body): a body that finds no room within a second gets `503` + `Retry-After`.
+    #[arg(long, env = "SSE_FANOUT_PUBLISH_BODY_BUDGET", default_value_t = 64 * 1024 * 1024)]
+    publish_body_budget: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +405,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         apps.push(args.app_name.clone());
         AcceptApps::These(apps)
     };
+    config.probe =
+        nonzero(args.probe_interval).map(|interval| ProbeConfig::new(interval, args.probe_timeout));
     config.heartbeat = nonzero(args.heartbeat);
     config.emitter_timeout = nonzero(args.emitter_timeout);
     config.queue_size = args.queue_size.max(1);
@@ -400,6 +426,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     router_config.publish_path = args.publish_path.clone();
     router_config.publish_token = args.publish_token.clone();
     router_config.max_publish_body = args.max_publish_body;
+    router_config.publish_body_budget = args.publish_body_budget;
     router_config.max_event_names = args.max_event_names;
     router_config.metrics_path = Some("/metrics".to_owned());
     router_config.openapi_path = Some("/openapi.json".to_owned());
@@ -440,6 +467,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut options = ServeOptions::default();
     options.head_timeout = args.head_timeout.max(Duration::from_millis(100));
+    options.max_head_bytes = args.max_head_bytes;
+    options.max_headers = args.max_headers;
     options.http2_keep_alive = args.http2_keep_alive.max(Duration::from_secs(1));
     options.idle_timeout = args.idle_timeout.max(Duration::from_millis(100));
     sse_fanout::hyper::serve_with(listener, router, shutdown_signal(), options).await?;

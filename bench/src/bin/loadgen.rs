@@ -215,6 +215,18 @@ struct BrokerArgs {
     /// RabbitMQ: the hash partitions of session ids in session routing.
     #[arg(long, default_value_t = sse_fanout::rabbit::DEFAULT_ROUTE_PARTITIONS)]
     route_partitions: u32,
+    /// A backend option, `key=value`, as the hub's `--backend-option` (repeatable; e.g. Redis
+    /// `wait-replicas=1`).
+    #[arg(long = "backend-option", value_parser = parse_option)]
+    backend_options: Vec<(String, String)>,
+}
+
+/// `key=value`.
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not key=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 impl BrokerArgs {
@@ -891,6 +903,9 @@ async fn connect_backend(
                 .option("topic-partitions", "3");
         }
         Backend::Redis | Backend::Nats => {}
+    }
+    for (key, value) in &broker.backend_options {
+        settings = settings.option(key.clone(), value.clone());
     }
     Ok((connector.connect)(settings).await?)
 }
