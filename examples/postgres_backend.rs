@@ -13,32 +13,42 @@
 //! The table is the backend's [`BrokerHistory`]: a hub reads it when it starts, so
 //! `Last-Event-ID` works on an instance started after the event went by. Rows older than the
 //! history's age are deleted as publishing goes on.
+//!
+//! A connection that dies is made again: the publisher's at the next publish, the listener's by
+//! its task, with backoff. The listener then reports [`Received::Gap`] and the hub reads what
+//! went by meanwhile from the table: the backend never reads its history for itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sse_fanout::backend::channel_stream;
+use sse_fanout::backend::{Reconnects, channel_stream};
 use sse_fanout::history::{BrokerHistory, HistoryStream, paged};
-use sse_fanout::{BackendError, BackendStream, FanoutBackend, Health, ReplayConfig};
-use tokio::sync::{Mutex, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use sse_fanout::{BackendError, BackendStream, FanoutBackend, Health, Received, ReplayConfig};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 const NAME: &str = "postgres";
 /// Envelopes up to this size travel inside the notification.
 const INLINE_MAX: usize = 7000;
 /// Rows one history read fetches at a time.
 const PAGE: i64 = 1000;
+/// How far before its last sign of life a restored listener's gap begins (clocks differ).
+const GAP_MARGIN: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts to listen again.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Fans envelopes out with PostgreSQL LISTEN/NOTIFY on one channel.
 #[derive(Debug, Clone)]
 pub struct PostgresBackend {
     url: String,
     channel: String,
+    /// Publishes and reads the history; made again when it died.
     publisher: Arc<Mutex<Client>>,
-    up: Arc<AtomicBool>,
+    /// The listeners' reconnects (health is down while one is reconnecting).
+    reconnects: Arc<Reconnects>,
     /// How long rows stay in the history table.
     history: ReplayConfig,
 }
@@ -47,11 +57,11 @@ fn unavailable(error: tokio_postgres::Error) -> BackendError {
     BackendError::unavailable(NAME, error)
 }
 
-/// A connection whose driver runs in a task; notifications go to `notify` when given.
+/// A connection whose driver runs in a task; notifications go to `notify` when given, which is
+/// dropped when the connection ends.
 async fn connect(
     url: &str,
-    notify: Option<mpsc::Sender<tokio_postgres::Notification>>,
-    up: Arc<AtomicBool>,
+    notify: Option<mpsc::Sender<Notification>>,
 ) -> Result<Client, BackendError> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls)
         .await
@@ -74,7 +84,6 @@ async fn connect(
                 }
             }
         }
-        up.store(false, Ordering::Relaxed);
     });
     Ok(client)
 }
@@ -91,8 +100,7 @@ impl PostgresBackend {
                 message: format!("channel `{channel}`: use letters, digits and `_` only"),
             });
         }
-        let up = Arc::new(AtomicBool::new(true));
-        let client = connect(url, None, up.clone()).await?;
+        let client = connect(url, None).await?;
         client
             // Instances starting together would race on CREATE TABLE IF NOT EXISTS: serialise.
             .batch_execute(
@@ -113,9 +121,57 @@ impl PostgresBackend {
             url: url.to_owned(),
             channel: channel.to_owned(),
             publisher: Arc::new(Mutex::new(client)),
-            up,
+            reconnects: Arc::default(),
             history: ReplayConfig::default(),
         })
+    }
+
+    /// The publisher's connection, made again if it died.
+    async fn publisher(&self) -> Result<MutexGuard<'_, Client>, BackendError> {
+        let mut client = self.publisher.lock().await;
+        if client.is_closed() {
+            *client = connect(&self.url, None).await?;
+        }
+        Ok(client)
+    }
+
+    /// A connection that listens on the channel; LISTEN has taken effect when this returns.
+    async fn listen(&self, notify: mpsc::Sender<Notification>) -> Result<Client, BackendError> {
+        let client = connect(&self.url, Some(notify)).await?;
+        client
+            .batch_execute(&format!("LISTEN {}", self.channel))
+            .await
+            .map_err(unavailable)?;
+        Ok(client)
+    }
+}
+
+/// A notification's envelope: inline, or read from its row (`None` if it is gone or the read
+/// failed); someone else's NOTIFY on the channel is handed on as it is (the hub counts it).
+async fn envelope(client: &Client, notification: &Notification) -> Option<Bytes> {
+    let payload = notification.payload();
+    if let Some(inline) = payload.strip_prefix('i') {
+        return Some(Bytes::copy_from_slice(inline.as_bytes()));
+    }
+    let Some(seq) = payload
+        .strip_prefix('r')
+        .and_then(|s| s.parse::<i64>().ok())
+    else {
+        return Some(Bytes::copy_from_slice(payload.as_bytes()));
+    };
+    match client
+        .query_opt(
+            "SELECT body FROM sse_fanout_history WHERE seq = $1",
+            &[&seq],
+        )
+        .await
+    {
+        Ok(row) => row.map(|row| Bytes::from(row.get::<_, Vec<u8>>(0))),
+        Err(error) => {
+            // Lost with the connection: the gap reported after it covers this one.
+            tracing::warn!(%error, "could not read a stored envelope");
+            None
+        }
     }
 }
 
@@ -126,7 +182,7 @@ impl FanoutBackend for PostgresBackend {
     }
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
-        let mut client = self.publisher.lock().await;
+        let mut client = self.publisher().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         // One publisher at a time per channel: the history's order is the notifications' order.
         tx.execute(
@@ -168,39 +224,47 @@ impl FanoutBackend for PostgresBackend {
 
     async fn subscribe(&self) -> Result<BackendStream, BackendError> {
         let (notify_tx, mut notify_rx) = mpsc::channel(1024);
-        let client = connect(&self.url, Some(notify_tx), self.up.clone()).await?;
-        // LISTEN has taken effect when it returns: what is published afterwards is received.
-        client
-            .batch_execute(&format!("LISTEN {}", self.channel))
-            .await
-            .map_err(unavailable)?;
+        let mut client = self.listen(notify_tx).await?;
         let (tx, rx) = mpsc::channel(1024);
+        let backend = self.clone();
         tokio::spawn(async move {
-            while let Some(notification) = notify_rx.recv().await {
-                let payload = notification.payload();
-                let envelope = if let Some(inline) = payload.strip_prefix('i') {
-                    Bytes::copy_from_slice(inline.as_bytes())
-                } else if let Some(id) = payload
-                    .strip_prefix('r')
-                    .and_then(|id| id.parse::<i64>().ok())
-                {
-                    match client
-                        .query_opt("SELECT body FROM sse_fanout_history WHERE seq = $1", &[&id])
-                        .await
+            let mut state = backend.reconnects.subscription();
+            loop {
+                // When this listener last proved it was receiving.
+                let mut alive_at = SystemTime::now();
+                while let Some(notification) = notify_rx.recv().await {
+                    alive_at = SystemTime::now();
+                    if let Some(envelope) = envelope(&client, &notification).await
+                        && tx.send(Received::Envelope(envelope)).await.is_err()
                     {
-                        Ok(Some(row)) => Bytes::from(row.get::<_, Vec<u8>>(0)),
-                        Ok(None) => continue,
+                        return; // nobody is listening any more
+                    }
+                }
+                // The connection ended: listen again, then report what may have gone by.
+                state.lost();
+                tracing::warn!(channel = %backend.channel, "postgres listener lost; reconnecting");
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    let (notify_tx, rx) = mpsc::channel(1024);
+                    match backend.listen(notify_tx).await {
+                        Ok(listening) => {
+                            (client, notify_rx) = (listening, rx);
+                            break;
+                        }
                         Err(error) => {
-                            tracing::warn!(%error, "could not read a stored envelope");
-                            continue;
+                            tracing::debug!(%error, "listening again failed");
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
-                } else {
-                    // Someone else's NOTIFY on our channel: hand it on, the hub counts it.
-                    Bytes::copy_from_slice(payload.as_bytes())
-                };
-                if tx.send(envelope).await.is_err() {
-                    break;
+                }
+                state.restored();
+                let since = alive_at.checked_sub(GAP_MARGIN).unwrap_or(alive_at);
+                if tx.send(Received::Gap { since }).await.is_err() {
+                    return;
                 }
             }
         });
@@ -208,13 +272,21 @@ impl FanoutBackend for PostgresBackend {
     }
 
     async fn health(&self) -> Health {
-        if !self.up.load(Ordering::Relaxed) {
-            return Health::down("connection lost");
+        if let Some(down) = self.reconnects.health() {
+            return down;
         }
-        match self.publisher.lock().await.simple_query("SELECT 1").await {
+        let checked = match self.publisher().await {
+            Ok(client) => client.simple_query("SELECT 1").await.map_err(unavailable),
+            Err(error) => Err(error),
+        };
+        match checked {
             Ok(_) => Health::up(),
             Err(error) => Health::down(error.to_string()),
         }
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.restored()
     }
 }
 
@@ -224,6 +296,7 @@ impl BrokerHistory for PostgresBackend {
         &self,
         since: std::time::SystemTime,
     ) -> Result<HistoryStream, BackendError> {
+        drop(self.publisher().await?); // made again if it died
         let client = self.publisher.clone();
         let channel = self.channel.clone();
         // The first row at or after `since`, then the rows after the last one read, in pages;

@@ -1,5 +1,5 @@
-//! The custom PostgreSQL LISTEN/NOTIFY backend of `examples/postgres_backend.rs`: the shared
-//! conformance suite and the multi-instance scenarios every backend runs.
+//! The custom PostgreSQL LISTEN/NOTIFY backend of `examples/postgres_backend.rs` runs the shared
+//! conformance suite, the multi-instance hub checks included, as every backend crate does.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,9 +9,8 @@ mod postgres_backend;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::brokers::Broker;
-use common::fanout::{Connect, RawPublish, boxed};
+use common::fanout::{Connect, boxed};
 use postgres_backend::PostgresBackend;
 use sse_fanout::FanoutBackend;
 
@@ -26,25 +25,6 @@ fn connect(url: &str, channel: &str) -> Connect {
         boxed(async move {
             Arc::new(PostgresBackend::connect(&url, &channel).await.unwrap())
                 as Arc<dyn FanoutBackend>
-        })
-    })
-}
-
-/// `NOTIFY` from a plain client, in the backend's inline format.
-fn raw(url: &str, channel: &str) -> RawPublish {
-    let (url, channel) = (url.to_owned(), channel_name(channel));
-    Arc::new(move |bytes: Bytes| {
-        let (url, channel) = (url.clone(), channel.clone());
-        boxed(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            let payload = format!("i{}", std::str::from_utf8(&bytes).unwrap());
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-                .await
-                .unwrap();
         })
     })
 }
@@ -64,9 +44,8 @@ async fn forget(url: String, channel: String) {
         .await;
 }
 
-common::fanout::broker_suite!(Broker::Postgres);
-
-/// The conformance suite, as every backend crate runs it against its broker.
+/// The conformance suite (`sse_core::testkit::run_all`: delivery, order, history, routes and
+/// several hubs on one channel), as every backend crate runs it against its broker.
 #[tokio::test]
 async fn conformance_suite() {
     let Some(url) = common::brokers::url(Broker::Postgres).await else {
@@ -76,4 +55,11 @@ async fn conformance_suite() {
     let _forget = common::backends::Forget::new(&url, &channel, forget);
     let connect = connect(&url, &channel);
     sse_core::testkit::run_all(&move || connect()).await;
+}
+
+/// The listener's connection is cut (a proxy drops it and refuses new ones for a while): it
+/// listens again, reports the gap, and the hub reads what went by from the history table.
+#[tokio::test]
+async fn a_cut_connection_catches_up_from_the_history() {
+    common::fanout::cut_connection_on(Broker::Postgres, connect, forget).await;
 }
