@@ -25,8 +25,12 @@ use std::time::Duration;
 
 use common::backends::hub_args;
 use common::brokers::{Broker, Outage};
-use common::cluster::{HubProcess, free_port, wait_healthy};
+use common::cluster::{HubProcess, free_port};
+use common::kafka_cluster::OwnKafkaCluster;
+use common::nats_cluster::OwnNatsCluster;
 use common::own::OwnBroker;
+use common::rabbit_cluster::OwnRabbitCluster;
+use common::redis_cluster::OwnRedisCluster;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -56,8 +60,13 @@ struct Publish {
 /// What one client received, across all its streams.
 #[derive(Debug, Default)]
 struct History {
-    /// When its first stream was answered `200`: events published after it are its to receive.
+    /// When its first stream was answered `200`.
     first_open: Option<Instant>,
+    /// When its last stream opened without `Last-Event-ID` was answered `200` (a client that
+    /// had no event yet when its stream ended comes back without one, as a browser does): events
+    /// published after it are its to receive; what was published before, while it was away, it
+    /// had no id to ask for.
+    fresh_open: Option<Instant>,
     events: Vec<Seen>,
     /// Each stream it opened: where its events begin in `events`, the hub's port and the
     /// `Last-Event-ID` it sent (to tell where a duplicate came from).
@@ -94,14 +103,27 @@ impl Hubs {
         self.slots[slot].lock().unwrap().take()
     }
 
-    /// Starts the hub of `slot` again, if it is down, and waits until it is ready.
+    /// Starts the hub of `slot` again, if it is down, and waits until it is ready. A hub whose
+    /// start fails (the broker was electing a leader, say) exits, and is started again, as an
+    /// orchestrator would.
     async fn restore(&self, slot: usize) {
         if self.slots[slot].lock().unwrap().is_some() {
             return;
         }
-        let hub = HubProcess::start(self.ports[slot], &self.args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut hub = HubProcess::start(self.ports[slot], &self.args);
+        while !hub.healthy().await {
+            assert!(
+                Instant::now() < deadline,
+                "hub {slot} did not become healthy"
+            );
+            if hub.exited() {
+                eprintln!("hub {slot} exited while starting; starting it again");
+                hub = HubProcess::start(self.ports[slot], &self.args);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         *self.slots[slot].lock().unwrap() = Some(hub);
-        wait_healthy(self.ports[slot]).await;
     }
 }
 
@@ -115,6 +137,8 @@ struct Faults {
 
 struct Run {
     broker: Broker,
+    /// A cluster of the broker (three servers, one killed at a time) instead of one server.
+    cluster: bool,
     backend: &'static str,
     routing: &'static str,
     seed: u64,
@@ -162,7 +186,11 @@ async fn client(
                 {
                     let mut h = history.lock().unwrap();
                     h.opens += 1;
-                    h.first_open.get_or_insert_with(Instant::now);
+                    let now = Instant::now();
+                    h.first_open.get_or_insert(now);
+                    if last_id.is_none() {
+                        h.fresh_open = Some(now);
+                    }
                     let at = h.events.len();
                     h.streams.push((at, port, last_id.clone()));
                 }
@@ -244,7 +272,8 @@ async fn publisher(
 /// broker killed and started again.
 async fn faults(
     hubs: &Hubs,
-    broker: &mut OwnBroker,
+    broker: &mut dyn Outage,
+    broker_faults: u8,
     rng: &mut fastrand::Rng,
     until: Instant,
 ) -> Faults {
@@ -252,7 +281,7 @@ async fn faults(
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
         match rng.u8(..10) {
-            0 | 1 => {
+            draw if draw < broker_faults => {
                 let down = Duration::from_millis(rng.u64(500..3_000));
                 broker.run(Box::pin(tokio::time::sleep(down))).await;
                 done.broker_restarts += 1;
@@ -319,7 +348,20 @@ fn check(
     let mut received = 0;
     for event in &history.events {
         if event.event == sse_fanout::RESET_EVENT {
-            problems.push(format!("{session}: reset {}", event.data));
+            // Whether the event the client named had been acknowledged.
+            let named = serde_json::from_str::<Value>(&event.data)
+                .ok()
+                .and_then(|data| data["lastEventId"].as_str().map(event_id));
+            let acked = named.as_deref().map(|id| by_id.contains_key(id));
+            problems.push(format!(
+                "{session}: reset {} ({})",
+                event.data,
+                match acked {
+                    Some(true) => "after an acknowledged event",
+                    Some(false) => "after an event not acknowledged",
+                    None => "no id",
+                }
+            ));
             continue;
         }
         received += 1;
@@ -366,21 +408,26 @@ fn check(
         if let Some(&before) = last_n.get(&p)
             && n <= before
         {
+            let acked = if by_id.contains_key(id.as_str()) {
+                "acknowledged"
+            } else {
+                "not acknowledged"
+            };
             problems.push(format!(
-                "{session}: publisher {p}'s n={n} after n={before} ({})",
+                "{session}: publisher {p}'s n={n} ({acked}) after n={before} ({})",
                 event.id
             ));
         }
         last_n.insert(p, n);
     }
-    let Some(first_open) = history.first_open else {
+    let Some(fresh_open) = history.fresh_open else {
         problems.push(format!("{session}: never opened a stream"));
         return received;
     };
     for publish in publishes {
         let Some(id) = &publish.acked else { continue };
         let mine = publish.session.as_deref().is_none_or(|s| s == session);
-        if mine && publish.sent > first_open && !seen_ids.contains(id.as_str()) {
+        if mine && publish.sent > fresh_open && !seen_ids.contains(id.as_str()) {
             problems.push(format!(
                 "{session}: lost {id} (publisher {} n={}, {})",
                 publish.publisher,
@@ -393,11 +440,14 @@ fn check(
 }
 
 async fn run(run: Run) {
-    let Some(mut broker) = OwnBroker::start_with(run.broker, true).await else {
+    let Some(mut broker) = Brokers::start(run.broker, run.cluster).await else {
         return;
     };
     let mut rng = fastrand::Rng::with_seed(run.seed);
     let channel = common::unique("faults");
+    if let Brokers::RedisCluster(cluster) = &mut broker {
+        cluster.focus(&channel);
+    }
     let mut flags = vec![
         "--routing",
         run.routing,
@@ -410,6 +460,8 @@ async fn run(run: Run) {
     ];
     flags.extend_from_slice(run.flags);
     let args = hub_args(run.backend, &broker.url(), &channel, &flags);
+    // A cluster loses a node more often: that is what its runs are for.
+    let broker_faults = if run.cluster { 4 } else { 2 };
     let hubs = Hubs::start(args).await;
     let sessions: Vec<String> = (0..SESSIONS).map(|i| format!("s{i}")).collect();
     let stop_clients = tokio_util::sync::CancellationToken::new();
@@ -454,7 +506,7 @@ async fn run(run: Run) {
         )));
     }
     let until = Instant::now() + Duration::from_secs(run.seconds);
-    let faults = faults(&hubs, &mut broker, &mut rng, until).await;
+    let faults = faults(&hubs, broker.outage(), broker_faults, &mut rng, until).await;
     // Calm again: every hub up, publishing stopped, then time for clients to come back and
     // hubs to catch up.
     for slot in 0..HUBS {
@@ -479,23 +531,38 @@ async fn run(run: Run) {
         refused += history.refused;
     }
     let acked = publishes.iter().filter(|p| p.acked.is_some()).count();
+    // How long publishing was down at worst: the longest stretch between two publishes that
+    // got `202` (how fast the hubs and the broker come back, measured, not asserted).
+    let mut acked_at: Vec<Instant> = publishes
+        .iter()
+        .filter(|p| p.acked.is_some())
+        .map(|p| p.sent)
+        .collect();
+    acked_at.sort();
+    let longest_unacked = acked_at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     // Straight to the process's stderr (past the harness's capture): the seed and what was
     // found must be seen in a passing run too.
     use std::io::Write;
     let mut out = std::io::stderr().lock();
     let _ = writeln!(
         out,
-        "faults: seed={} backend={} routing={} seconds={} publishes={} acked={acked} \
+        "faults: seed={} backend={}{} routing={} seconds={} publishes={} acked={acked} \
          received={received} opens={opens} refused={refused} kills={} drains={} \
-         broker_restarts={} problems={}",
+         broker_restarts={} longest_unacked_ms={} problems={}",
         run.seed,
         run.backend,
+        if run.cluster { " (cluster)" } else { "" },
         run.routing,
         run.seconds,
         publishes.len(),
         faults.kills,
         faults.drains,
         faults.broker_restarts,
+        longest_unacked.as_millis(),
         problems.len()
     );
     for problem in problems.iter().take(40) {
@@ -520,17 +587,63 @@ async fn run(run: Run) {
     );
 }
 
+/// The broker of a run: one server of the test's own, or a cluster of them.
+enum Brokers {
+    One(OwnBroker),
+    NatsCluster(OwnNatsCluster),
+    KafkaCluster(OwnKafkaCluster),
+    RabbitCluster(OwnRabbitCluster),
+    RedisCluster(OwnRedisCluster),
+}
+
+impl Brokers {
+    async fn start(kind: Broker, cluster: bool) -> Option<Brokers> {
+        match (kind, cluster) {
+            (Broker::Nats, true) => OwnNatsCluster::start().await.map(Brokers::NatsCluster),
+            (Broker::Kafka, true) => OwnKafkaCluster::start().await.map(Brokers::KafkaCluster),
+            (Broker::Rabbit, true) => OwnRabbitCluster::start().await.map(Brokers::RabbitCluster),
+            (Broker::Redis, true) => OwnRedisCluster::start().await.map(Brokers::RedisCluster),
+            (kind, false) => OwnBroker::start_with(kind, true).await.map(Brokers::One),
+            (kind, true) => unreachable!("no {kind:?} cluster yet"),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Brokers::One(one) => one.url(),
+            Brokers::NatsCluster(cluster) => cluster.url(),
+            Brokers::KafkaCluster(cluster) => cluster.url(),
+            Brokers::RabbitCluster(cluster) => cluster.url(),
+            Brokers::RedisCluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn outage(&mut self) -> &mut dyn Outage {
+        match self {
+            Brokers::One(one) => one,
+            Brokers::NatsCluster(cluster) => cluster,
+            Brokers::KafkaCluster(cluster) => cluster,
+            Brokers::RabbitCluster(cluster) => cluster,
+            Brokers::RedisCluster(cluster) => cluster,
+        }
+    }
+}
+
 /// The runs share the machine's two cores: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A fault run as a test: on one server of the broker, or (`cluster` first) on a cluster;
+/// attributes before it (`#[ignore = "why"]`) go on the test.
 macro_rules! fault_run {
-    ($feature:literal, $broker:expr, $backend:literal, $routing:literal, $name:ident $(, $flag:literal)*) => {
+    (@run [$($attr:tt)*] $cluster:literal, $feature:literal, $broker:expr, $backend:literal, $routing:literal, $name:ident $(, $flag:literal)*) => {
         #[cfg(feature = $feature)]
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
         async fn $name() {
             let _one = ONE_AT_A_TIME.lock().await;
             run(Run {
                 broker: $broker,
+                cluster: $cluster,
                 backend: $backend,
                 routing: $routing,
                 seed: seed(),
@@ -539,6 +652,12 @@ macro_rules! fault_run {
             })
             .await;
         }
+    };
+    ($(#[$meta:meta])* cluster $($rest:tt)*) => {
+        fault_run!(@run [$(#[$meta])*] true, $($rest)*);
+    };
+    ($(#[$meta:meta])* $feature:literal $($rest:tt)*) => {
+        fault_run!(@run [$(#[$meta])*] false, $feature $($rest)*);
     };
 }
 
@@ -578,3 +697,54 @@ fault_run!(
     kafka_broadcast,
     "--create-topic"
 );
+
+// A three-server NATS cluster, the history stream on all three: a server killed with its disk
+// (each in turn, replaced by an empty one) under the hubs and clients, besides the hub faults.
+// Every acknowledged publish is on two of three servers, so a client that comes back with
+// `Last-Event-ID` misses nothing.
+fault_run!(cluster "nats", Broker::Nats, "nats", "broadcast", nats_cluster_broadcast,
+    "--backend-option", "history-replicas=3");
+// The same in session routing: not yet exactly-once. It once lost a routed event (CI seed
+// 618131720278847050), most likely read from a server still copying its store back in (such
+// reads are refused now, backend-nats's history); 12 of 12 runs passed after that, but a CI run
+// (seed 7740276177186006192) lost 49 routed events: JetStream refused reads for over 30 s, a
+// hub's catch-up gave up ("reading the history after a gap failed for 30s"), and its log kept
+// the hole. Run it with `cargo test --all-features --test faults nats_cluster_session --
+// --ignored` (issue 24).
+fault_run!(#[ignore = "known: a catch-up that gives up after 30 s leaves a hole (issue 24)"]
+    cluster "nats", Broker::Nats, "nats", "session", nats_cluster_session,
+    "--backend-option", "history-replicas=3");
+// Three Kafka-API brokers (Nisshi) on one store, the hubs given all three: a broker killed (each
+// in turn) under traffic, its clients moving to another, besides the hub faults.
+fault_run!(cluster "kafka", Broker::Kafka, "kafka", "broadcast", kafka_cluster_broadcast,
+    "--create-topic");
+// Three RabbitMQ nodes, the history stream on all three: a node's VM killed (each in turn) and
+// started again under the hubs and clients, besides the hub faults. An instance whose node is
+// lost connects to another, declares its queues again and catches up from the stream.
+fault_run!(cluster "rabbit", Broker::Rabbit, "rabbit", "broadcast", rabbit_cluster_broadcast,
+    "--backend-option", "history-replicas=3");
+fault_run!(cluster "rabbit", Broker::Rabbit, "rabbit", "session", rabbit_cluster_session,
+    "--backend-option", "history-replicas=3");
+// A Redis Cluster of three masters with a replica each, the hubs given every node: the master of
+// the channel's slot (where its history and routes live too) killed and its replica promoted, or
+// the slot migrated to another master, in turn, besides the hub faults. A publish is answered
+// once a replica has it (`WAIT`), so a failover loses none that got `202`.
+fault_run!(cluster "redis", Broker::Redis, "redis", "broadcast", redis_cluster_broadcast,
+    "--backend-option", "wait-replicas=1");
+// Session routing on the Redis Cluster is not yet shown exactly-once: a CI run (seed
+// 12119817236326987686, three broker faults) had (1) one client miss the first four broadcasts
+// of the run, acknowledged, and (2) another get publisher 0's n=306, not acknowledged, after its
+// n=307. (1) was, most likely, this checker's: it held a client that came back without
+// `Last-Event-ID` (its first stream had ended before any event) to what was published while it
+// was away; it counts from such a client's last fresh stream now. (2) is not explained. Eight
+// runs in a row passed since. Run it with `cargo test --all-features --test faults
+// redis_cluster_session -- --ignored` (issue 24).
+fault_run!(#[ignore = "known: session routing on a Redis Cluster delivered an unacknowledged event after the next one in one run (issue 24)"]
+    cluster "redis", Broker::Redis, "redis", "session", redis_cluster_session,
+    "--backend-option", "wait-replicas=1");
+// The same without waiting for a replica: a measurement of what asynchronous replication loses
+// in a failover (events answered `202` by a master that died before its replica had them), not a
+// guarantee. Run it with `cargo test --all-features --test faults redis_cluster_without_wait --
+// --ignored`; README gives what it found.
+fault_run!(#[ignore = "a measurement: without WAIT a failover may lose acknowledged events"]
+    cluster "redis", Broker::Redis, "redis", "broadcast", redis_cluster_without_wait);

@@ -32,14 +32,57 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts the `sse-fanout` binary on `port` with `args` (backend, channel, ...).
     pub fn start(port: u16, args: &[String]) -> HubProcess {
+        HubProcess::start_under(&[], port, args)
+    }
+
+    /// As [`start`](Self::start), run by `wrapper` (a program that execs its arguments, such as
+    /// `prlimit --nofile=128:128`), so that the process is still the hub.
+    pub fn start_under(wrapper: &[&str], port: u16, args: &[String]) -> HubProcess {
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+        let hub = env!("CARGO_BIN_EXE_sse-fanout");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(hub);
+                c
+            }
+            None => Command::new(hub),
+        };
+        let child = command
             .args(["--listen", &listen])
             .args(args)
-            .env("RUST_LOG", "warn")
+            // `SSE_TEST_HUB_LOG=sse_core=debug,warn`, say, to see what the hubs did.
+            .env(
+                "RUST_LOG",
+                std::env::var("SSE_TEST_HUB_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .spawn()
             .unwrap();
         HubProcess { port, child }
+    }
+
+    /// Whether the process has exited (a hub whose start failed, say).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|status| status.is_some())
+    }
+
+    /// Whether `/healthz` answers 200 now.
+    pub async fn healthy(&self) -> bool {
+        client()
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory now, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        rss_of(self.pid()).expect("the hub's VmRSS")
     }
 
     /// Starts a hub and waits until `/healthz` answers 200.
@@ -134,6 +177,20 @@ impl Drop for HubProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The resident memory of process `pid` in bytes (`VmRSS`); `None` once it has ended.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Waits until the hub on `port` answers `/healthz` with 200.

@@ -7,7 +7,12 @@ pub mod backends;
 pub mod brokers;
 pub mod cluster;
 pub mod fanout;
+pub mod kafka_cluster;
+pub mod nats_cluster;
 pub mod own;
+pub mod proxy;
+pub mod rabbit_cluster;
+pub mod redis_cluster;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -76,9 +76,16 @@ impl OwnBroker {
     }
 
     /// Runs `rabbitmqctl -n <this node> <command>`.
-    fn rabbitmqctl(&self, command: &str) {
+    pub fn rabbitmqctl(&self, command: &str) {
+        self.rabbitmqctl_args(&[command]);
+    }
+
+    /// Runs `rabbitmqctl -n <this node> <args…>`.
+    pub fn rabbitmqctl_args(&self, args: &[&str]) {
+        let command = args.join(" ");
         let status = Command::new("rabbitmqctl")
-            .args(["-n", &self.rabbit_node(), command])
+            .args(["-n", &self.rabbit_node()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -89,11 +96,13 @@ impl OwnBroker {
     }
 
     /// The Erlang node name of an own RabbitMQ.
-    fn rabbit_node(&self) -> String {
+    pub fn rabbit_node(&self) -> String {
         format!("sse{}@localhost", self.port)
     }
 
-    async fn launch(&mut self) {
+    /// Starts the broker's process (again, on its port and data directory) and waits until it
+    /// serves.
+    pub async fn launch(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.to_str().unwrap().to_owned();
         let mut command = Command::new(program(self.kind).unwrap());
@@ -110,18 +119,7 @@ impl OwnBroker {
             Broker::Nats => command.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir]),
             // Nisshi keeps its topics in PostgreSQL (a database of the tests' own), so they
             // survive a restart as on a real Kafka.
-            Broker::Kafka => {
-                let listener = format!("tcp://127.0.0.1:{port}");
-                command.args([
-                    "broker",
-                    "--listener-url",
-                    &listener,
-                    "--advertised-listener-url",
-                    &listener,
-                    "--storage-engine",
-                    &nisshi_storage(),
-                ])
-            }
+            Broker::Kafka => command.args(nisshi_broker_args(self.port)),
             // A node of its own: its own name, ports, database, logs and no plugins.
             Broker::Rabbit => {
                 let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
@@ -206,6 +204,16 @@ impl brokers::Outage for OwnBroker {
 }
 
 impl OwnBroker {
+    /// Sends `signal` (`STOP`, `CONT`) to the broker's process, by its pid.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker runs");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Kills the broker's process by its pid (for RabbitMQ, the Erlang VM's, from its pid file:
     /// the process this test started is the script that runs it).
     fn kill(&mut self) {
@@ -247,12 +255,29 @@ pub fn redis_args(port: &str) -> Vec<String> {
 /// The PostgreSQL database an own Nisshi stores its topics in.
 const NISSHI_DATABASE: &str = "sse_kafka_own";
 
-fn nisshi_storage() -> String {
+/// A Nisshi broker's arguments: listening (and advertised) on 127.0.0.1:`port`, its topics in
+/// the tests' own PostgreSQL database.
+pub(crate) fn nisshi_broker_args(port: u16) -> Vec<String> {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    [
+        "broker",
+        "--listener-url",
+        &listener,
+        "--advertised-listener-url",
+        &listener,
+        "--storage-engine",
+        &nisshi_storage(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+pub(crate) fn nisshi_storage() -> String {
     format!("postgres://postgres@localhost:5432/{NISSHI_DATABASE}?sslmode=disable")
 }
 
 /// Creates the own Nisshi's database if it is missing.
-async fn nisshi_database() -> Result<(), String> {
+pub(crate) async fn nisshi_database() -> Result<(), String> {
     let url = std::env::var("SSE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -276,7 +301,7 @@ async fn nisshi_database() -> Result<(), String> {
     Ok(())
 }
 
-fn nisshi_bin() -> String {
+pub(crate) fn nisshi_bin() -> String {
     std::env::var("NISSHI_BIN")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bin/nisshi").to_owned())
 }
@@ -303,7 +328,7 @@ fn which(program: &str) -> bool {
     })
 }
 
-fn port_open(port: u16) -> bool {
+pub(crate) fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),
