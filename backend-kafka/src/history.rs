@@ -65,6 +65,24 @@ impl Inner {
             .create()
             .map_err(|e| config_error(format!("history consumer: {e}")))?;
         let consumer = std::sync::Arc::new(consumer);
+        let read = self.read_spans(consumer.clone(), partitions, since).await;
+        // Closing a librdkafka consumer blocks (it says goodbye to the broker): off the async
+        // threads.
+        let _ = blocking(move || {
+            drop(consumer);
+            Ok(())
+        })
+        .await;
+        read
+    }
+
+    /// Reads every partition of `partitions` from `since` to its end offset, with `consumer`.
+    async fn read_spans(
+        &self,
+        consumer: std::sync::Arc<StreamConsumer>,
+        partitions: Vec<i32>,
+        since: SystemTime,
+    ) -> Result<Vec<Bytes>, BackendError> {
         let (topic, timeout) = (self.config.topic.clone(), self.config.timeout);
         let positioned = consumer.clone();
         let since_ms = i64::try_from(unix_millis(since)).unwrap_or(i64::MAX);

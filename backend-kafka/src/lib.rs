@@ -56,6 +56,7 @@ use sse_core::history::BrokerHistory;
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{DEFAULT_URL, KafkaConfig};
 
@@ -77,6 +78,8 @@ struct Inner {
     max_envelope: std::sync::atomic::AtomicUsize,
     producer: FutureProducer,
     closed: CancellationToken,
+    /// The subscriptions' consumers: `close` waits until each has let go of the broker.
+    consumers: TaskTracker,
     consuming_ok: AtomicBool,
 }
 
@@ -129,6 +132,7 @@ impl KafkaBackend {
             ),
             producer,
             closed: CancellationToken::new(),
+            consumers: TaskTracker::new(),
             consuming_ok: AtomicBool::new(true),
         });
         inner.validate_topic().await?;
@@ -157,7 +161,9 @@ impl FanoutBackend for KafkaBackend {
         }
         let consumer = self.inner.positioned_consumer().await?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(subscribe::run_consumer(self.inner.clone(), consumer, tx));
+        self.inner
+            .consumers
+            .spawn(subscribe::run_consumer(self.inner.clone(), consumer, tx));
         Ok(sse_core::backend::channel_stream(rx))
     }
 
@@ -183,8 +189,15 @@ impl FanoutBackend for KafkaBackend {
 
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.closed.cancel();
-        let producer = self.inner.producer.clone();
+        self.inner.consumers.close();
         let timeout = self.inner.config.timeout;
+        if tokio::time::timeout(timeout, self.inner.consumers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(after = ?timeout, "kafka consumers did not close in time");
+        }
+        let producer = self.inner.producer.clone();
         blocking(move || producer.flush(timeout).map_err(kafka_error)).await
     }
 }

@@ -92,5 +92,12 @@ pub(crate) async fn run_consumer(
         }
     }
     drop(stream);
-    consumer.unassign().ok();
+    // Closing a librdkafka consumer blocks (it says goodbye to the broker): off the async
+    // threads, and awaited, so that `close` returns once it is done.
+    let _ = blocking(move || {
+        consumer.unassign().ok();
+        drop(consumer);
+        Ok(())
+    })
+    .await;
 }
