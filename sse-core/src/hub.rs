@@ -324,15 +324,20 @@ impl HubBuilder {
             shared.load_history(history, replay.max_age).await?;
         }
         let stop = CancellationToken::new();
+        // Each task ends when the hub stops, whatever it awaits (a broker call included).
         let tasks = TaskTracker::new();
-        tasks.spawn(consume(
+        tasks.spawn(stop.clone().run_until_cancelled_owned(consume(
             shared.clone(),
             self.backend.clone(),
             stream,
             stop.clone(),
-        ));
+        )));
         if let Some(routes) = &routes {
-            tasks.spawn(routes.clone().run(self.backend.clone(), stop.clone()));
+            tasks.spawn(
+                stop.clone().run_until_cancelled_owned(
+                    routes.clone().run(self.backend.clone(), stop.clone()),
+                ),
+            );
         }
         tasks.close();
         tracing::info!(
