@@ -17,8 +17,15 @@
 //! was received since the read's start), every envelope read is a candidate; the replay log
 //! still drops those it holds.
 //!
-//! While a catch-up runs (its read may wait for the broker for up to [`GIVE_UP`]), the hub is
-//! [`Behind`]: its log lacks what was published since the gap began, so a resume whose event it
+//! A catch-up does not give up while the broker's refusal is temporary: what the subscription
+//! missed is only in the history, and a hub that went on without it would keep a hole in its log
+//! that later resumes replay as if complete (a NATS cluster once refused reads for over 30 s
+//! while its servers were replaced). Live delivery waits meanwhile, and once a read has failed
+//! for [`DOWN_AFTER`] the hub reports itself down (`/healthz`) with the reason, so that a load
+//! balancer sends new clients elsewhere. Only a failure that is not temporary (a missing stream,
+//! a refused permission) ends the catch-up, counted as an unrecovered gap.
+//!
+//! While a catch-up runs, the hub is [`Behind`]: its log lacks what was published since the gap began, so a resume whose event it
 //! does not hold is read from the broker's history, reaching back to where the gap began (see
 //! `route::resume`), never answered from the log with a reset; and what the catch-up then
 //! delivers, such a stream skips where it had it before its cursor.
@@ -48,26 +55,48 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// read hangs does not hold up live delivery for longer than this.
 const ATTEMPT: Duration = Duration::from_secs(10);
 
-/// How long the hub keeps trying to read one gap (a broker that is back for the subscription
-/// may still refuse reads for a moment, e.g. a JetStream leader being elected) before it gives
-/// up, logs and counts the gap as unrecovered.
-pub(crate) const GIVE_UP: Duration = Duration::from_secs(30);
+/// How long reads may be refused before the hub reports itself down: a broker that is back for
+/// the subscription may refuse reads for a moment (a JetStream leader being elected), which is
+/// no reason to go down; longer is. It is also how long a hub's start waits for its history.
+pub(crate) const DOWN_AFTER: Duration = Duration::from_secs(30);
 
-/// Whether the hub is catching up after a gap, and since when it may have missed envelopes.
+/// Whether the hub is catching up after a gap, since when it may have missed envelopes, and why
+/// it is down when the history has been unreadable for [`DOWN_AFTER`].
 #[derive(Debug, Default)]
-pub(crate) struct Behind(Mutex<Option<SystemTime>>);
+pub(crate) struct Behind(Mutex<Option<Lag>>);
+
+#[derive(Debug)]
+struct Lag {
+    since: SystemTime,
+    down: Option<String>,
+}
 
 impl Behind {
     /// Marks the hub behind since `since` until the returned guard is dropped (the catch-up has
-    /// delivered what it read, or given up).
+    /// delivered what it read, or ended).
     pub(crate) fn enter(&self, since: SystemTime) -> BehindGuard<'_> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(since);
+        *self.lock() = Some(Lag { since, down: None });
         BehindGuard(self)
     }
 
     /// Since when the hub may lack envelopes, while it catches up.
     pub(crate) fn since(&self) -> Option<SystemTime> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.lock().as_ref().map(|lag| lag.since)
+    }
+
+    /// Why the hub is down, when its catch-up has not been able to read for [`DOWN_AFTER`].
+    pub(crate) fn down(&self) -> Option<String> {
+        self.lock().as_ref().and_then(|lag| lag.down.clone())
+    }
+
+    fn set_down(&self, reason: String) {
+        if let Some(lag) = self.lock().as_mut() {
+            lag.down = Some(reason);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Lag>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -77,7 +106,7 @@ pub(crate) struct BehindGuard<'a>(&'a Behind);
 
 impl Drop for BehindGuard<'_> {
     fn drop(&mut self) {
-        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.0.lock() = None;
     }
 }
 
@@ -88,18 +117,21 @@ pub(crate) enum Read {
     Envelopes(Vec<Bytes>),
     /// The hub is stopping.
     Stopped,
-    /// Every attempt failed for [`GIVE_UP`], or the failure is not temporary.
+    /// The failure is not temporary.
     Failed(BackendError),
 }
 
-/// Reads `history` since `since`, whole, trying again after temporary failures for up to
-/// [`GIVE_UP`].
+/// Reads `history` since `since`, whole, trying again after temporary failures until it
+/// succeeds or the hub stops; `behind` is marked down once reads have failed for
+/// [`DOWN_AFTER`].
 pub(crate) async fn read(
     history: &dyn BrokerHistory,
     since: SystemTime,
+    behind: &Behind,
     stop: &CancellationToken,
 ) -> Read {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::endless();
+    let mut reported = false;
     loop {
         let attempt = async {
             let mut stream = history.read_since(since).await?;
@@ -127,6 +159,16 @@ pub(crate) async fn read(
         let Some(wait) = backoff.after(&error) else {
             return Read::Failed(error);
         };
+        if !reported && backoff.elapsed() >= DOWN_AFTER {
+            reported = true;
+            let reason = format!(
+                "catching up after a gap: the broker's history has refused reads for {:?} \
+                 ({error}); live delivery waits until it answers",
+                backoff.elapsed()
+            );
+            tracing::warn!("{reason}");
+            behind.set_down(reason);
+        }
         tracing::debug!(%error, ?wait, "reading the history for a gap failed; trying again");
         tokio::select! {
             () = stop.cancelled() => return Read::Stopped,
@@ -136,24 +178,43 @@ pub(crate) async fn read(
 }
 
 /// The one retry policy of history reads: again after 0.1, 0.2, … 2 s while the failure is
-/// temporary, for up to [`GIVE_UP`].
+/// temporary, either without end (a catch-up) or for up to a limit (a hub's start).
 #[derive(Debug)]
 pub(crate) struct Backoff {
     started: tokio::time::Instant,
     wait: Duration,
+    limit: Option<Duration>,
 }
 
 impl Backoff {
-    pub(crate) fn new() -> Backoff {
+    /// Gives up only on a failure that is not temporary.
+    pub(crate) fn endless() -> Backoff {
         Backoff {
             started: tokio::time::Instant::now(),
             wait: FIRST_RETRY,
+            limit: None,
         }
+    }
+
+    /// Gives up, too, once `limit` has passed.
+    pub(crate) fn until(limit: Duration) -> Backoff {
+        Backoff {
+            limit: Some(limit),
+            ..Backoff::endless()
+        }
+    }
+
+    /// How long since the first attempt.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// How long to wait before reading again after `error`; `None`: give up.
     pub(crate) fn after(&mut self, error: &BackendError) -> Option<Duration> {
-        if !error.is_temporary() || self.started.elapsed() + self.wait > GIVE_UP {
+        let past_limit = self
+            .limit
+            .is_some_and(|limit| self.started.elapsed() + self.wait > limit);
+        if !error.is_temporary() || past_limit {
             return None;
         }
         let wait = self.wait;
@@ -225,29 +286,111 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_read_is_tried_again_until_it_succeeds_or_gives_up() {
+    async fn a_failed_read_is_tried_again_until_it_succeeds() {
         let stop = CancellationToken::new();
+        let behind = Behind::default();
+        let _behind = behind.enter(SystemTime::now());
         let history = Flaky {
             fail: 3,
             reads: AtomicUsize::new(0),
             envelopes: Mutex::new(vec![envelope(1).1]),
         };
-        let Read::Envelopes(read) = read(&history, SystemTime::now(), &stop).await else {
+        let Read::Envelopes(read) = read(&history, SystemTime::now(), &behind, &stop).await else {
             panic!("not read")
         };
         assert_eq!((read.len(), history.reads.load(Ordering::Relaxed)), (1, 4));
+        assert_eq!(
+            behind.down(),
+            None,
+            "a short refusal is no reason to go down"
+        );
+    }
 
-        let never = Flaky {
-            fail: usize::MAX,
+    /// A CI fault run (a NATS cluster) had reads refused for over 30 s: a catch-up that gave up
+    /// then left a hole in the hub's log. It keeps reading, and the hub is down meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_refusal_is_waited_out_and_reported_down_meanwhile() {
+        let stop = CancellationToken::new();
+        let behind = Behind::default();
+        let guard = behind.enter(SystemTime::now());
+        let history = Flaky {
+            fail: 60,
             reads: AtomicUsize::new(0),
-            envelopes: Mutex::default(),
+            envelopes: Mutex::new(vec![envelope(1).1]),
         };
+        let reading = read(&history, SystemTime::now(), &behind, &stop);
+        tokio::pin!(reading);
         let started = tokio::time::Instant::now();
-        assert!(matches!(
-            super::read(&never, SystemTime::now(), &stop).await,
-            Read::Failed(_)
-        ));
-        assert!(started.elapsed() <= GIVE_UP, "{:?}", started.elapsed());
-        assert!(started.elapsed() >= GIVE_UP - MAX_RETRY * 2);
+        let mut down_at = None;
+        let read = loop {
+            tokio::select! {
+                read = &mut reading => break read,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if down_at.is_none() && behind.down().is_some() {
+                        down_at = Some(started.elapsed());
+                    }
+                }
+            }
+        };
+        let Read::Envelopes(read) = read else {
+            panic!("gave up")
+        };
+        assert_eq!(read.len(), 1);
+        assert!(
+            started.elapsed() > DOWN_AFTER * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        let down_at = down_at.expect("never reported down");
+        assert!(
+            down_at >= DOWN_AFTER && down_at < DOWN_AFTER + MAX_RETRY * 2,
+            "{down_at:?}"
+        );
+        assert!(behind.down().unwrap().contains("refused reads"));
+        drop(guard);
+        assert_eq!(behind.down(), None, "up again once caught up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_is_not_temporary_ends_the_read() {
+        #[derive(Debug)]
+        struct Missing;
+        #[async_trait::async_trait]
+        impl BrokerHistory for Missing {
+            async fn read_since(&self, _: SystemTime) -> Result<HistoryStream, BackendError> {
+                Err(BackendError::Config {
+                    backend: "missing",
+                    message: "no such stream".into(),
+                })
+            }
+        }
+        let behind = Behind::default();
+        let read = read(
+            &Missing,
+            SystemTime::now(),
+            &behind,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(read, Read::Failed(_)), "{read:?}");
+    }
+
+    #[test]
+    fn a_start_gives_up_after_its_limit() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut backoff = Backoff::until(DOWN_AFTER);
+            let down = BackendError::unavailable("h", "down");
+            let mut waited = Duration::ZERO;
+            while let Some(wait) = backoff.after(&down) {
+                tokio::time::sleep(wait).await;
+                waited += wait;
+            }
+            assert!(waited <= DOWN_AFTER && waited >= DOWN_AFTER - MAX_RETRY * 2);
+        });
     }
 }

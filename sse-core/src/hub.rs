@@ -796,6 +796,9 @@ impl Hub {
         if let Some(reason) = self.inner.shared.prober.as_ref().and_then(Prober::down) {
             return Health::down(reason);
         }
+        if let Some(reason) = self.inner.shared.behind.down() {
+            return Health::down(reason);
+        }
         self.inner.backend.health().await
     }
 
@@ -992,7 +995,7 @@ impl Shared {
         };
         let started = Instant::now();
         Stats::bump(&self.stats.history_reads);
-        let read = match catch_up::read(history, since, stop).await {
+        let read = match catch_up::read(history, since, &self.behind, stop).await {
             catch_up::Read::Envelopes(read) => read,
             catch_up::Read::Stopped => return,
             catch_up::Read::Failed(error) => {
@@ -1000,9 +1003,8 @@ impl Shared {
                 Stats::bump(&self.stats.gaps_unrecovered);
                 tracing::warn!(
                     %error,
-                    "reading the history after a gap failed for {:?}; envelopes published \
-                     meanwhile may be missing on this instance",
-                    catch_up::GIVE_UP
+                    "reading the history after a gap failed, and the failure is not temporary; \
+                     envelopes published meanwhile may be missing on this instance"
                 );
                 return;
             }
@@ -1037,7 +1039,7 @@ impl Shared {
         // A broker that is back may refuse reads for a moment (a JetStream replica still
         // copying its store): read again, as a catch-up does. What a failed attempt delivered
         // is in the log, and comes again as a duplicate.
-        let mut backoff = catch_up::Backoff::new();
+        let mut backoff = catch_up::Backoff::until(catch_up::DOWN_AFTER);
         loop {
             let read = history::read_into(history, since, |bytes| {
                 self.receive(bytes, Source::Broker);

@@ -87,8 +87,9 @@ pub struct StatsSnapshot {
     /// Gaps the backend's subscription reported (it may have missed envelopes; see
     /// [`Received::Gap`](crate::Received::Gap)).
     pub gaps: u64,
-    /// Gaps whose history could not be read (or with no history to read): what was published
-    /// meanwhile may be missing on this instance.
+    /// Gaps with no history to read, or whose read failed in a way that is not temporary (a
+    /// temporary refusal is waited out): what was published meanwhile may be missing on this
+    /// instance.
     pub gaps_unrecovered: u64,
     /// Delivery probes sent (see [`crate::probe`]).
     pub probes: u64,

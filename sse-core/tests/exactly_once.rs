@@ -479,3 +479,48 @@ async fn a_hub_starts_once_its_history_can_be_read_whole() {
     let mut stream = resume_any(&hub, &first).await.unwrap();
     assert_eq!(received(&mut stream).await, vec![1]);
 }
+
+/// Found by a CI fault run (a NATS cluster, servers replaced): JetStream refused history reads
+/// for over 30 s, a hub's catch-up gave up, and its streams and its log kept the hole (49 routed
+/// events lost). The catch-up waits the refusal out: the hub reports itself down meanwhile, and
+/// then delivers what it missed, in order, before what came live after the gap.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_refused_for_long_waits_it_out_reporting_down() {
+    let script = std::sync::Arc::new(Script::default());
+    let hub = Hub::builder_arc(script.clone())
+        .routing(Routing::Broadcast)
+        .heartbeat(None)
+        .probe(None)
+        .start()
+        .await
+        .unwrap();
+    let mut stream = hub.open_stream(None, EventFilter::Any).await.unwrap();
+    script.publish_live(&broadcast(0));
+    assert_eq!(received(&mut stream).await, vec![0]);
+    // The subscription is lost; 1 and 2 go by; the history refuses reads for a minute.
+    script.history_down.store(true, Ordering::Relaxed);
+    script.record(&broadcast(1));
+    script.record(&broadcast(2));
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(1),
+    });
+    script.publish_live(&broadcast(3));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        received(&mut stream).await,
+        Vec::<u32>::new(),
+        "3 waits for 1 and 2"
+    );
+    let health = hub.health().await;
+    assert!(!health.up, "{health:?}");
+    assert!(
+        format!("{health:?}").contains("refused reads"),
+        "{health:?}"
+    );
+
+    script.history_down.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(received(&mut stream).await, vec![1, 2, 3]);
+    assert!(hub.health().await.up);
+    assert_eq!(hub.stats().gaps_unrecovered, 0);
+}

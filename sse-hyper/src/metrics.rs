@@ -149,7 +149,7 @@ const HELP: &[(&str, bool, &str)] = &[
     (
         "sse_backend_gaps_total",
         true,
-        "Gaps the backend's subscription reported, by outcome: caught up from the history, or unrecovered (what was published meanwhile may be missing here).",
+        "Gaps the backend's subscription reported, by outcome: caught up from the history, or unrecovered (no history to read, or the history failed in a way that is not temporary: what was published meanwhile may be missing here).",
     ),
     (
         "sse_events_caught_up_total",
