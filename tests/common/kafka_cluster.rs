@@ -115,6 +115,9 @@ impl Drop for OwnKafkaCluster {
         for broker in 0..BROKERS {
             self.kill(broker);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the servers' logs, which its message points to.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -338,7 +338,10 @@ impl Drop for OwnRedisCluster {
         for node in 0..NODES {
             self.kill(node);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the servers' logs, which its message points to.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
