@@ -579,6 +579,10 @@ impl Hub {
                 self.resume_from(self.inner.started, cursor, session)
                     .await?
             }
+            (None, Some(cursor)) => {
+                self.refuse_reset_while_down(cursor).await?;
+                ResumeFrom::Local
+            }
             _ => ResumeFrom::Local,
         };
         let resumed = last_event_id.zip(cursor.as_ref());
@@ -634,6 +638,30 @@ impl Hub {
             }
             _ => false,
         }
+    }
+
+    /// In broadcast routing, a resume whose event this instance's log lacks gets the reset
+    /// event. While the hub is down (its subscription lost and reconnecting, or silent), the log
+    /// may lack the event only because the subscription has not received it: the hub learns
+    /// that it is behind, and since when, only when the subscription is back and reports its
+    /// gap. Such a resume is refused as unavailable (the client comes back, here or elsewhere),
+    /// never reset.
+    async fn refuse_reset_while_down(&self, cursor: &Cursor) -> Result<(), OpenError> {
+        let shared = &self.inner.shared;
+        let (Some(log), Some(_)) = (&shared.replay, self.inner.backend.history()) else {
+            return Ok(());
+        };
+        if lock(log).contains(&cursor.event) {
+            return Ok(());
+        }
+        let health = self.health().await;
+        if health.up {
+            return Ok(());
+        }
+        Err(OpenError::HistoryUnavailable(format!(
+            "this instance is down ({}): it cannot tell whether the event is gone",
+            health.detail.as_deref().unwrap_or("no detail")
+        )))
     }
 
     /// Holds the session's route for a new stream, in routed delivery.

@@ -30,6 +30,8 @@ struct Script {
     /// Shared by the instances of one test: the broker's one history.
     history: std::sync::Arc<Mutex<Vec<Bytes>>>,
     history_down: AtomicBool,
+    /// The subscription is lost (the backend reports itself down) and not back yet.
+    subscription_down: AtomicBool,
     live: Mutex<Option<mpsc::UnboundedSender<Received>>>,
     routes: Mutex<HashSet<String>>,
 }
@@ -68,6 +70,9 @@ impl FanoutBackend for Script {
     }
 
     async fn health(&self) -> Health {
+        if self.subscription_down.load(Ordering::Relaxed) {
+            return Health::down("the subscription is reconnecting");
+        }
         Health::up()
     }
 
@@ -523,4 +528,43 @@ async fn a_catch_up_refused_for_long_waits_it_out_reporting_down() {
     assert_eq!(received(&mut stream).await, vec![1, 2, 3]);
     assert!(hub.health().await.up);
     assert_eq!(hub.stats().gaps_unrecovered, 0);
+}
+
+/// Found by a CI fault run (RabbitMQ, broadcast routing, the broker restarted): a client came
+/// back with an event its hub had not received, older than an event's time in flight, while the
+/// hub's subscription was lost and reconnecting, and got the reset event twice. The hub learns
+/// it is behind only when the subscription is back and reports its gap; until then a resume it
+/// cannot serve is refused while the hub is down, not reset.
+#[tokio::test]
+async fn a_resume_while_the_subscription_is_lost_is_refused_not_reset() {
+    let (hub, script) = hub_routing(std::sync::Arc::default(), Routing::Broadcast).await;
+    script.publish_live(&broadcast_aged(0, Duration::from_secs(30)).1);
+    // The subscription is lost; 1 went by; another instance's client had it.
+    script.subscription_down.store(true, Ordering::Relaxed);
+    let (last, envelope) = broadcast_aged(1, Duration::from_secs(20));
+    script.record(&envelope);
+    let refused = resume_any(&hub, &last).await;
+    assert!(
+        matches!(refused, Err(OpenError::HistoryUnavailable(_))),
+        "{:?}",
+        refused.map(|_| "a stream")
+    );
+    // Back: the gap is reported and caught up; the resume is served from the log.
+    script.subscription_down.store(false, Ordering::Relaxed);
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(25),
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut stream = resume_any(&hub, &last).await.unwrap();
+    script.publish_live(&broadcast(2));
+    assert_eq!(received(&mut stream).await, vec![2]);
+    // An id that is gone, while the hub is up, still gets the reset event.
+    let gone = broadcast_aged(9, Duration::from_secs(20)).0;
+    let mut reset = resume_any(&hub, &gone).await.unwrap();
+    let mut frames = String::new();
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(200), reset.next()).await
+    {
+        frames.push_str(std::str::from_utf8(&frame).unwrap());
+    }
+    assert!(frames.contains("lastEventId"), "{frames}");
 }
