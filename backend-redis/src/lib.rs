@@ -171,15 +171,22 @@ impl Inner {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
-        let after = self.config.response_timeout;
-        tokio::time::timeout(after, call)
-            .await
-            .map_err(|_| BackendError::Timeout {
-                backend: NAME,
-                after,
-            })?
-            .map_err(unavailable)
+        within(self.config.response_timeout, call).await
     }
+}
+
+/// `call`'s answer, or [`BackendError::Timeout`] when it takes longer than `after`.
+async fn within<T>(
+    after: std::time::Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BackendError> {
+    tokio::time::timeout(after, call)
+        .await
+        .map_err(|_| BackendError::Timeout {
+            backend: NAME,
+            after,
+        })?
+        .map_err(unavailable)
 }
 
 #[async_trait]

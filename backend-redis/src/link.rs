@@ -12,7 +12,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, RedisFuture, Value};
 use sse_core::BackendError;
 
-use crate::{NAME, RedisConfig, unavailable};
+use crate::{NAME, RedisConfig, within};
 
 /// What the backend talks to.
 #[derive(Clone)]
@@ -42,13 +42,7 @@ impl Link {
                 .query_async::<String>(&mut connection)
                 .await
         };
-        let info = tokio::time::timeout(config.connect_timeout * 2, asked)
-            .await
-            .map_err(|_| BackendError::Timeout {
-                backend: NAME,
-                after: config.connect_timeout * 2,
-            })?
-            .map_err(unavailable)?;
+        let info = within(config.connect_timeout * 2, asked).await?;
         if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
             Ok(Link::Cluster(nodes))
         } else {
@@ -78,13 +72,7 @@ impl Link {
                     .map(Conn::Cluster),
             }
         };
-        tokio::time::timeout(after, connecting)
-            .await
-            .map_err(|_| BackendError::Timeout {
-                backend: NAME,
-                after,
-            })?
-            .map_err(unavailable)
+        within(after, connecting).await
     }
 }
 
