@@ -247,3 +247,71 @@ pub async fn cut_connection_on<F, Fut>(
             .await;
     }
 }
+
+/// A subscription that stays connected but delivers nothing: the hub reaches its broker through
+/// `proxy` (`through_proxy`), which stops forwarding and keeps its connections open; `direct`
+/// publishes. `/healthz` goes down (with `down_reason` in its body, when given) and the delivery
+/// probe fails; once the proxy forwards again, health comes back, what was published meanwhile
+/// arrives once, and then live events.
+pub async fn a_silent_subscription_recovers(
+    proxy: &super::proxy::Proxy,
+    through_proxy: Arc<dyn FanoutBackend>,
+    direct: Arc<dyn FanoutBackend>,
+    down_reason: Option<&str>,
+) {
+    let probe = sse_fanout::ProbeConfig::new(Duration::from_millis(500), Duration::from_secs(1));
+    let server =
+        TestServer::start(through_proxy, |b| b.app_name("silent").probe(Some(probe))).await;
+    let mut stream = server.stream("eventName=e").await;
+    server.wait_for_streams(1).await;
+    let publisher = sse_fanout::Hub::builder_arc(direct)
+        .app_name("silent")
+        .probe(None)
+        .start()
+        .await
+        .unwrap();
+    let publish = |n: u32| publisher.publish(SendSseEvent::new("e", json!(n)));
+    publish(0).await.unwrap();
+    assert_eq!(stream.next().await.data, "0");
+    assert_eq!(server.health().await.0, 200);
+
+    proxy.freeze();
+    publish(1).await.unwrap();
+    let wait_for = |status: u16| {
+        let server = &server;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (code, body) = server.health().await;
+                if code == status {
+                    return body;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "health stayed {code}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let down = wait_for(503).await;
+    if let Some(reason) = down_reason {
+        assert!(down.to_string().contains(reason), "{down}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.hub.stats().probe_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.thaw();
+    wait_for(200).await;
+    assert_eq!(stream.next().await.data, "1", "published while silent");
+    publish(2).await.unwrap();
+    assert_eq!(stream.next().await.data, "2", "live again");
+    let extra = stream.next_within(Duration::from_millis(500)).await;
+    assert!(extra.is_none(), "delivered twice: {extra:?}");
+}
