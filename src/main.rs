@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sse_fanout::connect::BackendSettings;
-use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter};
+use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter, Tls, TlsFiles};
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ProbeConfig, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
@@ -298,6 +298,21 @@ struct Args {
     /// the largest body): a body that finds no room within a second gets `503` + `Retry-After`.
     #[arg(long, env = "SSE_FANOUT_PUBLISH_BODY_BUDGET", default_value_t = 64 * 1024 * 1024)]
     publish_body_budget: usize,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN; TLS 1.2 and 1.3) with this certificate chain,
+    /// PEM, the server's certificate first. It and the key are read again when their files
+    /// change and on SIGHUP; open streams keep going.
+    #[arg(long, env = "SSE_FANOUT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    #[arg(long, env = "SSE_FANOUT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// With TLS: publishing needs a client certificate signed by a CA in this PEM file (beside
+    /// --publish-token or a publish JWT, when those are set too).
+    #[arg(long, env = "SSE_FANOUT_PUBLISH_CLIENT_CA", requires = "tls_cert")]
+    publish_client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,7 +370,7 @@ fn nonzero(d: Duration) -> Option<Duration> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Healthcheck) = args.command {
-        return healthcheck::run(args.listen, "/healthz");
+        return healthcheck::run(args.listen, "/healthz", args.tls_cert.is_some());
     }
     // Every stream holds a socket: take the hard limit of open files, not the soft one.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -377,6 +392,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for warning in security_warnings(&args)? {
         tracing::warn!("{warning}");
     }
+    let tls = tls(&args)?;
     let mut config = HubConfig::new(args.app_name.clone());
     if let Some(id) = &args.instance_id {
         config.instance_id = id.clone();
@@ -425,6 +441,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     router_config.stream_path = args.path.clone();
     router_config.publish_path = args.publish_path.clone();
     router_config.publish_token = args.publish_token.clone();
+    router_config.publish_client_certificate = tls
+        .as_ref()
+        .is_some_and(Tls::requires_publisher_certificates);
     router_config.max_publish_body = args.max_publish_body;
     router_config.publish_body_budget = args.publish_body_budget;
     router_config.max_event_names = args.max_event_names;
@@ -463,14 +482,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
         backend = hub.backend_name(),
+        tls = tls.is_some(),
         "sse-fanout listening; demo page at /"
     );
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_on_sighup(tls.clone()));
+    }
     let mut options = ServeOptions::default();
     options.head_timeout = args.head_timeout.max(Duration::from_millis(100));
     options.max_head_bytes = args.max_head_bytes;
     options.max_headers = args.max_headers;
     options.http2_keep_alive = args.http2_keep_alive.max(Duration::from_secs(1));
     options.idle_timeout = args.idle_timeout.max(Duration::from_millis(100));
+    options.tls = tls;
     sse_fanout::hyper::serve_with(listener, router, shutdown_signal(), options).await?;
     hub.shutdown().await?;
     tracing::info!("stopped");
@@ -597,6 +621,40 @@ fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(warnings)
+}
+
+/// The TLS of `--tls-cert` and `--tls-key`, read and checked now so that a bad file stops the
+/// start with its name; `None` without them (plaintext).
+fn tls(args: &Args) -> anyhow::Result<Option<Tls>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut files = TlsFiles::new(cert, key);
+    if let Some(ca) = &args.publish_client_ca {
+        files = files.publish_client_ca(ca);
+    }
+    Ok(Some(Tls::load(files)?))
+}
+
+/// Reads the certificate and key again on every SIGHUP.
+async fn reload_on_sighup(tls: Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(error) => {
+                    tracing::warn!(%error, "SIGHUP: TLS certificate not reloaded; the one in use stays");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -23,6 +23,10 @@ pub struct RouterConfig {
     pub cors: Option<Cors>,
     /// When set, publishing needs `Authorization: Bearer <token>`.
     pub publish_token: Option<String>,
+    /// When set, publishing needs a TLS client certificate that the publisher CA signed
+    /// ([`TlsFiles::publish_client_ca`](crate::TlsFiles::publish_client_ca)); a request without
+    /// one gets `401`. A publish token or JWT, when configured, is needed as well.
+    pub publish_client_certificate: bool,
     /// The largest publish body accepted, default 1 MiB; larger ones get `413`.
     pub max_publish_body: usize,
     /// Bytes of publish bodies all connections together may hold while they are being read,
@@ -52,6 +56,7 @@ impl Default for RouterConfig {
             openapi_path: None,
             cors: None,
             publish_token: None,
+            publish_client_certificate: false,
             max_publish_body: 1024 * 1024,
             publish_body_budget: 64 * 1024 * 1024,
             max_event_names: EventFilter::MAX_NAMES,

@@ -26,6 +26,7 @@ mod router;
 mod serve;
 pub mod session;
 mod stats;
+pub mod tls;
 mod transport;
 
 pub use body::SseBody;
@@ -37,7 +38,8 @@ pub use jwt::{EventGrant, JwtKeys, JwtVerifier};
 pub use router::SseRouter;
 pub use serve::{DEFAULT_MAX_HEAD_BYTES, ServeOptions, serve, serve_with};
 pub use session::{AnonymousSessions, DevSessions, Identity, JwtSessions, SessionResolver};
-pub use stats::RouterStats;
+pub use stats::{RouterStats, TlsHandshakeFailures};
+pub use tls::{ClientCertificate, Tls, TlsError, TlsFiles};
 pub use transport::ConnectionAbort;
 
 /// Internals reached by the fuzz targets and property tests; not part of the API.

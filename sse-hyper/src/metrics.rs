@@ -77,6 +77,11 @@ const HELP: &[(&str, bool, &str)] = &[
         "Connections accepted while out of file descriptors, answered at once and closed.",
     ),
     (
+        "sse_tls_handshake_failures_total",
+        true,
+        "TLS handshakes that failed, by reason.",
+    ),
+    (
         "sse_events_received_total",
         true,
         "Envelopes received from the backend.",
@@ -243,6 +248,16 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
             .absolute(value);
     }
     counter!("sse_connections_shed_total", "instance" => i()).absolute(router.connections_shed);
+    let tls = router.tls_handshake_failures;
+    for (reason, value) in [
+        ("timeout", tls.timeout),
+        ("closed", tls.closed),
+        ("client_certificate", tls.client_certificate),
+        ("protocol", tls.protocol),
+    ] {
+        counter!("sse_tls_handshake_failures_total", "instance" => i(), "reason" => reason)
+            .absolute(value);
+    }
     counter!("sse_events_received_total", "instance" => i()).absolute(s.received);
     counter!("sse_events_delivered_total", "instance" => i()).absolute(s.delivered);
     for (reason, value) in [

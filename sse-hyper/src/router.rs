@@ -148,6 +148,12 @@ impl SseRouter {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts a TLS handshake that failed.
+    pub(crate) fn count_handshake_failure(&self, reason: crate::tls::HandshakeFailure) {
+        self.inner.counters.tls_handshake_failures[reason as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Routes one request by path and method to its endpoint (`405` for another method, `404`
     /// JSON error for an unknown path), with the CORS headers for an allowed origin.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<SseBody>

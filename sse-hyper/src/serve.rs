@@ -1,9 +1,11 @@
-//! [`serve`]: HTTP/1.1 and HTTP/2 (h2c) on a listener, with a graceful shutdown that ends the open
-//! event streams first (an SSE body never ends by itself, so otherwise the drain would wait forever).
+//! [`serve`]: HTTP/1.1 and HTTP/2 (h2c) on a listener, or both over TLS ([`ServeOptions::tls`]),
+//! with a graceful shutdown that ends the open event streams first (an SSE body never ends by
+//! itself, so otherwise the drain would wait forever).
 //!
-//! A connection whose first request is a plain HTTP/1.x `GET` of the event-stream path is served
-//! directly on its socket (see the `direct` module: a fraction of hyper's per-connection memory);
-//! every other connection is served by hyper.
+//! A plaintext connection whose first request is a plain HTTP/1.x `GET` of the event-stream path
+//! is served directly on its socket (see the `direct` module: a fraction of hyper's
+//! per-connection memory); every other connection, and every TLS connection once its handshake is
+//! done, is served by hyper.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,7 @@ use crate::direct::{self, FirstRequest};
 use crate::idle::{Activity, Tracked};
 use crate::overload::{self, Reserve};
 use crate::router::SseRouter;
+use crate::tls::{ClientCertificate, Tls};
 use crate::transport::ConnectionAbort;
 
 /// How [`serve_with`] runs.
@@ -58,6 +61,10 @@ pub struct ServeOptions {
     pub max_head_bytes: usize,
     /// The most header fields in one request (default 100); more get `431`.
     pub max_headers: usize,
+    /// Serve TLS (HTTP/2 or HTTP/1.1 by ALPN) instead of plaintext (default `None`). The
+    /// handshake must end within `first_request_timeout`; the certificate is reloaded when its
+    /// files change (see [`Tls`]).
+    pub tls: Option<Tls>,
 }
 
 /// [`ServeOptions::max_head_bytes`]'s default.
@@ -76,6 +83,7 @@ impl Default for ServeOptions {
             idle_timeout: Duration::from_secs(60),
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             max_headers: 100,
+            tls: None,
         }
     }
 }
@@ -131,6 +139,9 @@ pub async fn serve_with(
     let graceful = GracefulShutdown::new();
     let direct_tasks = TaskTracker::new();
     let stopping = CancellationToken::new();
+    if let Some(tls) = options.tls.clone() {
+        tokio::spawn(watch_certificate(tls, stopping.clone()));
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
@@ -164,7 +175,16 @@ pub async fn serve_with(
             watcher: graceful.watcher(),
             idle_timeout: options.idle_timeout,
         };
-        if options.direct_streams {
+        if let Some(tls) = &options.tls {
+            direct_tasks.spawn(handshake(
+                tls.clone(),
+                socket,
+                peer,
+                hyper,
+                stopping.clone(),
+                options.first_request_timeout,
+            ));
+        } else if options.direct_streams {
             direct_tasks.spawn(route(
                 socket,
                 peer,
@@ -173,7 +193,7 @@ pub async fn serve_with(
                 options.first_request_timeout,
             ));
         } else {
-            tokio::spawn(hyper.serve(socket, peer));
+            tokio::spawn(hyper.serve(socket, peer, None));
         }
     }
     drop(listener);
@@ -244,10 +264,47 @@ async fn route(
             direct::serve_stream(socket, *parts, head_len, router).await;
         }
         FirstRequest::Other => {
-            tokio::spawn(hyper.serve(socket, peer));
+            tokio::spawn(hyper.serve(socket, peer, None));
         }
         FirstRequest::Nothing => {
             tracing::debug!(%peer, "no request on a new connection");
+        }
+    }
+}
+
+/// The TLS handshake of a new connection (within `timeout`), then hyper serves it; a failed
+/// handshake is counted by its reason.
+async fn handshake(
+    tls: Tls,
+    socket: TcpStream,
+    peer: SocketAddr,
+    hyper: Hyper,
+    stopping: CancellationToken,
+    timeout: Duration,
+) {
+    let accepted = tokio::select! {
+        accepted = tls.accept(socket, timeout) => accepted,
+        () = stopping.cancelled() => return,
+    };
+    match accepted {
+        Ok((stream, client)) => {
+            tokio::spawn(hyper.serve(stream, peer, client));
+        }
+        Err(reason) => {
+            tracing::debug!(%peer, reason = reason.as_str(), "TLS handshake failed");
+            hyper.router.count_handshake_failure(reason);
+        }
+    }
+}
+
+/// Reloads `tls`'s certificate whenever its files change, until the server stops.
+async fn watch_certificate(tls: Tls, stopping: CancellationToken) {
+    let mut every = tokio::time::interval(crate::tls::WATCH_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => tls.reload_if_changed(),
+            () = stopping.cancelled() => return,
         }
     }
 }
@@ -261,7 +318,11 @@ struct Hyper {
 }
 
 impl Hyper {
-    async fn serve(self, socket: TcpStream, peer: SocketAddr) {
+    /// Serves `io` (a socket, or a TLS stream whose client presented `client` certificate).
+    async fn serve<I>(self, io: I, peer: SocketAddr, client: Option<ClientCertificate>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let abort = CancellationToken::new();
         let request_abort = abort.clone();
         let router = self.router;
@@ -273,6 +334,9 @@ impl Hyper {
             request
                 .extensions_mut()
                 .insert(ConnectionAbort(request_abort.clone()));
+            if let Some(client) = client {
+                request.extensions_mut().insert(client);
+            }
             async move {
                 let response = router.handle(request).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_progress)))
@@ -280,7 +344,7 @@ impl Hyper {
         });
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(socket), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let connection = self.watcher.watch(connection);
         tokio::select! {

@@ -44,6 +44,16 @@ impl SseRouter {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let config = &self.inner.config;
+        if config.publish_client_certificate
+            && request
+                .extensions()
+                .get::<crate::tls::ClientCertificate>()
+                .is_none()
+        {
+            return Err(Refused::Unread(ApiError::unauthorized(
+                "publishing needs a TLS client certificate signed by the publisher CA",
+            )));
+        }
         let grant = self
             .publish_grant(request.headers())
             .await
