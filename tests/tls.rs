@@ -567,3 +567,106 @@ async fn the_healthcheck_command_speaks_tls() {
         .unwrap();
     assert!(!plain.status.success());
 }
+
+/// Opens `TABS` EventSources to its own origin, all of one session, and counts the ones open and
+/// the events they received.
+const TABS_PAGE: &str = r#"<!doctype html><title>tabs</title><script>
+window.opened = 0; window.received = 0;
+for (let i = 0; i < 10; i++) {
+  const source = new EventSource("/sse/event-stream?eventName=tick&sessionId=tabs");
+  source.onopen = () => { window.opened++; };
+  source.addEventListener("tick", () => { window.received++; });
+}
+</script>"#;
+
+/// What the page in Chromium reported: streams open, the page's protocol, events received.
+async fn tabs_in_chromium(
+    page_url: &str,
+    cert: Option<&std::path::Path>,
+    server: &TestServer,
+) -> (usize, String, usize) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/tabs.mjs");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(script)
+        .env("PAGE_URL", page_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(cert) = cert {
+        command.env("CERT", cert);
+    }
+    let mut child = command.spawn().expect("node runs the browser tests");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the page said nothing for 60 s")
+            .unwrap()
+            .expect("the page ended early")
+    };
+    let opened_line = next().await;
+    let mut words = opened_line.split(' ');
+    assert_eq!(words.next(), Some("OPENED"), "{opened_line}");
+    let opened: usize = words.next().unwrap().parse().unwrap();
+    let protocol = words.nth(1).unwrap_or_default().to_owned();
+    server.wait_for_streams(opened).await;
+    server
+        .hub
+        .publish(sse_fanout::SendSseEvent::new("tick", json!("tock")).to_session("tabs"))
+        .await
+        .unwrap();
+    stdin.write_all(b"PUBLISHED\n").await.unwrap();
+    let received_line = next().await;
+    let received: usize = received_line
+        .strip_prefix("RECEIVED ")
+        .unwrap_or_else(|| panic!("{received_line}"))
+        .parse()
+        .unwrap();
+    let _ = child.wait().await;
+    (opened, protocol, received)
+}
+
+/// The reason for TLS in the hub: a browser speaks HTTP/2 only over TLS, and over HTTP/1.1 opens
+/// at most six connections to an origin, so the seventh `EventSource` of a page never opens.
+/// Headless Chromium opens ten on one page: over HTTPS all ten open (one HTTP/2 connection) and
+/// receive an event; over plaintext HTTP/1.1, six.
+#[tokio::test]
+async fn a_browser_opens_ten_streams_over_https_and_six_over_http1() {
+    let dir = Dir::new("browser");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let cert_file = dir.write("cert.pem", &cert);
+    let tls = Tls::load(TlsFiles::new(cert_file.clone(), dir.write("key.pem", &key))).unwrap();
+    let page = |router: sse_fanout::hyper::SseRouter| {
+        router.resolver(sse_fanout::DevSessions).static_page(
+            "/tabs",
+            "text/html; charset=utf-8",
+            TABS_PAGE,
+        )
+    };
+    let mut options = ServeOptions::default();
+    options.tls = Some(tls);
+    let https =
+        TestServer::start_serving(Arc::new(LocalBackend::new()), |b| b, page, options).await;
+    let over_tls = tabs_in_chromium(&url(&https, "/tabs"), Some(&cert_file), &https).await;
+    https.stop().await;
+    assert_eq!(over_tls, (10, "h2".to_owned(), 10), "over HTTPS");
+
+    let plain = TestServer::start_serving(
+        Arc::new(LocalBackend::new()),
+        |b| b,
+        page,
+        ServeOptions::default(),
+    )
+    .await;
+    let over_http1 = tabs_in_chromium(&plain.url("/tabs"), None, &plain).await;
+    plain.stop().await;
+    assert_eq!(
+        over_http1,
+        (6, "http/1.1".to_owned(), 6),
+        "over plaintext HTTP/1.1"
+    );
+}
