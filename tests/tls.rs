@@ -174,6 +174,10 @@ async fn streams_over_tls_speak_http2_and_http1() {
         assert_eq!((health.status().as_u16(), health.version()), (200, version));
         let mut stream = SseClient::connect_with(&client, &stream_url, &[]).await;
         assert_eq!(stream.status, 200);
+        // HTTP/1.1 streams are served on the direct path, as over plaintext (its response ends
+        // the connection); HTTP/2 ones by hyper.
+        let close = stream.headers.get("connection").map(|v| v.as_bytes());
+        assert_eq!(close, http1.then_some(&b"close"[..]), "{version:?}");
         server.wait_for_streams(1).await;
         let status = publish(
             &client,

@@ -1,40 +1,97 @@
 //! The clients: event streams over real loopback sockets (HTTP/1.1 read straight from the socket,
 //! parsed by sse-core's spec-following [`EventStreamParser`]), and keep-alive publish connections
 //! (hyper).
+//!
+//! An `https://` server is spoken to over TLS (rustls), trusting the CA certificates of the PEM
+//! file that `LOADGEN_CA` names; with `LOADGEN_HTTP2=1` each event stream is an HTTP/2 stream
+//! (ALPN `h2`, hyper's client), on a connection of its own as one browser tab's would be, or
+//! `LOADGEN_HTTP2_STREAMS=k` streams to a connection, as a browser's tabs of one origin share one.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use sse_core::testkit::{Dispatched, EventStreamParser, ParsedEvent};
 
 /// A server to load: its socket address and the `Host` to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     /// `host:port` for the `Host` header.
     pub host: String,
+    /// For `https://`: the TLS client (ALPN `http/1.1`, and `h2` for streams with `LOADGEN_HTTP2`).
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    name: ServerName<'static>,
+    http1: TlsConnector,
+    http2: Option<TlsConnector>,
+    /// Streams an HTTP/2 connection carries before the next one is opened.
+    streams_per_connection: usize,
+    /// The HTTP/2 connection being filled, and how many streams it has.
+    shared: Arc<tokio::sync::Mutex<Option<(http2::SendRequest<Empty<Bytes>>, usize)>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Server {
-    /// Reads `http://host:port` (a path, if any, is ignored).
+    /// Reads `http://host:port` or `https://host:port` (a path, if any, is ignored).
     pub fn parse(url: &str) -> anyhow::Result<Server> {
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("{url}: only http:// URLs"))?;
+        let (rest, tls) = match url.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (
+                url.strip_prefix("http://")
+                    .with_context(|| format!("{url}: only http:// and https:// URLs"))?,
+                false,
+            ),
+        };
         let host = rest.split('/').next().unwrap_or(rest).to_owned();
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)
             .with_context(|| format!("cannot resolve {host}"))?
             .next()
             .with_context(|| format!("no address for {host}"))?;
-        Ok(Server { addr, host })
+        let tls = if tls { Some(Tls::new(&host)?) } else { None };
+        Ok(Server { addr, host, tls })
+    }
+
+    /// A connection, over TLS for an `https://` server; `http2` asks ALPN for `h2`.
+    async fn open(&self, source: Option<Ipv4Addr>, http2: bool) -> std::io::Result<Conn> {
+        let socket = self.connect(source).await?;
+        let Some(tls) = &self.tls else {
+            return Ok(Conn::Plain(socket));
+        };
+        let connector = match (&tls.http2, http2) {
+            (Some(h2), true) => h2,
+            _ => &tls.http1,
+        };
+        let stream = connector.connect(tls.name.clone(), socket).await?;
+        Ok(Conn::Tls(Box::new(stream)))
+    }
+
+    /// Whether event streams are HTTP/2 streams.
+    fn http2(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.http2.is_some())
     }
 
     /// Connects from source address `source` (any port), so that more connections than one
@@ -53,15 +110,183 @@ impl Server {
     }
 }
 
+impl Tls {
+    /// The TLS clients for `host` (`host:port`), trusting the CA file `LOADGEN_CA`.
+    fn new(host: &str) -> anyhow::Result<Tls> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let ca = std::env::var("LOADGEN_CA").context("an https:// URL needs LOADGEN_CA")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca).with_context(|| ca.clone())? {
+            roots.add(cert.with_context(|| ca.clone())?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = |alpn: &[u8]| -> anyhow::Result<TlsConnector> {
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(TlsConnector::from(Arc::new(config)))
+        };
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        Ok(Tls {
+            name: ServerName::try_from(name.to_owned())?,
+            http1: config(b"http/1.1")?,
+            http2: match std::env::var("LOADGEN_HTTP2").as_deref() {
+                Ok("1") => Some(config(b"h2")?),
+                _ => None,
+            },
+            streams_per_connection: std::env::var("LOADGEN_HTTP2_STREAMS")
+                .ok()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(1usize)
+                .max(1),
+            shared: Arc::default(),
+        })
+    }
+}
+
+/// A connection: plaintext, or TLS.
+enum Conn {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One open event stream, read straight from its socket: the response head checked, the body
 /// de-chunked, and the events parsed by [`EventStreamParser`]. Lean on purpose: the
 /// load tool shares the machine with the server it measures.
-#[derive(Debug)]
 pub struct EventStream {
-    socket: TcpStream,
+    source: Source,
     buf: BytesMut,
     body: Framing,
     parser: EventStreamParser,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+/// Where a stream's bytes come from.
+enum Source {
+    /// HTTP/1.1 on the connection, read straight from it.
+    Http1(Conn),
+    /// An HTTP/2 stream's body; the sender keeps the connection.
+    Http2 {
+        body: hyper::body::Incoming,
+        _sender: http2::SendRequest<Empty<Bytes>>,
+    },
+}
+
+impl Source {
+    /// Reads more into `buf`; 0 at the end.
+    async fn read(&mut self, buf: &mut BytesMut) -> anyhow::Result<usize> {
+        match self {
+            Source::Http1(conn) => Ok(conn.read_buf(buf).await?),
+            Source::Http2 { body, .. } => loop {
+                match body.frame().await {
+                    None => return Ok(0),
+                    Some(frame) => {
+                        if let Ok(data) = frame?.into_data()
+                            && !data.is_empty()
+                        {
+                            buf.extend_from_slice(&data);
+                            return Ok(data.len());
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Opens an HTTP/2 event stream, on the connection being filled or a new one.
+async fn open_http2_stream(
+    server: &Server,
+    source: Option<Ipv4Addr>,
+    path_and_query: &str,
+) -> anyhow::Result<EventStream> {
+    let tls = server.tls.as_ref().context("HTTP/2 needs https://")?;
+    let mut sender = {
+        let mut shared = tls.shared.lock().await;
+        match shared.as_mut() {
+            Some((sender, streams)) if *streams < tls.streams_per_connection => {
+                *streams += 1;
+                sender.clone()
+            }
+            _ => {
+                let conn = server.open(source, true).await.context("connect")?;
+                let (sender, connection) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(conn)).await?;
+                tokio::spawn(connection);
+                *shared = Some((sender.clone(), 1));
+                sender
+            }
+        }
+    };
+    sender.ready().await?;
+    let request = http::Request::get(format!("https://{}{path_and_query}", server.host))
+        .header(http::header::ACCEPT, "text/event-stream")
+        .body(Empty::new())?;
+    let response = sender.send_request(request).await?;
+    if response.status() != http::StatusCode::OK {
+        bail!("status {}", response.status());
+    }
+    Ok(EventStream {
+        source: Source::Http2 {
+            body: response.into_body(),
+            _sender: sender,
+        },
+        buf: BytesMut::new(),
+        body: Framing::UntilClose,
+        parser: EventStreamParser::new(),
+    })
 }
 
 /// How the response body is delimited.
@@ -83,7 +308,10 @@ pub async fn open_stream(
     source: Option<Ipv4Addr>,
     path_and_query: &str,
 ) -> anyhow::Result<EventStream> {
-    let mut socket = server.connect(source).await.context("connect")?;
+    if server.http2() {
+        return open_http2_stream(server, source, path_and_query).await;
+    }
+    let mut socket = server.open(source, false).await.context("connect")?;
     let request = format!(
         "GET {path_and_query} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
         server.host
@@ -112,7 +340,7 @@ pub async fn open_stream(
         });
         let _ = buf.split_to(len);
         return Ok(EventStream {
-            socket,
+            source: Source::Http1(socket),
             buf,
             body: if chunked {
                 Framing::Chunked(None)
@@ -143,7 +371,7 @@ impl EventStream {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(4096);
             }
-            if self.socket.read_buf(&mut self.buf).await? == 0 {
+            if self.source.read(&mut self.buf).await? == 0 {
                 return Ok(false);
             }
         }
@@ -210,7 +438,7 @@ pub struct Publisher {
 impl Publisher {
     /// Opens the connection.
     pub async fn connect(server: &Server) -> anyhow::Result<Publisher> {
-        let stream = server.connect(None).await.context("connect")?;
+        let stream = server.open(None, false).await.context("connect")?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         Ok(Publisher {

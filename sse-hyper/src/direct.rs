@@ -30,6 +30,8 @@ use crate::body::SseBody;
 use crate::router::SseRouter;
 use crate::transport::ConnectionAbort;
 
+pub(crate) mod tls;
+
 /// The largest request head taken on this path (hyper serves larger ones).
 const MAX_HEAD: usize = 4096;
 /// The most headers taken on this path.

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::direct::tls::{self as tls_direct, FirstTlsRequest};
 use crate::direct::{self, FirstRequest};
 use crate::idle::{Activity, Tracked};
 use crate::overload::{self, Reserve};
@@ -36,8 +37,9 @@ use crate::transport::ConnectionAbort;
 pub struct ServeOptions {
     /// How long shutdown waits for connections to finish after the streams were ended.
     pub drain_timeout: Duration,
-    /// Serve HTTP/1.x event streams directly on their socket instead of through hyper (default
-    /// `true`): the same responses, with a few KiB per open stream instead of hyper's 25 or so.
+    /// Serve HTTP/1.x event streams directly on their socket (or TLS session) instead of through
+    /// hyper (default `true`): the same responses, with a few KiB per open stream instead of
+    /// hyper's 25 or so.
     pub direct_streams: bool,
     /// How long a new connection may take to send its first bytes before it is dropped (with
     /// `direct_streams`; default 30 s).
@@ -183,6 +185,7 @@ pub async fn serve_with(
                 hyper,
                 stopping.clone(),
                 options.first_request_timeout,
+                options.direct_streams,
             ));
         } else if options.direct_streams {
             direct_tasks.spawn(route(
@@ -272,8 +275,9 @@ async fn route(
     }
 }
 
-/// The TLS handshake of a new connection (within `timeout`), then hyper serves it; a failed
-/// handshake is counted by its reason.
+/// The TLS handshake of a new connection (within `timeout`); then, as on plaintext, an HTTP/1
+/// connection whose first request is an event stream is served directly, and every other one
+/// (HTTP/2 by ALPN among them) by hyper. A failed handshake is counted by its reason.
 async fn handshake(
     tls: Tls,
     socket: TcpStream,
@@ -281,18 +285,41 @@ async fn handshake(
     hyper: Hyper,
     stopping: CancellationToken,
     timeout: Duration,
+    direct_streams: bool,
 ) {
     let accepted = tokio::select! {
         accepted = tls.accept(socket, timeout) => accepted,
         () = stopping.cancelled() => return,
     };
-    match accepted {
-        Ok((stream, client)) => {
-            tokio::spawn(hyper.serve(stream, peer, client));
-        }
+    let (mut stream, client) = match accepted {
+        Ok(accepted) => accepted,
         Err(reason) => {
             tracing::debug!(%peer, reason = reason.as_str(), "TLS handshake failed");
             hyper.router.count_handshake_failure(reason);
+            return;
+        }
+    };
+    if !direct_streams || stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        tokio::spawn(hyper.serve(stream, peer, client));
+        return;
+    }
+    let first = tokio::select! {
+        first = tls_direct::read_first_request(&mut stream, &hyper.router, timeout) => first,
+        () = stopping.cancelled() => return,
+    };
+    match first {
+        FirstTlsRequest::Stream(mut parts) => {
+            if let Some(client) = client {
+                parts.extensions.insert(client);
+            }
+            let Hyper { router, .. } = hyper;
+            tls_direct::serve_stream(stream, *parts, router).await;
+        }
+        FirstTlsRequest::Other(read) => {
+            tokio::spawn(hyper.serve(tls_direct::Prefixed::new(read, stream), peer, client));
+        }
+        FirstTlsRequest::Nothing => {
+            tracing::debug!(%peer, "no request on a new TLS connection");
         }
     }
 }

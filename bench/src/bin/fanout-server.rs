@@ -36,6 +36,12 @@ struct Args {
     /// Events kept for replay (0: none), as the hub's `--replay-events`.
     #[arg(long, default_value_t = 10_000)]
     replay_events: usize,
+    /// Serve TLS with this certificate chain (PEM), as the hub's `--tls-cert`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 async fn pump(
@@ -74,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!("fanout-server listening on {}", listener.local_addr()?);
     let router = SseRouter::new(hub.clone()).resolver(DevSessions);
-    sse_fanout::serve(listener, router, std::future::pending()).await?;
+    let mut options = sse_fanout::hyper::ServeOptions::default();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options.tls = Some(sse_fanout::hyper::Tls::load(
+            sse_fanout::hyper::TlsFiles::new(cert, key),
+        )?);
+    }
+    sse_fanout::hyper::serve_with(listener, router, std::future::pending(), options).await?;
     Ok(())
 }
