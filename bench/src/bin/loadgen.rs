@@ -152,6 +152,9 @@ struct BroadcastArgs {
     /// The publish path.
     #[arg(long, default_value = "/sse/publish")]
     publish_path: String,
+    /// The server's process id, to read the CPU time it spent on the measured events.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +170,9 @@ struct TargetedArgs {
     /// Where the server's `POST /bench/pump` is (default: `--url`).
     #[arg(long)]
     pump_url: Option<String>,
+    /// The server's process id, to read the CPU time it spent on the measured events.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -723,6 +729,7 @@ async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     }
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
+    let cpu_before = args.server_pid.and_then(sse_fanout_bench::sys::cpu_secs);
     let started = Instant::now();
     for n in 0..args.events {
         let (status, body) = publisher.post(&args.publish_path, send(n)).await?;
@@ -736,6 +743,7 @@ async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     }
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = server_cpu_since(args.server_pid, cpu_before);
     workers.stop().await;
     let mut until_all = histogram();
     let mut incomplete = 0;
@@ -759,7 +767,15 @@ async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
         "delivery_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
         "seconds": round(elapsed, 2),
+        "server_cpu_secs": server_cpu.map(|c| round(c, 3)),
+        "server_cpu_us_per_delivery": server_cpu
+            .map(|c| round(c * 1e6 / merged.received.max(1) as f64, 3)),
     }))
+}
+
+/// CPU seconds the server spent since `before` (read from `pid`'s `/proc` entry).
+fn server_cpu_since(pid: Option<u32>, before: Option<f64>) -> Option<f64> {
+    Some(sse_fanout_bench::sys::cpu_secs(pid?)? - before?)
 }
 
 async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
@@ -778,6 +794,7 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
         .await?;
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
+    let cpu_before = args.server_pid.and_then(sse_fanout_bench::sys::cpu_secs);
     let (status, body) = control
         .post("/bench/pump", run(spec(args.rate, args.seconds)))
         .await?;
@@ -787,6 +804,7 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
     let report: PumpReport = serde_json::from_slice(&body)?;
     let lost_in_backend = serde_json::from_slice::<Value>(&body)?["lostInBackend"].as_u64();
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    let server_cpu = server_cpu_since(args.server_pid, cpu_before);
     workers.stop().await;
     Ok(json!({
         "scenario": "targeted",
@@ -803,6 +821,9 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
         "delivered_per_sec": round(merged.received as f64 / report.seconds.max(1e-9), 0),
         "latency_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
+        "server_cpu_secs": server_cpu.map(|c| round(c, 3)),
+        "server_cpu_us_per_event": server_cpu
+            .map(|c| round(c * 1e6 / merged.received.max(1) as f64, 3)),
     }))
 }
 
