@@ -231,43 +231,54 @@ async fn haproxy_with_the_shipped_configuration_passes_events_at_once_and_keeps_
 }
 
 #[test]
-fn the_kubernetes_manifest_matches_the_kubernetes_schema() {
+fn the_kubernetes_manifests_match_the_kubernetes_schema() {
     let validate = repo().join("tests/python/.venv/bin/kubernetes-validate");
     if !validate.exists() {
         brokers::not_installed("kubernetes-validate (tests/python/.venv)");
         return;
     }
-    let manifest = repo().join("deploy/kubernetes.yaml");
-    let output = Command::new(&validate)
-        .args(["--kubernetes-version", "1.31.0", "--strict"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stderr).into_owned()
-        + &String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{report}");
-    for kind in ["deployment", "service", "poddisruptionbudget"] {
-        assert!(
-            report.contains(&format!("passed for resource {kind}/")),
-            "{report}"
+    for name in ["kubernetes.yaml", "kubernetes-tls.yaml"] {
+        let manifest = repo().join("deploy").join(name);
+        let output = Command::new(&validate)
+            .args(["--kubernetes-version", "1.31.0", "--strict"])
+            .arg(&manifest)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{name}: {report}");
+        for kind in ["deployment", "service", "poddisruptionbudget"] {
+            assert!(
+                report.contains(&format!("passed for resource {kind}/")),
+                "{name}: {report}"
+            );
+        }
+        // What the manifest promises besides its schema: probes on /healthz, a grace period
+        // above the hub's drain (10 s) plus the preStop pause, the broker's URL from a Secret.
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert_eq!(
+            text.matches("path: /healthz").count(),
+            2,
+            "{name}: readiness and liveness"
         );
+        let grace: u32 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            grace > 10 + 5,
+            "{name}: terminationGracePeriodSeconds {grace}"
+        );
+        assert!(text.contains("secretKeyRef: { name: sse-fanout, key: backend-url }"));
+        if name.contains("tls") {
+            // The probes speak HTTPS, and the certificate comes from a TLS Secret's files.
+            assert_eq!(text.matches("scheme: HTTPS").count(), 2, "{name}");
+            assert!(text.contains("secretName: sse-fanout-tls"), "{name}");
+            assert!(text.contains("/etc/sse-fanout/tls/tls.crt"), "{name}");
+        }
     }
-    // What the manifest promises besides its schema: probes on /healthz, a grace period above
-    // the hub's drain (10 s) plus the preStop pause, the broker's URL from a Secret.
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    assert_eq!(
-        text.matches("path: /healthz").count(),
-        2,
-        "readiness and liveness"
-    );
-    let grace: u32 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(grace > 10 + 5, "terminationGracePeriodSeconds {grace}");
-    assert!(text.contains("secretKeyRef: { name: sse-fanout, key: backend-url }"));
 }
 
 /// A Docker engine answers (`bash scripts/containers.sh` installs and starts one).

@@ -541,7 +541,11 @@ async fn the_healthcheck_command_speaks_tls() {
             .kill_on_drop(true);
         command
     };
-    let _running = hub(&[]).spawn().unwrap();
+    let mut running = hub(&[])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let client = tls_client(&ca.pem, false);
     let deadline = tokio::time::Instant::now() + WAIT;
     while client
@@ -570,6 +574,26 @@ async fn the_healthcheck_command_speaks_tls() {
         .await
         .unwrap();
     assert!(!plain.status.success());
+
+    // SIGHUP reads the certificate again at once, and says so.
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &running.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        running.stdout.take().unwrap(),
+    ));
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("SIGHUP: TLS certificate reloaded") {
+                return;
+            }
+        }
+        panic!("the hub ended");
+    })
+    .await
+    .expect("no reload on SIGHUP");
 }
 
 /// Opens `TABS` EventSources to its own origin, all of one session, and counts the ones open and
@@ -673,4 +697,96 @@ async fn a_browser_opens_ten_streams_over_https_and_six_over_http1() {
         (6, "http/1.1".to_owned(), 6),
         "over plaintext HTTP/1.1"
     );
+}
+
+/// A TLS client that sends its stream request and never reads: on the direct path over TLS its
+/// stream is closed as slow and its connection dropped, while a reading client of the same
+/// session gets every event.
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_closed_and_others_get_everything() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let dir = Dir::new("stalled");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let tls = Tls::load(TlsFiles::new(
+        dir.write("cert.pem", &cert),
+        dir.write("key.pem", &key),
+    ))
+    .unwrap();
+    let mut options = ServeOptions::default();
+    options.tls = Some(tls);
+    let server = TestServer::start_serving(
+        Arc::new(LocalBackend::new()),
+        |b| b.queue_size(128),
+        |r| r.resolver(sse_fanout::DevSessions),
+        options,
+    )
+    .await;
+    let client = tls_client(&ca.pem, true);
+    let mut reader = SseClient::connect_with(
+        &client,
+        &url(&server, "/sse/event-stream?eventName=e&sessionId=s"),
+        &[],
+    )
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(der(&ca.pem)))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stalled = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), socket)
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /sse/event-stream?eventName=e&sessionId=s HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    server.wait_for_streams(2).await;
+
+    let payload = "x".repeat(64 * 1024);
+    let count = 600; // 37.5 MiB: more than the stalled socket's buffers and queue can hold.
+    let publisher = {
+        let hub = server.hub.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for i in 0..count {
+                hub.publish(
+                    sse_fanout::SendSseEvent::new("e", json!(payload))
+                        .to_session("s")
+                        .with_id(i.to_string()),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for i in 0..count {
+        let event = reader.next().await;
+        assert_eq!(event.id, i.to_string());
+        assert_eq!(event.data.len(), payload.len());
+    }
+    publisher.await.unwrap();
+    server.wait_for_streams(1).await;
+    assert_eq!(server.hub.stats().closed_slow_client, 1);
+    // The server dropped the stalled connection: reading it finds its end (or an error, a TLS
+    // session cut without close_notify).
+    let mut sink = vec![0u8; 1 << 20];
+    tokio::time::timeout(WAIT, async {
+        while stalled.read(&mut sink).await.unwrap_or(0) > 0 {}
+    })
+    .await
+    .expect("the stalled connection was not closed");
+    server.stop().await;
 }

@@ -42,9 +42,12 @@ struct Tls {
     http2: Option<TlsConnector>,
     /// Streams an HTTP/2 connection carries before the next one is opened.
     streams_per_connection: usize,
-    /// The HTTP/2 connection being filled, and how many streams it has.
-    shared: Arc<tokio::sync::Mutex<Option<(http2::SendRequest<Empty<Bytes>>, usize)>>>,
+    /// The HTTP/2 connection being filled.
+    shared: Arc<tokio::sync::Mutex<Option<Filling>>>,
 }
+
+/// An HTTP/2 connection being filled with streams, and how many it has.
+type Filling = (http2::SendRequest<Empty<Bytes>>, usize);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
