@@ -36,32 +36,7 @@ openssl x509 -req -in "$certs/req.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca.key
 export LOADGEN_CA=$certs/ca.pem
 tls=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
 
-pid=
-start() { # name port command...
-  local name=$1 port=$2
-  shift 2
-  RUST_LOG=warn "$@" > "$out/$name.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "bench: $name did not start:" >&2
-  cat "$out/$name.log" >&2
-  exit 1
-}
-stop() {
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=
-}
-trap stop EXIT
-run() {
-  echo "bench: loadgen $*" >&2
-  "$bin/loadgen" "$@" | tee -a "$results"
-}
+. scripts/bench-lib.sh
 # The transport of the next runs: plain, h1 (TLS HTTP/1.1), h2 (TLS HTTP/2, one stream a
 # connection), h2x10 (ten streams a connection).
 mode() {

@@ -27,31 +27,7 @@ else
   repeat=3
 fi
 
-pid=
-start() { # name port command...
-  local name=$1 port=$2
-  shift 2
-  "$@" > "$out/$name.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "bench: $name did not start:" >&2
-  cat "$out/$name.log" >&2
-  exit 1
-}
-stop() {
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=
-}
-trap stop EXIT
-run() {
-  echo "bench: loadgen $*" >&2
-  "$bin/loadgen" "$@" | tee -a "$results"
-}
+. scripts/bench-lib.sh
 
 hub=("$bin/sse-fanout" --listen 127.0.0.1:8090 --emitter-timeout 0)
 baseline=("$bin/baseline" --listen 127.0.0.1:8091)

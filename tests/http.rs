@@ -11,7 +11,7 @@ use common::{SseClient, TestServer, WAIT, client, router_config};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use sse_fanout::{JwtSessions, LocalBackend, SendSseEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn local() -> Arc<dyn sse_fanout::FanoutBackend> {
     Arc::new(LocalBackend::new())
@@ -673,41 +673,12 @@ async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
         .await
         .unwrap();
     server.wait_for_streams(2).await;
-
-    let payload = "x".repeat(64 * 1024);
-    let count = 600; // 37.5 MiB: more than the stalled socket's buffers and queue can hold.
-    let publisher = {
-        let hub = server.hub.clone();
-        let payload = payload.clone();
-        tokio::spawn(async move {
-            for i in 0..count {
-                hub.publish(
-                    SendSseEvent::new("e", json!(payload))
-                        .to_session("s")
-                        .with_id(i.to_string()),
-                )
-                .await
-                .unwrap();
-                // Paced like a real producer, so that the reading client keeps up.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    for i in 0..count {
-        let event = reader.next().await;
-        assert_eq!(event.id, i.to_string());
-        assert_eq!(event.data.len(), payload.len());
-    }
-    publisher.await.unwrap();
-    server.wait_for_streams(1).await;
-    assert_eq!(server.hub.stats().closed_slow_client, 1);
-    // The stalled connection was dropped by the server: reading finds its end.
-    let mut sink = vec![0u8; 1 << 20];
-    tokio::time::timeout(WAIT, async {
-        while stalled.read(&mut sink).await.unwrap_or(0) > 0 {}
-    })
-    .await
-    .expect("the stalled connection was not closed");
+    common::a_stalled_client_is_dropped_while_a_reader_gets_everything(
+        &server,
+        &mut reader,
+        &mut stalled,
+    )
+    .await;
 }
 
 #[tokio::test]

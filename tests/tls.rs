@@ -91,21 +91,63 @@ impl Drop for Dir {
     }
 }
 
-/// A server on the local backend, serving TLS with `tls`.
-async fn serve(tls: Tls, publisher_certificates: bool) -> TestServer {
-    let mut options = ServeOptions::default();
-    options.tls = Some(tls);
+/// A test's directory, its CA, and a server certificate for localhost (ECDSA P-256) that the CA
+/// signed, written as `cert.pem` and `key.pem`.
+struct Site {
+    _dir: Dir,
+    ca: Ca,
+    files: TlsFiles,
+}
+
+impl Site {
+    fn new(name: &str) -> Site {
+        let dir = Dir::new(name);
+        let ca = Ca::new("test CA");
+        let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let files = TlsFiles::new(dir.write("cert.pem", &cert), dir.write("key.pem", &key));
+        Site {
+            _dir: dir,
+            ca,
+            files,
+        }
+    }
+
+    fn tls(&self) -> Tls {
+        Tls::load(self.files.clone()).unwrap()
+    }
+}
+
+/// A server on the local backend (development sessions), serving TLS with `tls`; `hub`, `router`
+/// and `options` adjust the rest.
+async fn serve_tls(
+    tls: Tls,
+    hub: impl FnOnce(sse_fanout::HubBuilder) -> sse_fanout::HubBuilder,
+    router: impl FnOnce(sse_fanout::hyper::SseRouter) -> sse_fanout::hyper::SseRouter,
+    options: impl FnOnce(&mut ServeOptions),
+) -> TestServer {
+    let mut serve_options = ServeOptions::default();
+    serve_options.tls = Some(tls);
+    options(&mut serve_options);
     TestServer::start_serving(
         Arc::new(LocalBackend::new()),
+        hub,
+        |r| router(r.resolver(sse_fanout::DevSessions)),
+        serve_options,
+    )
+    .await
+}
+
+/// A server on the local backend, serving TLS with `tls`.
+async fn serve(tls: Tls, publisher_certificates: bool) -> TestServer {
+    serve_tls(
+        tls,
         |b| b,
         |router| {
-            router
-                .resolver(sse_fanout::DevSessions)
-                .config(common::router_config(|c| {
-                    c.publish_client_certificate = publisher_certificates;
-                }))
+            router.config(common::router_config(|c| {
+                c.publish_client_certificate = publisher_certificates;
+            }))
         },
-        options,
+        |_| {},
     )
     .await
 }
@@ -159,11 +201,9 @@ async fn publish(client: &reqwest::Client, server: &TestServer, body: serde_json
 /// Streams over TLS, one client speaking HTTP/2 (ALPN `h2`), one HTTP/1.1: each gets the events.
 #[tokio::test]
 async fn streams_over_tls_speak_http2_and_http1() {
-    let dir = Dir::new("versions");
-    let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let files = TlsFiles::new(dir.write("cert.pem", &cert), dir.write("key.pem", &key));
-    let server = serve(Tls::load(files).unwrap(), false).await;
+    let site = Site::new("versions");
+    let ca = &site.ca;
+    let server = serve(site.tls(), false).await;
     let stream_url = url(&server, "/sse/event-stream?eventName=e&sessionId=s");
     for (http1, version) in [
         (false, reqwest::Version::HTTP_2),
@@ -479,22 +519,12 @@ async fn publishing_needs_a_client_certificate_of_the_publisher_ca() {
 #[tokio::test]
 async fn failed_handshakes_are_counted_by_reason() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = Dir::new("failures");
-    let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let tls = Tls::load(TlsFiles::new(
-        dir.write("cert.pem", &cert),
-        dir.write("key.pem", &key),
-    ))
-    .unwrap();
-    let mut options = ServeOptions::default();
-    options.tls = Some(tls);
-    options.first_request_timeout = Duration::from_millis(300);
-    let server = TestServer::start_serving(
-        Arc::new(LocalBackend::new()),
+    let site = Site::new("failures");
+    let server = serve_tls(
+        site.tls(),
         |b| b,
-        |r| r.resolver(sse_fanout::DevSessions),
-        options,
+        |r| r,
+        |o| o.first_request_timeout = Duration::from_millis(300),
     )
     .await;
     let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -523,19 +553,17 @@ async fn failed_handshakes_are_counted_by_reason() {
 /// hub healthy.
 #[tokio::test]
 async fn the_healthcheck_command_speaks_tls() {
-    let dir = Dir::new("healthcheck");
-    let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let cert = dir.write("cert.pem", &cert);
-    let key = dir.write("key.pem", &key);
+    let site = Site::new("healthcheck");
+    let ca = &site.ca;
+    let (cert, key) = (&site.files.cert, &site.files.key);
     let port = common::cluster::free_port();
     let listen = format!("127.0.0.1:{port}");
     let hub = |extra: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"));
         command
             .env("SSE_FANOUT_LISTEN", &listen)
-            .env("SSE_FANOUT_TLS_CERT", &cert)
-            .env("SSE_FANOUT_TLS_KEY", &key)
+            .env("SSE_FANOUT_TLS_CERT", cert)
+            .env("SSE_FANOUT_TLS_KEY", key)
             .env("RUST_LOG", "warn")
             .args(extra)
             .kill_on_drop(true);
@@ -663,11 +691,7 @@ async fn tabs_in_chromium(
 /// receive an event; over plaintext HTTP/1.1, six.
 #[tokio::test]
 async fn a_browser_opens_ten_streams_over_https_and_six_over_http1() {
-    let dir = Dir::new("browser");
-    let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let cert_file = dir.write("cert.pem", &cert);
-    let tls = Tls::load(TlsFiles::new(cert_file.clone(), dir.write("key.pem", &key))).unwrap();
+    let site = Site::new("browser");
     let page = |router: sse_fanout::hyper::SseRouter| {
         router.resolver(sse_fanout::DevSessions).static_page(
             "/tabs",
@@ -675,11 +699,8 @@ async fn a_browser_opens_ten_streams_over_https_and_six_over_http1() {
             TABS_PAGE,
         )
     };
-    let mut options = ServeOptions::default();
-    options.tls = Some(tls);
-    let https =
-        TestServer::start_serving(Arc::new(LocalBackend::new()), |b| b, page, options).await;
-    let over_tls = tabs_in_chromium(&url(&https, "/tabs"), Some(&cert_file), &https).await;
+    let https = serve_tls(site.tls(), |b| b, page, |_| {}).await;
+    let over_tls = tabs_in_chromium(&url(&https, "/tabs"), Some(&site.files.cert), &https).await;
     https.stop().await;
     assert_eq!(over_tls, (10, "h2".to_owned(), 10), "over HTTPS");
 
@@ -704,25 +725,11 @@ async fn a_browser_opens_ten_streams_over_https_and_six_over_http1() {
 /// session gets every event.
 #[tokio::test]
 async fn a_tls_client_that_stops_reading_is_closed_and_others_get_everything() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio_rustls::rustls;
-    let dir = Dir::new("stalled");
-    let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let tls = Tls::load(TlsFiles::new(
-        dir.write("cert.pem", &cert),
-        dir.write("key.pem", &key),
-    ))
-    .unwrap();
-    let mut options = ServeOptions::default();
-    options.tls = Some(tls);
-    let server = TestServer::start_serving(
-        Arc::new(LocalBackend::new()),
-        |b| b.queue_size(128),
-        |r| r.resolver(sse_fanout::DevSessions),
-        options,
-    )
-    .await;
+    let site = Site::new("stalled");
+    let ca = &site.ca;
+    let server = serve_tls(site.tls(), |b| b.queue_size(128), |r| r, |_| {}).await;
     let client = tls_client(&ca.pem, true);
     let mut reader = SseClient::connect_with(
         &client,
@@ -753,40 +760,11 @@ async fn a_tls_client_that_stops_reading_is_closed_and_others_get_everything() {
         .unwrap();
     stalled.flush().await.unwrap();
     server.wait_for_streams(2).await;
-
-    let payload = "x".repeat(64 * 1024);
-    let count = 600; // 37.5 MiB: more than the stalled socket's buffers and queue can hold.
-    let publisher = {
-        let hub = server.hub.clone();
-        let payload = payload.clone();
-        tokio::spawn(async move {
-            for i in 0..count {
-                hub.publish(
-                    sse_fanout::SendSseEvent::new("e", json!(payload))
-                        .to_session("s")
-                        .with_id(i.to_string()),
-                )
-                .await
-                .unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    for i in 0..count {
-        let event = reader.next().await;
-        assert_eq!(event.id, i.to_string());
-        assert_eq!(event.data.len(), payload.len());
-    }
-    publisher.await.unwrap();
-    server.wait_for_streams(1).await;
-    assert_eq!(server.hub.stats().closed_slow_client, 1);
-    // The server dropped the stalled connection: reading it finds its end (or an error, a TLS
-    // session cut without close_notify).
-    let mut sink = vec![0u8; 1 << 20];
-    tokio::time::timeout(WAIT, async {
-        while stalled.read(&mut sink).await.unwrap_or(0) > 0 {}
-    })
-    .await
-    .expect("the stalled connection was not closed");
+    common::a_stalled_client_is_dropped_while_a_reader_gets_everything(
+        &server,
+        &mut reader,
+        &mut stalled,
+    )
+    .await;
     server.stop().await;
 }

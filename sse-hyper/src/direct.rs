@@ -129,12 +129,10 @@ pub(crate) async fn serve_stream(
     }
 }
 
-async fn respond(
-    socket: &mut TcpStream,
-    response: Response<SseBody>,
-    chunked: bool,
-    abort: &CancellationToken,
-) -> io::Result<()> {
+/// What a direct response writes first: its head and, for a response that is not a stream, its
+/// whole body (then `None`); for a stream, the head with whatever frames are ready at once (the
+/// opening comment, replayed events) and the stream's body.
+async fn begin(response: Response<SseBody>, chunked: bool) -> (BytesMut, Option<SseBody>) {
     let (parts, mut body) = response.into_parts();
     let is_stream = !body.is_end_stream() && body.size_hint().exact().is_none();
     let mut out = BytesMut::with_capacity(512);
@@ -152,12 +150,23 @@ async fn respond(
                 out.extend_from_slice(&data);
             }
         }
+        return (out, None);
+    }
+    take_ready(&mut body, &mut out, chunked);
+    (out, Some(body))
+}
+
+async fn respond(
+    socket: &mut TcpStream,
+    response: Response<SseBody>,
+    chunked: bool,
+    abort: &CancellationToken,
+) -> io::Result<()> {
+    let (out, body) = begin(response, chunked).await;
+    let Some(mut body) = body else {
         socket.write_all(&out).await?;
         return socket.shutdown().await;
-    }
-    // The response head goes out with whatever is ready at once: the opening comment and any
-    // replayed events.
-    take_ready(&mut body, &mut out, chunked);
+    };
     write_all(socket, &mut [IoSlice::new(&out)], abort).await?;
     drop(out);
     let mut ignored = 0usize;

@@ -227,6 +227,52 @@ impl SseClient {
     }
 }
 
+/// A client that stopped reading its stream of session `s` (`stalled`, on `server`) is closed as
+/// slow and its connection dropped, while `reader`, a stream of the same session, gets every one
+/// of 600 events of 64 KiB (37.5 MiB: more than the stalled socket's buffers and a 128-frame
+/// queue hold).
+pub async fn a_stalled_client_is_dropped_while_a_reader_gets_everything(
+    server: &TestServer,
+    reader: &mut SseClient,
+    stalled: &mut (impl tokio::io::AsyncRead + Unpin),
+) {
+    use tokio::io::AsyncReadExt;
+    let payload = "x".repeat(64 * 1024);
+    let count = 600;
+    let publisher = {
+        let hub = server.hub.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for i in 0..count {
+                hub.publish(
+                    sse_fanout::SendSseEvent::new("e", serde_json::json!(payload))
+                        .to_session("s")
+                        .with_id(i.to_string()),
+                )
+                .await
+                .unwrap();
+                // Paced like a real producer, so that the reading client keeps up.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for i in 0..count {
+        let event = reader.next().await;
+        assert_eq!(event.id, i.to_string());
+        assert_eq!(event.data.len(), payload.len());
+    }
+    publisher.await.unwrap();
+    server.wait_for_streams(1).await;
+    assert_eq!(server.hub.stats().closed_slow_client, 1);
+    // The server dropped the stalled connection: reading it finds its end (or an error).
+    let mut sink = vec![0u8; 1 << 20];
+    tokio::time::timeout(WAIT, async {
+        while stalled.read(&mut sink).await.unwrap_or(0) > 0 {}
+    })
+    .await
+    .expect("the stalled connection was not closed");
+}
+
 /// The body of `GET url` as text (a hub's `/metrics`, say).
 pub async fn get_text(url: &str) -> String {
     client()

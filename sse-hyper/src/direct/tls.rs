@@ -16,11 +16,11 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{Request, Response, Version};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_HEAD, MAX_IGNORED, data, parse_head, put_chunk, take_ready, write_head};
+use super::{MAX_HEAD, MAX_IGNORED, begin, data, parse_head, put_chunk, take_ready};
 use crate::body::SseBody;
 use crate::router::SseRouter;
 use crate::transport::ConnectionAbort;
@@ -108,29 +108,12 @@ async fn respond<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
-    let is_stream = !body.is_end_stream() && body.size_hint().exact().is_none();
-    let mut out = BytesMut::with_capacity(512);
-    write_head(
-        &mut out,
-        parts.status,
-        &parts.headers,
-        &body,
-        is_stream && chunked,
-    );
-    drop(parts);
-    if !is_stream {
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = data(frame) {
-                out.extend_from_slice(&data);
-            }
-        }
-        send(io, &out, abort).await?;
-        return io.shutdown().await;
-    }
-    take_ready(&mut body, &mut out, chunked);
+    let (out, body) = begin(response, chunked).await;
     send(io, &out, abort).await?;
     drop(out);
+    let Some(mut body) = body else {
+        return io.shutdown().await;
+    };
     let mut ignored = 0usize;
     loop {
         let next = std::future::poll_fn(|cx| {
