@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sse_fanout::connect::BackendSettings;
-use sse_fanout::hyper::{Cors, RouterConfig, ServeOptions, SseRouter, Tls, TlsFiles};
+use sse_fanout::hyper::{
+    CalloutConfig, CalloutSessions, Cors, RouterConfig, ServeOptions, SseRouter, Tls, TlsFiles,
+};
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ProbeConfig, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
@@ -222,6 +224,46 @@ struct Args {
     /// event names they may publish; others get 403. --publish-token stays valid for all.
     #[arg(long, env = "SSE_FANOUT_JWT_PUBLISH_CLAIM")]
     jwt_publish_claim: Option<String>,
+
+    /// Ask the application who a stream request is, from the cookies and headers it carries: a
+    /// GET of this URL, answered `200 {"sessionId": …, "eventNames"?: […], "cacheSeconds"?: n}`,
+    /// `401` or `403` (README, "Sessions from the application"). Not with JWT sessions.
+    #[arg(long, env = "SSE_FANOUT_AUTH_URL")]
+    auth_url: Option<String>,
+
+    /// Request headers the auth callout forwards (repeatable; default `cookie` and
+    /// `authorization`).
+    #[arg(
+        long = "auth-forward-header",
+        env = "SSE_FANOUT_AUTH_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    auth_forward_headers: Vec<String>,
+
+    /// Forward only these cookies of the `Cookie` header (repeatable; default all of them).
+    #[arg(
+        long = "auth-forward-cookie",
+        env = "SSE_FANOUT_AUTH_FORWARD_COOKIES",
+        value_delimiter = ','
+    )]
+    auth_forward_cookies: Vec<String>,
+
+    /// How long an auth callout may take (a free slot included) before the stream request gets
+    /// `503` with `Retry-After`.
+    #[arg(long, env = "SSE_FANOUT_AUTH_TIMEOUT", default_value = "2", value_parser = parse_duration)]
+    auth_timeout: Duration,
+
+    /// How long an auth callout's answer is reused at most for the same credential.
+    #[arg(long, env = "SSE_FANOUT_AUTH_CACHE_TTL", default_value = "30", value_parser = parse_duration)]
+    auth_cache_ttl: Duration,
+
+    /// Auth callout answers kept at most.
+    #[arg(long, env = "SSE_FANOUT_AUTH_CACHE_ENTRIES", default_value_t = 100_000)]
+    auth_cache_entries: usize,
+
+    /// Auth callouts in flight at most.
+    #[arg(long, env = "SSE_FANOUT_AUTH_MAX_CONCURRENT", default_value_t = 64)]
+    auth_max_concurrent: usize,
 
     /// Without `--jwt-secret` (development mode: a client names its own session), listen on a
     /// non-loopback address all the same. Anyone who reaches the hub can then read any session.
@@ -463,7 +505,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut router = SseRouter::new(hub.clone())
         .config(router_config)
         .static_page("/", "text/html; charset=utf-8", page);
+    let callout = callout(&args)?;
     router = match jwt_verifier(&args).await? {
+        Some(_) if callout.is_some() => anyhow::bail!(
+            "--auth-url and JWT sessions (--jwt-secret, --jwks-url, --jwks-file) are both set: \
+             a deployment finds sessions one way; leave one out"
+        ),
         Some(verifier) => {
             if let Some(claim) = &args.jwt_publish_claim {
                 router = router.publish_jwt(verifier.clone(), claim);
@@ -474,7 +521,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             router.resolver(sessions)
         }
-        None => router.resolver(sse_fanout::DevSessions),
+        None => match callout {
+            Some(callout) => router.callout(callout),
+            None => router.resolver(sse_fanout::DevSessions),
+        },
     };
 
     let listener = listen(args.listen)
@@ -592,7 +642,10 @@ async fn jwt_verifier(args: &Args) -> anyhow::Result<Option<sse_fanout::hyper::J
 
 fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut warnings = Vec::new();
-    let verified = args.jwt_secret.is_some() || args.jwks_url.is_some() || args.jwks_file.is_some();
+    let verified = args.jwt_secret.is_some()
+        || args.jwks_url.is_some()
+        || args.jwks_file.is_some()
+        || args.auth_url.is_some();
     if !verified {
         if !args.listen.ip().is_loopback() && !args.allow_dev_sessions {
             anyhow::bail!(
@@ -621,6 +674,25 @@ fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(warnings)
+}
+
+/// The auth callout of `--auth-url` and its flags; `None` without it.
+fn callout(args: &Args) -> anyhow::Result<Option<CalloutSessions>> {
+    let Some(url) = &args.auth_url else {
+        return Ok(None);
+    };
+    let mut config = CalloutConfig::new(url.clone());
+    if !args.auth_forward_headers.is_empty() {
+        config = config
+            .forward_header_names(&args.auth_forward_headers)
+            .map_err(|e| anyhow::anyhow!("--auth-forward-header: {e}"))?;
+    }
+    config.forward_cookies = args.auth_forward_cookies.clone();
+    config.timeout = args.auth_timeout.max(Duration::from_millis(10));
+    config.cache_ttl = args.auth_cache_ttl;
+    config.max_entries = args.auth_cache_entries.max(1);
+    config.max_concurrent = args.auth_max_concurrent.max(1);
+    Ok(Some(CalloutSessions::new(config)))
 }
 
 /// The TLS of `--tls-cert` and `--tls-key`, read and checked now so that a bad file stops the

@@ -12,6 +12,7 @@
 
 mod body;
 mod budget;
+pub mod callout;
 mod config;
 mod cors;
 mod direct;
@@ -30,6 +31,7 @@ pub mod tls;
 mod transport;
 
 pub use body::SseBody;
+pub use callout::{CalloutConfig, CalloutSessions, CalloutStats};
 pub use config::RouterConfig;
 pub use cors::Cors;
 pub use endpoint::{parse_event_names, parse_publish_body};

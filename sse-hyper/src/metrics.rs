@@ -82,6 +82,16 @@ const HELP: &[(&str, bool, &str)] = &[
         "TLS handshakes that failed, by reason.",
     ),
     (
+        "sse_auth_callout_total",
+        true,
+        "Auth callouts to the application, by outcome.",
+    ),
+    (
+        "sse_auth_cache_total",
+        true,
+        "Stream requests whose session came from a cached callout answer (hit) or one in flight (joined).",
+    ),
+    (
         "sse_events_received_total",
         true,
         "Envelopes received from the backend.",
@@ -257,6 +267,20 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     ] {
         counter!("sse_tls_handshake_failures_total", "instance" => i(), "reason" => reason)
             .absolute(value);
+    }
+    if let Some(callout) = router.auth_callout {
+        for (outcome, value) in [
+            ("allowed", callout.allowed),
+            ("refused", callout.refused),
+            ("unavailable", callout.unavailable),
+            ("bad_answer", callout.bad_answer),
+        ] {
+            counter!("sse_auth_callout_total", "instance" => i(), "outcome" => outcome)
+                .absolute(value);
+        }
+        for (result, value) in [("hit", callout.cache_hits), ("joined", callout.joined)] {
+            counter!("sse_auth_cache_total", "instance" => i(), "result" => result).absolute(value);
+        }
     }
     counter!("sse_events_received_total", "instance" => i()).absolute(s.received);
     counter!("sse_events_delivered_total", "instance" => i()).absolute(s.delivered);

@@ -10,6 +10,7 @@ use sse_core::Hub;
 
 use crate::body::SseBody;
 use crate::budget::BodyBudget;
+use crate::callout::CalloutSessions;
 use crate::config::RouterConfig;
 use crate::cors::Cors;
 use crate::endpoint::{openapi, page::StaticPage};
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) body_budget: BodyBudget,
     /// Publishing with a JWT whose claim names the event names it may publish.
     pub(crate) publish_jwt: Option<(JwtVerifier, String)>,
+    /// The auth callout, when it is the resolver (its counts go to `/metrics`).
+    pub(crate) callout: Option<CalloutSessions>,
     /// The OpenAPI document, made when the configuration is set.
     openapi: Bytes,
     pages: Vec<StaticPage>,
@@ -63,6 +66,7 @@ impl SseRouter {
                 config: RouterConfig::default(),
                 body_budget: BodyBudget::new(RouterConfig::default().publish_body_budget),
                 publish_jwt: None,
+                callout: None,
                 openapi: Bytes::new(),
                 pages: Vec::new(),
             }),
@@ -75,7 +79,18 @@ impl SseRouter {
 
     /// Sets how sessions are found (see [`SessionResolver`]).
     pub fn resolver(mut self, resolver: impl SessionResolver) -> Self {
-        self.inner_mut().resolver = Arc::new(resolver);
+        let inner = self.inner_mut();
+        inner.resolver = Arc::new(resolver);
+        inner.callout = None;
+        self
+    }
+
+    /// Finds sessions by asking the application ([`CalloutSessions`]), and counts its answers in
+    /// `/metrics`.
+    pub fn callout(mut self, callout: CalloutSessions) -> Self {
+        let inner = self.inner_mut();
+        inner.resolver = Arc::new(callout.clone());
+        inner.callout = Some(callout);
         self
     }
 
@@ -122,7 +137,9 @@ impl SseRouter {
 
     /// What the router refused for its own limits.
     pub fn stats(&self) -> RouterStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.auth_callout = self.inner.callout.as_ref().map(CalloutSessions::stats);
+        stats
     }
 
     /// The hub behind the endpoints.

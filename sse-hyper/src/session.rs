@@ -204,6 +204,26 @@ pub(crate) fn query_param(request: &Parts, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Every value of query parameter `name`, percent-decoded.
+pub(crate) fn query_values(request: &Parts, name: &str) -> Vec<String> {
+    let Some(query) = request.uri.query() else {
+        return Vec::new();
+    };
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// The cookies of one `Cookie` header value: each cookie's name and its whole `name=value` pair.
+pub(crate) fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    std::str::from_utf8(value)
+        .unwrap_or("")
+        .split(';')
+        .map(str::trim)
+        .filter_map(|pair| Some((pair.split_once('=')?.0.trim(), pair)))
+}
+
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().map(str::trim)
 }
@@ -212,11 +232,10 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .and_then(|(_, pair)| pair.split_once('='))
+        .map(|(_, v)| v.trim().trim_matches('"'))
 }
 
 #[cfg(test)]

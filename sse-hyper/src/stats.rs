@@ -27,6 +27,8 @@ pub struct RouterStats {
     pub connections_shed: u64,
     /// TLS handshakes that failed, by reason.
     pub tls_handshake_failures: TlsHandshakeFailures,
+    /// The auth callout's outcomes, when sessions come from one.
+    pub auth_callout: Option<crate::callout::CalloutStats>,
 }
 
 /// TLS handshakes that failed, by reason (`sse_tls_handshake_failures_total{reason}`).
@@ -63,6 +65,7 @@ impl Counters {
                     protocol,
                 }
             },
+            auth_callout: None,
         }
     }
 }

@@ -1,0 +1,291 @@
+//! Sessions from the application (`CalloutSessions`, the hub's `--auth-url`): a real HTTP
+//! application in the test (axum) that authorizes by cookie; streams get the session it names
+//! and only the event names it allows; its refusals reach the client; a slow, dead or broken
+//! application gets the client `503` or `502` while cached credentials keep working; many
+//! requests with one credential cost one callout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::{SseClient, TestServer, WAIT, client};
+use serde_json::json;
+use sse_fanout::hyper::{CalloutConfig, CalloutSessions};
+use sse_fanout::{LocalBackend, SendSseEvent};
+
+/// The application: who is logged in, by the `app_session` cookie; counts its calls.
+#[derive(Clone, Default)]
+struct App {
+    calls: Arc<AtomicUsize>,
+}
+
+async fn authorize(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
+    app.calls.fetch_add(1, Ordering::SeqCst);
+    let cookies = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let session = cookies
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == "app_session")
+        .map(|(_, value)| value.to_owned());
+    match session.as_deref() {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "log in first"})),
+        )
+            .into_response(),
+        Some("alice") => axum::Json(json!({
+            "sessionId": "alice",
+            "eventNames": ["orders.*"],
+            "cacheSeconds": 60,
+        }))
+        .into_response(),
+        Some("banned") => StatusCode::FORBIDDEN.into_response(),
+        Some("slow") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(json!({"sessionId": "slow"})).into_response()
+        }
+        Some("garbage") => (StatusCode::OK, "<html>login page</html>").into_response(),
+        Some("crash") => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        // Tells what it was sent, for the forwarding test.
+        Some("echo") => axum::Json(json!({"sessionId": cookies})).into_response(),
+        Some(user) => {
+            // Any other user: a little work, so that concurrent requests overlap.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            axum::Json(json!({"sessionId": user})).into_response()
+        }
+    }
+}
+
+/// The application on a loopback port: its URL and its call count.
+async fn start_app() -> (String, App) {
+    let app = App::default();
+    let router = axum::Router::new()
+        .route("/auth", axum::routing::get(authorize))
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/auth", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, app)
+}
+
+async fn hub(config: CalloutConfig) -> (TestServer, CalloutSessions) {
+    let callout = CalloutSessions::new(config);
+    let server = TestServer::start_with(Arc::new(LocalBackend::new()), |b| b, {
+        let callout = callout.clone();
+        move |r| r.callout(callout)
+    })
+    .await;
+    (server, callout)
+}
+
+/// A stream request with `cookie`: the status and the JSON answer of a refusal.
+async fn open(
+    server: &TestServer,
+    query: &str,
+    cookie: &str,
+) -> (u16, serde_json::Value, Option<String>) {
+    let response = client()
+        .get(server.url(&format!("/sse/event-stream?{query}")))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if status == 200 {
+        return (status, serde_json::Value::Null, retry_after);
+    }
+    (status, response.json().await.unwrap(), retry_after)
+}
+
+#[tokio::test]
+async fn the_application_names_the_session_and_the_event_names_it_allows() {
+    let (url, app) = start_app().await;
+    let (server, _) = hub(CalloutConfig::new(url)).await;
+    let mut alice = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=orders.created"),
+        &[("cookie", "theme=dark; app_session=alice")],
+    )
+    .await;
+    assert_eq!(alice.status, 200);
+    server.wait_for_streams(1).await;
+    server
+        .hub
+        .publish(SendSseEvent::new("orders.created", json!(1)).to_session("alice"))
+        .await
+        .unwrap();
+    assert_eq!(alice.next().await.data, "1");
+
+    // Outside what the application allows: 403. Not logged in: the application's 401 and
+    // message. Refused by it: its 403.
+    let (status, _, _) = open(&server, "eventName=admin", "app_session=alice").await;
+    assert_eq!(status, 403);
+    let (status, body, _) = open(&server, "eventName=orders.created", "").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("log in first"))
+    );
+    let (status, _, _) = open(&server, "eventName=orders.created", "app_session=banned").await;
+    assert_eq!(status, 403);
+    assert!(app.calls.load(Ordering::SeqCst) >= 4);
+}
+
+/// 2 000 stream requests at once with one cookie, then 2 000 more: one callout in all.
+#[tokio::test]
+async fn many_requests_with_one_credential_cost_one_callout() {
+    let (url, app) = start_app().await;
+    let (server, callout) = hub(CalloutConfig::new(url)).await;
+    let mut requests = tokio::task::JoinSet::new();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let http = client();
+    for _ in 0..2 {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(200));
+        for _ in 0..2000 {
+            let url = server.url("/sse/event-stream?eventName=e");
+            let semaphore = semaphore.clone();
+            let opened = opened.clone();
+            let http = http.clone();
+            requests.spawn(async move {
+                let _permit = semaphore.acquire().await.unwrap();
+                let response = http
+                    .get(url)
+                    .header("cookie", "app_session=bob")
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() == 200 {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            done.unwrap();
+        }
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 4000);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1, "callouts");
+    let stats = callout.stats();
+    assert_eq!(stats.allowed, 1);
+    assert_eq!(stats.cache_hits + stats.joined, 3999, "{stats:?}");
+}
+
+/// A slow application: a credential it answered before keeps working from the cache; a new one
+/// gets `503` with `Retry-After` after the timeout, and other requests are not held up.
+/// A dead one: `503`. One that answers outside the contract: `502`. Nothing panics.
+#[tokio::test]
+async fn a_slow_dead_or_broken_application_gets_clear_errors_while_cached_credentials_work() {
+    let (url, _app) = start_app().await;
+    let mut config = CalloutConfig::new(url);
+    config.timeout = Duration::from_millis(500);
+    let (server, callout) = hub(config).await;
+    let (status, _, _) = open(&server, "eventName=orders.x", "app_session=alice").await;
+    assert_eq!(status, 200);
+
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn({
+        let url = server.url("/sse/event-stream?eventName=e");
+        async move {
+            client()
+                .get(url)
+                .header("cookie", "app_session=slow")
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // Meanwhile the cached credential is answered at once.
+    let (status, _, _) = open(&server, "eventName=orders.x", "app_session=alice").await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status().as_u16(), 503);
+    assert_eq!(slow.headers()["retry-after"], "5");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (status, body, _) = open(&server, "eventName=e", "app_session=garbage").await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("bad_gateway")));
+    let (status, _, retry) = open(&server, "eventName=e", "app_session=crash").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("5")));
+    let stats = callout.stats();
+    assert_eq!((stats.bad_answer, stats.unavailable), (1, 2), "{stats:?}");
+
+    // The application gone: 503, and the cached credential still works.
+    let mut config = CalloutConfig::new("http://127.0.0.1:1/auth");
+    config.timeout = Duration::from_millis(500);
+    let (dead, _) = hub(config).await;
+    let (status, body, retry) = open(&dead, "eventName=e", "app_session=carol").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("5")), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("did not answer"),
+        "{body}"
+    );
+    server.stop().await;
+    dead.stop().await;
+}
+
+/// Only the named cookies reach the application, and only the named headers.
+#[tokio::test]
+async fn only_the_configured_cookies_are_forwarded() {
+    let (url, _app) = start_app().await;
+    let mut config = CalloutConfig::new(url)
+        .forward_header_names(&["cookie"])
+        .unwrap();
+    config.forward_cookies = vec!["app_session".to_owned()];
+    let (server, _) = hub(config).await;
+    let mut stream = SseClient::connect(
+        &server.url("/sse/event-stream?eventName=e"),
+        &[("cookie", "other_app=secret; app_session=echo; tracking=1")],
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    server.wait_for_streams(1).await;
+    // The application named the session after the cookies it got.
+    server
+        .hub
+        .publish(SendSseEvent::new("e", json!("seen")).to_session("app_session=echo"))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
+    assert_eq!(event.data, "seen");
+}
+
+/// The hub binary refuses `--auth-url` beside JWT sessions.
+#[tokio::test]
+async fn the_hub_binary_refuses_a_callout_beside_jwt_sessions() {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret", "s3cret"])
+            .args(["--auth-url", "http://127.0.0.1:1/auth"])
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--auth-url and JWT sessions"), "{stderr}");
+}
