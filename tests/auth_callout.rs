@@ -289,3 +289,42 @@ async fn the_hub_binary_refuses_a_callout_beside_jwt_sessions() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--auth-url and JWT sessions"), "{stderr}");
 }
+
+/// A request from another site carries the visitor's cookie, but the application gets it only
+/// when CORS lets that origin send credentials; a request from the hub's own origin always.
+#[tokio::test]
+async fn cookies_from_another_site_reach_the_application_only_if_cors_allows_its_credentials() {
+    let (url, _app) = start_app().await;
+    let callout = CalloutSessions::new(CalloutConfig::new(url));
+    let server = TestServer::start_with(
+        Arc::new(LocalBackend::new()),
+        |b| b,
+        move |r| {
+            r.callout(callout).config(common::router_config(|c| {
+                c.cors = Some(sse_fanout::hyper::Cors {
+                    allowed_origins: vec!["http://app.example".to_owned(), "*".to_owned()],
+                    allow_credentials: true,
+                });
+            }))
+        },
+    )
+    .await;
+    let open_from = |origin: String| {
+        let url = server.url("/sse/event-stream?eventName=orders.created");
+        async move {
+            client()
+                .get(url)
+                .header("cookie", "app_session=alice")
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Let in by `*`, which never gets credentials: the application saw no cookie.
+    assert_eq!(open_from("http://elsewhere.example".to_owned()).await, 401);
+    assert_eq!(open_from("http://app.example".to_owned()).await, 200);
+    assert_eq!(open_from(format!("http://{}", server.addr)).await, 200);
+}

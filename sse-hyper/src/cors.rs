@@ -39,6 +39,26 @@ impl Cors {
             .cloned()
     }
 
+    /// Whether the cookies of `request` must not be used: it comes from another site (an
+    /// `Origin` whose host is not the request's `Host` or HTTP/2 authority) that `cors` does
+    /// not let send credentials.
+    pub(crate) fn cookies_refused(cors: Option<&Cors>, request: &http::request::Parts) -> bool {
+        let headers = &request.headers;
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return false;
+        };
+        if !headers.contains_key(header::COOKIE) {
+            return false;
+        }
+        let origin_host = origin.split_once("://").map_or(origin, |(_, host)| host);
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri.authority().map(|a| a.as_str()));
+        let same_site = host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host));
+        !same_site && !cors.is_some_and(|c| c.credentials_for(origin))
+    }
+
     /// The answer to a preflight (`OPTIONS`) from an allowed origin.
     pub(crate) fn preflight() -> Response<SseBody> {
         let mut response = Response::new(SseBody::empty());

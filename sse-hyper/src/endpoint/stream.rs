@@ -10,6 +10,7 @@ use sse_core::{EventFilter, OpenError};
 
 use crate::body::SseBody;
 use crate::config::RouterConfig;
+use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::jwt::EventGrant;
 use crate::router::SseRouter;
@@ -29,6 +30,18 @@ impl SseRouter {
                 .bad_event_names
                 .fetch_add(1, Ordering::Relaxed);
         })?;
+        // A cross-site request's cookies name no session unless CORS lets that origin send
+        // credentials: a page elsewhere cannot open a visitor's stream with the visitor's
+        // cookie (which an auth callout or the development cookie would take).
+        let without_cookies;
+        let request = if Cors::cookies_refused(config.cors.as_ref(), request) {
+            let mut parts = request.clone();
+            parts.headers.remove(http::header::COOKIE);
+            without_cookies = parts;
+            &without_cookies
+        } else {
+            request
+        };
         let identity = self.inner.resolver.identify(request).await?;
         if let Some(grant) = &identity.events {
             allowed(&events, grant)?;
