@@ -68,7 +68,7 @@ pub struct CalloutConfig {
     pub timeout: Duration,
     /// How long an answer is reused at most (default 30 s).
     pub cache_ttl: Duration,
-    /// Answers kept at most (default 100 000).
+    /// Answers kept at most (default 100 000; 0 keeps none).
     pub max_entries: usize,
     /// Callouts in flight at most (default 64).
     pub max_concurrent: usize,
@@ -301,7 +301,8 @@ impl Inner {
         let (outcome, ttl) = inner.ask(forwarded, names).await;
         let mut state = inner.state();
         state.in_flight.remove(&key);
-        if let Some(ttl) = ttl.filter(|ttl| !ttl.is_zero()) {
+        let keep = inner.config.max_entries > 0;
+        if let Some(ttl) = ttl.filter(|ttl| keep && !ttl.is_zero()) {
             if state.cache.len() >= inner.config.max_entries {
                 evict(&mut state.cache, inner.config.max_entries);
             }
@@ -457,7 +458,7 @@ fn credential(forwarded: &[(HeaderName, Vec<u8>)], names: &str) -> Key {
 fn evict(cache: &mut HashMap<Key, Cached>, max: usize) {
     let now = Instant::now();
     cache.retain(|_, cached| cached.until > now);
-    let target = max - max / 8 - 1;
+    let target = max.saturating_sub(max / 8 + 1);
     if cache.len() > target {
         let extra: Vec<Key> = cache.keys().take(cache.len() - target).copied().collect();
         for key in extra {
@@ -516,6 +517,9 @@ mod tests {
         }
         evict(&mut cache, 16);
         assert!(cache.len() < 16, "{}", cache.len());
+        evict(&mut cache, 1);
+        assert!(cache.is_empty());
+        evict(&mut cache, 0);
     }
 
     #[test]
