@@ -302,6 +302,15 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_PUBLISH_PATH", default_value = "/sse/publish")]
     publish_path: String,
 
+    /// Path of the endpoint that ends a session's streams on every instance (guarded as
+    /// publishing is).
+    #[arg(
+        long,
+        env = "SSE_FANOUT_DISCONNECT_PATH",
+        default_value = "/sse/disconnect"
+    )]
+    disconnect_path: String,
+
     /// Kafka: create the topic when it does not exist (`--backend-option create-topic=true`).
     #[arg(long, env = "SSE_FANOUT_CREATE_TOPIC")]
     create_topic: bool,
@@ -482,6 +491,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut router_config = RouterConfig::default();
     router_config.stream_path = args.path.clone();
     router_config.publish_path = args.publish_path.clone();
+    router_config.disconnect_path = args.disconnect_path.clone();
     router_config.publish_token = args.publish_token.clone();
     router_config.publish_client_certificate = tls
         .as_ref()

@@ -23,6 +23,8 @@ use sse_fanout::{LocalBackend, SendSseEvent};
 #[derive(Clone, Default)]
 struct App {
     calls: Arc<AtomicUsize>,
+    /// Users who logged out: their cookie is refused from then on.
+    logged_out: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 async fn authorize(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
@@ -37,6 +39,16 @@ async fn authorize(State(app): State<App>, headers: HeaderMap) -> axum::response
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == "app_session")
         .map(|(_, value)| value.to_owned());
+    if session
+        .as_ref()
+        .is_some_and(|s| app.logged_out.lock().unwrap().contains(s))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "logged out"})),
+        )
+            .into_response();
+    }
     match session.as_deref() {
         None => (
             StatusCode::UNAUTHORIZED,
@@ -55,6 +67,17 @@ async fn authorize(State(app): State<App>, headers: HeaderMap) -> axum::response
             axum::Json(json!({"sessionId": "slow"})).into_response()
         }
         Some("garbage") => (StatusCode::OK, "<html>login page</html>").into_response(),
+        // A login that ends two seconds from now.
+        Some("brief") => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            axum::Json(json!({"sessionId": "brief", "expiresAt": now.as_secs() + 2}))
+                .into_response()
+        }
+        Some("expired") => {
+            axum::Json(json!({"sessionId": "expired", "expiresAt": 1})).into_response()
+        }
         Some("crash") => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         // Tells what it was sent, for the forwarding test.
         Some("echo") => axum::Json(json!({"sessionId": cookies})).into_response(),
@@ -151,7 +174,8 @@ async fn many_requests_with_one_credential_cost_one_callout() {
     let mut requests = tokio::task::JoinSet::new();
     let opened = Arc::new(AtomicUsize::new(0));
     let http = client();
-    for _ in 0..2 {
+    // Browsers coming back after a deploy, in waves.
+    for _ in 0..5 {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(200));
         for _ in 0..2000 {
             let url = server.url("/sse/event-stream?eventName=e");
@@ -175,11 +199,11 @@ async fn many_requests_with_one_credential_cost_one_callout() {
             done.unwrap();
         }
     }
-    assert_eq!(opened.load(Ordering::SeqCst), 4000);
+    assert_eq!(opened.load(Ordering::SeqCst), 10_000);
     assert_eq!(app.calls.load(Ordering::SeqCst), 1, "callouts");
     let stats = callout.stats();
     assert_eq!(stats.allowed, 1);
-    assert_eq!(stats.cache_hits + stats.joined, 3999, "{stats:?}");
+    assert_eq!(stats.cache_hits + stats.joined, 9_999, "{stats:?}");
 }
 
 /// A slow application: a credential it answered before keeps working from the cache; a new one
@@ -327,4 +351,66 @@ async fn cookies_from_another_site_reach_the_application_only_if_cors_allows_its
     assert_eq!(open_from("http://elsewhere.example".to_owned()).await, 401);
     assert_eq!(open_from("http://app.example".to_owned()).await, 200);
     assert_eq!(open_from(format!("http://{}", server.addr)).await, 200);
+}
+
+/// Logout: the application forgets the user and the hub disconnects the session. The stream
+/// gets the goodbye and ends, and the same cookie coming back is asked about again (its cached
+/// answer, good for a minute, was dropped) and refused.
+#[tokio::test]
+async fn a_disconnected_session_is_asked_about_again_not_let_in_from_the_cache() {
+    let (url, app) = start_app().await;
+    let (server, _) = hub(CalloutConfig::new(url)).await;
+    let cookie = [("cookie", "app_session=carol")];
+    let url = server.url("/sse/event-stream?eventName=e");
+    let mut first = SseClient::connect(&url, &cookie).await;
+    assert_eq!(first.status, 200);
+    // From the cache: the application is asked once.
+    let second = SseClient::connect(&url, &cookie).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
+    drop(second);
+
+    app.logged_out.lock().unwrap().push("carol".to_owned());
+    server
+        .hub
+        .disconnect(sse_fanout::Disconnect::session("carol").goodbye("logged-out", json!(null)))
+        .await
+        .unwrap();
+    assert_eq!(first.next().await.event, "logged-out");
+    assert!(first.until_end().await.is_empty());
+    let (status, body, _) = open(&server, "eventName=e", "app_session=carol").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("logged out"))
+    );
+    assert_eq!(app.calls.load(Ordering::SeqCst), 2);
+}
+
+/// An answer with `expiresAt`: the stream ends then (the client reconnects and is asked again),
+/// and the answer is not reused past it. One already past is a `401`.
+#[tokio::test]
+async fn a_stream_ends_when_the_applications_login_expires() {
+    let (url, app) = start_app().await;
+    let (server, _) = hub(CalloutConfig::new(url)).await;
+    let url = server.url("/sse/event-stream?eventName=e");
+    let opened = std::time::Instant::now();
+    let mut brief = SseClient::connect(&url, &[("cookie", "app_session=brief")]).await;
+    assert_eq!(brief.status, 200);
+    brief.until_end().await;
+    let lasted = opened.elapsed();
+    // `expiresAt` is in whole seconds: two from now is one to two seconds away.
+    assert!(
+        lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(4),
+        "{lasted:?}"
+    );
+    let calls = app.calls.load(Ordering::SeqCst);
+    let again = SseClient::connect(&url, &[("cookie", "app_session=brief")]).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        app.calls.load(Ordering::SeqCst),
+        calls + 1,
+        "asked again, not answered from the cache past the expiry"
+    );
+    let (status, _, _) = open(&server, "eventName=e", "app_session=expired").await;
+    assert_eq!(status, 401);
 }

@@ -325,6 +325,25 @@ async fn tokens_of_an_identity_provider_verified_against_its_jwks() {
     let mut no_grant = claims("u");
     no_grant.as_object_mut().unwrap().remove("sse_publish");
     assert_eq!(publish(ec.sign(&no_grant), "order-2").await, 403);
+    // Ending a session's streams needs a grant of every event name.
+    let disconnect = |token: String| {
+        let url = hub.url("/sse/disconnect");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"sessionId": "user-0"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(disconnect(token.clone()).await, 403);
+    let mut everything = claims("u");
+    everything["sse_publish"] = "*".into();
+    assert_eq!(disconnect(rsa.sign(&everything)).await, 202);
 
     // Rotation: a key the provider adds later is fetched when a token first names it; unknown
     // key ids do not make the hub fetch per request.

@@ -52,7 +52,7 @@ async fn schemathesis_finds_the_hub_true_to_its_openapi_document() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        report.contains("Operations:") && report.contains("4 selected / 4 total"),
+        report.contains("Operations:") && report.contains("5 selected / 5 total"),
         "{report}"
     );
     // Straight to stderr, so that the count is seen in a passing run too.
@@ -62,7 +62,15 @@ async fn schemathesis_finds_the_hub_true_to_its_openapi_document() {
 
 #[tokio::test]
 async fn the_document_names_the_paths_the_hub_was_started_with() {
-    let args = ["--path", "/events/stream", "--publish-path", "/events"].map(String::from);
+    let args = [
+        "--path",
+        "/events/stream",
+        "--publish-path",
+        "/events",
+        "--disconnect-path",
+        "/events/disconnect",
+    ]
+    .map(String::from);
     let hub = HubProcess::ready(free_port(), &args).await;
     let document: serde_json::Value =
         serde_json::from_str(&get_text(&hub.url("/openapi.json")).await).unwrap();
@@ -77,6 +85,7 @@ async fn the_document_names_the_paths_the_hub_was_started_with() {
         paths,
         [
             "/events",
+            "/events/disconnect",
             "/events/stream",
             "/healthz",
             "/metrics",

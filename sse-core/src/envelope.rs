@@ -17,6 +17,17 @@
 //! | `sessionId` | no | target session; absent or `null` broadcasts to every stream of the app |
 //! | `payload` | yes | any JSON: a string is sent as its text, anything else as its JSON text as written, whitespace between tokens removed |
 //! | `ts` | no | publish time, milliseconds since the Unix epoch |
+//! | `kind` | no | `"event"` (the default) or `"disconnect"` (below) |
+//!
+//! A **disconnect** (`"kind":"disconnect"`) is not an event: it ends every stream of its
+//! `sessionId` (required) on every instance (see [`crate::disconnect`]). Its `eventName` and
+//! `payload`, both optional, are the last event those streams get before they close (a
+//! "do not come back" the client handles); without an `eventName` the streams just close:
+//!
+//! ```json
+//! {"v":1,"id":"0192f0c4-7d3a-7b1e-9f00-3c1d2e4f5a6c","app":"orders","kind":"disconnect",
+//!  "sessionId":"s-42","eventName":"logged-out","payload":{"reason":"logout"},"ts":1732300000000}
+//! ```
 //!
 //! Unknown fields are ignored, so later minor additions stay readable by older instances.
 
@@ -32,6 +43,24 @@ use crate::event::{EventId, SendSseEvent};
 /// The envelope version this crate writes and reads.
 pub const ENVELOPE_VERSION: u32 = 1;
 
+/// What an envelope carries: an event for streams, or the end of a session's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvelopeKind {
+    /// An event (the default when `kind` is absent).
+    #[default]
+    Event,
+    /// Ends every stream of the envelope's session, after its optional goodbye event (see
+    /// [`crate::disconnect`]).
+    Disconnect,
+}
+
+impl EnvelopeKind {
+    fn is_event(&self) -> bool {
+        *self == EnvelopeKind::Event
+    }
+}
+
 /// An event on its way between instances. Built by [`Envelope::from_event`] or
 /// [`Envelope::decode`], both of which validate it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,16 +75,32 @@ pub struct Envelope {
     /// The publishing instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
-    /// The SSE `event:` name.
+    /// The SSE `event:` name (a disconnect's goodbye event; empty for none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event_name: String,
     /// The target session; `None` is a broadcast.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// The payload, kept as the JSON text it arrived as.
+    /// The payload, kept as the JSON text it arrived as (`null` when a disconnect has none).
+    #[serde(default = "null_payload")]
     pub payload: Box<RawValue>,
     /// Publish time in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+    /// An event, or a disconnect.
+    #[serde(default, skip_serializing_if = "EnvelopeKind::is_event")]
+    pub kind: EnvelopeKind,
+}
+
+fn null_payload() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
+}
+
+/// `Some` whenever the field is present, even as `null`.
+fn present_payload<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Why an event or an envelope was refused.
@@ -71,6 +116,12 @@ pub enum EnvelopeError {
     /// A field that cannot be written to an SSE stream as it is.
     #[error("invalid {0}")]
     InvalidField(#[from] FieldError),
+    /// An event without its `payload` (which may be `null`, but not absent).
+    #[error("malformed envelope: an event needs a payload (null is one)")]
+    MissingPayload,
+    /// A disconnect without the session it ends.
+    #[error("a disconnect needs the sessionId whose streams it ends")]
+    DisconnectWithoutSession,
 }
 
 impl Envelope {
@@ -93,6 +144,7 @@ impl Envelope {
             session_id: event.session_id.clone(),
             payload: event.payload.as_raw().to_owned(),
             ts: Some(now_millis()),
+            kind: EnvelopeKind::Event,
         };
         envelope.validate()?;
         Ok(envelope)
@@ -100,9 +152,9 @@ impl Envelope {
 
     /// Reads an envelope from the bytes a backend delivered. Never panics on bad input.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let envelope: Envelope = serde_json::from_slice(bytes)?;
-        envelope.validate()?;
-        Ok(envelope)
+        // The borrowed reading checks what the owned one cannot see (an absent payload).
+        Self::decode_ref(bytes)?;
+        Ok(serde_json::from_slice(bytes)?)
     }
 
     /// Reads an envelope without copying its text out of `bytes` (see [`EnvelopeRef`]).
@@ -121,6 +173,7 @@ impl Envelope {
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         validate(
             self.v,
+            self.kind,
             &self.id,
             &self.app,
             &self.event_name,
@@ -164,6 +217,7 @@ impl Envelope {
         let session_id = event.session_id.as_deref();
         validate(
             ENVELOPE_VERSION,
+            EnvelopeKind::Event,
             id.as_str(),
             app,
             &event.event_name,
@@ -195,8 +249,9 @@ impl Envelope {
             origin: self.origin.as_deref().map(|o| Text(Cow::Borrowed(o))),
             event_name: Text(Cow::Borrowed(&self.event_name)),
             session_id: self.session_id.as_deref().map(|s| Text(Cow::Borrowed(s))),
-            payload: &self.payload,
+            payload: Some(&self.payload),
             ts: self.ts,
+            kind: self.kind,
         }
     }
 
@@ -232,14 +287,17 @@ pub struct EnvelopeRef<'a> {
     app: Text<'a>,
     #[serde(borrow, default)]
     origin: Option<Text<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     event_name: Text<'a>,
     #[serde(borrow, default)]
     session_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+    /// `None` only when absent (a `null` payload is `Some`): an event needs one.
+    #[serde(borrow, default, deserialize_with = "present_payload")]
+    payload: Option<&'a RawValue>,
     #[serde(default)]
     ts: Option<u64>,
+    #[serde(default)]
+    kind: EnvelopeKind,
 }
 
 impl<'a> EnvelopeRef<'a> {
@@ -263,9 +321,14 @@ impl<'a> EnvelopeRef<'a> {
         self.origin.as_ref().map(|o| &*o.0)
     }
 
-    /// The SSE `event:` name.
+    /// The SSE `event:` name (a disconnect's goodbye event; empty for none).
     pub fn event_name(&self) -> &str {
         &self.event_name.0
+    }
+
+    /// An event, or a disconnect.
+    pub fn kind(&self) -> EnvelopeKind {
+        self.kind
     }
 
     /// The target session; `None` is a broadcast.
@@ -273,15 +336,24 @@ impl<'a> EnvelopeRef<'a> {
         self.session_id.as_ref().map(|s| &*s.0)
     }
 
-    /// The payload's JSON text.
+    /// The payload's JSON text (`null` when a disconnect has none).
     pub fn payload(&self) -> &'a RawValue {
-        self.payload
+        self.payload.unwrap_or(RawValue::NULL)
+    }
+
+    /// The payload as the SSE `data` text (see [`Envelope::data`]).
+    pub fn data(&self) -> Cow<'a, str> {
+        data(self.payload())
     }
 
     /// Checks every rule the SSE encoder and the hub rely on.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if self.payload.is_none() && self.kind == EnvelopeKind::Event {
+            return Err(EnvelopeError::MissingPayload);
+        }
         validate(
             self.v,
+            self.kind,
             self.id(),
             self.app(),
             self.event_name(),
@@ -304,7 +376,7 @@ impl<'a> EnvelopeRef<'a> {
     /// The frame with `id` as its `id` field (a cursor, in session routing); `id` holds no CR,
     /// LF or NUL when the envelope's own id holds none.
     pub(crate) fn frame_as(&self, id: &str) -> Bytes {
-        let data = data(self.payload);
+        let data = self.data();
         encode::Event::new(&data)
             .id(id)
             .name(self.event_name())
@@ -314,7 +386,7 @@ impl<'a> EnvelopeRef<'a> {
 
 /// A string field, borrowed from the input unless JSON escapes made a copy necessary (serde
 /// borrows a `Cow` only as a direct field, not inside an `Option`).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Text<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
@@ -341,6 +413,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 
 fn validate(
     v: u32,
+    kind: EnvelopeKind,
     id: &str,
     app: &str,
     event_name: &str,
@@ -350,7 +423,17 @@ fn validate(
         return Err(EnvelopeError::UnsupportedVersion(v));
     }
     check_id(id)?;
-    encode::check_event_name(event_name)?;
+    match kind {
+        EnvelopeKind::Event => encode::check_event_name(event_name)?,
+        EnvelopeKind::Disconnect => {
+            if session.is_none() {
+                return Err(EnvelopeError::DisconnectWithoutSession);
+            }
+            if !event_name.is_empty() {
+                encode::check_event_name(event_name)?;
+            }
+        }
+    }
     if app.is_empty() {
         return Err(FieldError::Empty { field: "app" }.into());
     }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::backend::{BackendError, BackendStream, FanoutBackend, Health, Received};
 use crate::catch_up;
+use crate::disconnect::{self, Disconnect};
 use crate::encode;
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
@@ -317,6 +318,7 @@ impl HubBuilder {
                 .probe
                 .map(|probe| Prober::new(probe, &self.config.instance_id)),
             behind: catch_up::Behind::default(),
+            disconnected: tokio::sync::broadcast::Sender::new(DISCONNECTED_BACKLOG),
             config: self.config,
             stats,
         });
@@ -420,6 +422,8 @@ struct Shared {
     prober: Option<Prober>,
     /// Set while a catch-up after a gap runs (see [`crate::catch_up`]).
     behind: catch_up::Behind,
+    /// The sessions disconnected (see [`Hub::disconnected`]).
+    disconnected: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -445,6 +449,10 @@ fn opening_frame(retry: Option<Duration>) -> Bytes {
 /// ours, and is not reflected (`null`), so that a client cannot make every reset it gets as
 /// large as its request head.
 const MAX_ECHOED_ID: usize = 1024;
+
+/// Disconnected sessions a [`Hub::disconnected`] receiver may fall behind by before it is told
+/// it lagged.
+const DISCONNECTED_BACKLOG: usize = 1024;
 
 /// How long [`Hub::shutdown`] waits for the hub's tasks to end.
 const TASKS_END: Duration = Duration::from_secs(10);
@@ -522,6 +530,41 @@ impl Hub {
             _ => self.inner.backend.publish(bytes).instrument(span).await?,
         }
         Ok(id)
+    }
+
+    /// Ends every stream of a session on every instance, each after the disconnect's goodbye
+    /// event if it has one (see [`crate::disconnect`]). Returns the disconnect's id once the
+    /// backend has it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures_util::StreamExt;
+    /// use serde_json::json;
+    /// use sse_core::{Disconnect, EventFilter, Hub, LocalBackend};
+    ///
+    /// let hub = Hub::builder(LocalBackend::new()).start().await?;
+    /// let mut stream = hub.open_stream(Some("u-42".into()), EventFilter::Any).await?;
+    /// stream.next().await; // the opening comment
+    ///
+    /// hub.disconnect(Disconnect::session("u-42").goodbye("logged-out", json!(null))).await?;
+    /// assert_eq!(&stream.next().await.unwrap()[..], b"event: logged-out\ndata: null\n\n");
+    /// assert!(stream.next().await.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn disconnect(&self, disconnect: Disconnect) -> Result<EventId, PublishError> {
+        let config = &self.inner.shared.config;
+        let (id, bytes) = disconnect.encode(&config.app_name, &config.instance_id)?;
+        // The broadcast channel reaches every instance, whatever the routing.
+        self.inner.backend.publish(bytes).await?;
+        tracing::debug!(disconnect = %id, session = %disconnect.session_id, "disconnect published");
+        Ok(id)
+    }
+
+    /// The sessions this instance receives disconnects for, as they arrive: what a cache of
+    /// credentials (an auth callout's) lets go of. A receiver that falls behind by more than
+    /// 1024 gets [`RecvError::Lagged`](tokio::sync::broadcast::error::RecvError::Lagged).
+    pub fn disconnected(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.inner.shared.disconnected.subscribe()
     }
 
     /// A subscription with this hub's queue bounds, to adjust before [`open`](Self::open).
@@ -691,6 +734,7 @@ impl Hub {
         let routing = matches!(shared.config.routing, Routing::Session { .. });
         let mut routed_from = (routing && subscription.session_id.is_some())
             .then(|| cursor::since(std::time::SystemTime::now()));
+        let lifetime = subscription.lifetime;
         let emitter = match resumed {
             None => shared.repository.register(subscription),
             Some((last, cursor)) => {
@@ -756,6 +800,10 @@ impl Hub {
             // Up to 10 % earlier, so streams opened together spread their reconnects.
             t.mul_f64(1.0 - fastrand::f64() * 0.1)
         });
+        let timeout = match (timeout, lifetime) {
+            (Some(timeout), Some(lifetime)) => Some(timeout.min(lifetime)),
+            (timeout, lifetime) => timeout.or(lifetime),
+        };
         let mut stream = EventStream::new(
             emitter,
             prelude,
@@ -1001,6 +1049,25 @@ impl Shared {
 }
 
 impl Shared {
+    /// Ends the streams a received disconnect names (see [`crate::disconnect`]).
+    fn disconnect(&self, disconnect: disconnect::Received, id: &str) {
+        Stats::bump(&self.stats.disconnects);
+        let ended = self.repository.close_session(
+            &disconnect.session,
+            disconnect.opened_before,
+            disconnect.goodbye.as_ref(),
+        );
+        tracing::debug!(
+            disconnect = id,
+            session = %disconnect.session,
+            ended,
+            instance = %self.config.instance_id,
+            "session disconnected"
+        );
+        // No receiver is not an error: nothing caches credentials here.
+        let _ = self.disconnected.send(disconnect.session);
+    }
+
     /// Delivers what the subscription missed in a gap, read from the history (see
     /// [`crate::catch_up`]), before anything received after the gap.
     async fn catch_up(
@@ -1129,6 +1196,13 @@ impl Shared {
                 app = envelope.app(),
                 "envelope of another app"
             );
+            return;
+        }
+        if let Some(disconnect) = disconnect::Received::of(&envelope) {
+            // From the history read at start there is nothing to end yet.
+            if source != Source::Broker {
+                self.disconnect(disconnect, envelope.id());
+            }
             return;
         }
         let session = envelope.session_id();

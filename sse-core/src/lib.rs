@@ -19,6 +19,7 @@
 pub mod backend;
 mod catch_up;
 pub mod connect;
+pub mod disconnect;
 pub mod encode;
 pub mod envelope;
 pub mod error;
@@ -37,7 +38,8 @@ mod stream;
 pub mod testkit;
 
 pub use backend::{BackendStream, FanoutBackend, Health, Received};
-pub use envelope::{Envelope, EnvelopeError, EnvelopeRef};
+pub use disconnect::Disconnect;
+pub use envelope::{Envelope, EnvelopeError, EnvelopeKind, EnvelopeRef};
 pub use error::{BackendError, BoxError};
 pub use event::{EventId, Payload, SendSseEvent};
 pub use history::{BrokerHistory, HistoryStream};

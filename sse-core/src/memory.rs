@@ -193,6 +193,28 @@ impl EmitterRepository for InMemoryEmitterRepository {
         });
         self.inner.count.fetch_sub(closed, Ordering::AcqRel);
     }
+
+    fn close_session(&self, session: &str, opened_before: u64, goodbye: Option<&Bytes>) -> usize {
+        let mut ending = Vec::new();
+        self.inner.sessions.remove_if_mut(session, |_, entries| {
+            let mut i = 0;
+            while i < entries.len() {
+                if entries[i].sink.opened_millis() < opened_before {
+                    ending.push(entries.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            entries.is_empty()
+        });
+        self.inner.count.fetch_sub(ending.len(), Ordering::AcqRel);
+        // Out of the map's lock: each sink is dropped after its last frame, and the stream ends
+        // once the client has read it.
+        for entry in &ending {
+            entry.sink.finish(goodbye, CloseReason::Disconnected);
+        }
+        ending.len()
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +359,31 @@ mod tests {
         assert_eq!(a.close_reason(), Some(CloseReason::Shutdown));
         drop((a, b));
         assert_eq!(repo.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_session_ends_that_sessions_older_streams_after_the_goodbye() {
+        let repo = InMemoryEmitterRepository::new();
+        let mut a = repo.register(sub(Some("s1"), "a", 1));
+        let mut b = repo.register(sub(Some("s1"), "other", 8));
+        let mut c = repo.register(sub(Some("s2"), "a", 8));
+        repo.deliver(Target::Session("s1"), "a", &frame("x"));
+        // `a`'s queue is full: the goodbye is queued all the same.
+        let bye = frame("bye");
+        let now = crate::history::unix_millis(std::time::SystemTime::now());
+        assert_eq!(repo.close_session("s1", now + 1, Some(&bye)), 2);
+        assert_eq!(repo.count(), 1);
+        assert_eq!(a.recv().await, Some(frame("x")));
+        assert_eq!(a.recv().await, Some(bye.clone()));
+        assert_eq!(a.recv().await, None);
+        assert_eq!(b.recv().await, Some(bye), "whatever its filter");
+        assert_eq!(b.recv().await, None);
+        assert_eq!(a.close_reason(), Some(CloseReason::Disconnected));
+        // A stream opened after the disconnect's time stays.
+        assert_eq!(repo.close_session("s2", 0, None), 0);
+        repo.deliver(Target::Session("s2"), "a", &frame("y"));
+        assert_eq!(c.recv().await, Some(frame("y")));
+        assert_eq!(repo.close_session("nobody", u64::MAX, None), 0);
     }
 
     #[test]

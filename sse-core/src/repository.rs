@@ -145,6 +145,8 @@ pub enum CloseReason {
     SlowClient,
     /// The instance is shutting down.
     Shutdown,
+    /// The session was disconnected (see [`crate::disconnect`]).
+    Disconnected,
 }
 
 impl CloseReason {
@@ -155,6 +157,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::SlowClient => "slow_client",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 
@@ -164,6 +167,7 @@ impl CloseReason {
             2 => CloseReason::Timeout,
             3 => CloseReason::SlowClient,
             4 => CloseReason::Shutdown,
+            5 => CloseReason::Disconnected,
             _ => return None,
         })
     }
@@ -174,6 +178,7 @@ impl CloseReason {
             CloseReason::Timeout => 2,
             CloseReason::SlowClient => 3,
             CloseReason::Shutdown => 4,
+            CloseReason::Disconnected => 5,
         }
     }
 }
@@ -194,6 +199,10 @@ pub struct Subscription {
     /// Cancelled when the stream is closed as slow: lets the HTTP layer drop a connection whose
     /// socket no longer drains, so its body is not left waiting to be polled.
     pub abort_on_overflow: Option<CancellationToken>,
+    /// How long the stream may stay open at most, emitter timeout or not: the time left until
+    /// the client's credentials expire (an auth callout's `expiresAt`, a JWT's `exp`). The
+    /// client reconnects after it and is asked for them again.
+    pub lifetime: Option<std::time::Duration>,
 }
 
 impl Subscription {
@@ -205,6 +214,7 @@ impl Subscription {
             queue_size,
             max_queued_bytes: usize::MAX,
             abort_on_overflow: None,
+            lifetime: None,
         }
     }
 }
@@ -220,6 +230,8 @@ struct Shared {
     max_bytes: usize,
     reason: AtomicU8,
     abort_on_overflow: Option<CancellationToken>,
+    /// When the stream opened, in milliseconds since the Unix epoch.
+    opened: u64,
 }
 
 #[derive(Debug, Default)]
@@ -314,6 +326,30 @@ impl Sink {
     pub fn close(&self, reason: CloseReason) -> bool {
         self.shared.close(reason)
     }
+
+    /// Closes the stream with `reason` after a last frame, queued whatever the queue's bounds
+    /// (it is one frame, and nothing follows it). The repository drops the sink afterwards.
+    pub fn finish(&self, last: Option<&Bytes>, reason: CloseReason) {
+        if !self.shared.close(reason) {
+            return;
+        }
+        let waker = {
+            let mut queue = self.shared.queue();
+            if let Some(frame) = last.filter(|_| !queue.emitter_gone) {
+                queue.bytes += frame.len();
+                queue.frames.push_back(frame.clone());
+            }
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// When the stream opened, in milliseconds since the Unix epoch.
+    pub fn opened_millis(&self) -> u64 {
+        self.shared.opened
+    }
 }
 
 impl Drop for Sink {
@@ -346,6 +382,7 @@ impl Emitter {
             max_bytes: subscription.max_queued_bytes,
             reason: AtomicU8::new(0),
             abort_on_overflow: subscription.abort_on_overflow.clone(),
+            opened: crate::history::unix_millis(std::time::SystemTime::now()),
         });
         (
             Sink {
@@ -484,6 +521,11 @@ pub trait EmitterRepository: Send + Sync + fmt::Debug + 'static {
 
     /// Closes every stream with `reason`; each ends after the client has read what was queued.
     fn close_all(&self, reason: CloseReason);
+
+    /// Ends the streams of `session` that opened before `opened_before` (milliseconds since the
+    /// Unix epoch, see [`Sink::opened_millis`]) as [`CloseReason::Disconnected`], each after
+    /// `goodbye` (whatever its filter; see [`Sink::finish`]); returns how many.
+    fn close_session(&self, session: &str, opened_before: u64, goodbye: Option<&Bytes>) -> usize;
 }
 
 impl<T: EmitterRepository + ?Sized> EmitterRepository for Arc<T> {
@@ -501,6 +543,9 @@ impl<T: EmitterRepository + ?Sized> EmitterRepository for Arc<T> {
     }
     fn close_all(&self, reason: CloseReason) {
         (**self).close_all(reason)
+    }
+    fn close_session(&self, session: &str, opened_before: u64, goodbye: Option<&Bytes>) -> usize {
+        (**self).close_session(session, opened_before, goodbye)
     }
 }
 

@@ -36,6 +36,7 @@ pub(crate) struct Stats {
     pub(crate) route_failures: AtomicU64,
     pub(crate) rejected_instance_limit: AtomicU64,
     pub(crate) rejected_session_limit: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
     /// Streams from opening until their [`EventStream`](crate::EventStream) is dropped: a stream
     /// closed as slow keeps counting while the HTTP layer still holds it (an HTTP/2 stream whose
     /// client does not read is not polled, so not dropped, until the client reads or leaves).
@@ -44,6 +45,7 @@ pub(crate) struct Stats {
     closed_timeout: AtomicU64,
     closed_slow_client: AtomicU64,
     closed_shutdown: AtomicU64,
+    closed_disconnected: AtomicU64,
     pub(crate) publish_latency: Latency,
     pub(crate) history_read_latency: Latency,
     pub(crate) route_subscribe_latency: Latency,
@@ -120,6 +122,10 @@ pub struct StatsSnapshot {
     pub closed_slow_client: u64,
     /// Streams closed by shutdown.
     pub closed_shutdown: u64,
+    /// Disconnects this instance received (see [`crate::disconnect`]).
+    pub disconnects: u64,
+    /// Streams ended by a disconnect of their session.
+    pub closed_disconnected: u64,
 }
 
 impl Stats {
@@ -138,6 +144,7 @@ impl Stats {
             CloseReason::Timeout => &self.closed_timeout,
             CloseReason::SlowClient => return,
             CloseReason::Shutdown => &self.closed_shutdown,
+            CloseReason::Disconnected => &self.closed_disconnected,
             _ => &self.closed_client_gone,
         });
     }
@@ -180,6 +187,8 @@ impl Stats {
             closed_timeout: get(&self.closed_timeout),
             closed_slow_client: get(&self.closed_slow_client),
             closed_shutdown: get(&self.closed_shutdown),
+            disconnects: get(&self.disconnects),
+            closed_disconnected: get(&self.closed_disconnected),
         }
     }
 }

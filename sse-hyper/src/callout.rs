@@ -10,7 +10,7 @@
 //!
 //! | answer | the stream request gets |
 //! |---|---|
-//! | `200` `{"sessionId": "u-42", "eventNames": ["orders.*"], "cacheSeconds": 60}` | its stream, as session `u-42`, allowed the event names listed (wildcards as in JWT grants; absent: any). `sessionId` `null`: an anonymous stream (broadcasts only). `cacheSeconds` (optional): how long the answer may be reused, at most [`CalloutConfig::cache_ttl`] |
+//! | `200` `{"sessionId": "u-42", "eventNames": ["orders.*"], "cacheSeconds": 60, "expiresAt": 1765000000}` | its stream, as session `u-42`, allowed the event names listed (wildcards as in JWT grants; absent: any). `sessionId` `null`: an anonymous stream (broadcasts only). `cacheSeconds` (optional): how long the answer may be reused, at most [`CalloutConfig::cache_ttl`]. `expiresAt` (optional, seconds since the Unix epoch): when the login ends; the stream ends then (the client reconnects and the application is asked again), and an `expiresAt` already past is a `401` |
 //! | `401` or `403` | the same status, with the application's `message` when its body is JSON with one |
 //! | `5xx`, no answer within [`CalloutConfig::timeout`], no connection | `503` with `Retry-After` |
 //! | anything else (another status, a `200` that is not that JSON) | `502`: the application broke the contract |
@@ -23,12 +23,16 @@
 //! [`CalloutConfig::max_concurrent`] callouts are in flight at once: the application is never
 //! flooded, and a slow or dead application costs each waiting request at most the timeout,
 //! never the hub's other work. Failures are not cached: the next request asks again.
+//!
+//! A [disconnected](sse_core::disconnect) session's cached answers are dropped on every
+//! instance as the disconnect arrives (see [`CalloutSessions::forget_disconnected`]): a logged
+//! out browser coming back is asked about afresh.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -158,6 +162,39 @@ type Key = [u8; 32];
 struct State {
     cache: HashMap<Key, Cached>,
     in_flight: HashMap<Key, Shared<BoxFuture<'static, Outcome>>>,
+    /// The hub's disconnected sessions, read before each lookup.
+    disconnected: Option<tokio::sync::broadcast::Receiver<Arc<str>>>,
+}
+
+impl State {
+    /// Lets go of the cached answers of sessions disconnected since the last lookup (of every
+    /// answer when too many came to tell which).
+    fn forget_disconnected(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let Some(receiver) = &mut self.disconnected else {
+            return;
+        };
+        let mut gone: Vec<Arc<str>> = Vec::new();
+        loop {
+            match receiver.try_recv() {
+                Ok(session) => gone.push(session),
+                Err(TryRecvError::Lagged(_)) => {
+                    self.cache.clear();
+                    return;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if !gone.is_empty() {
+            self.cache.retain(|_, cached| match &cached.outcome {
+                Outcome::Allowed(identity) => identity
+                    .session
+                    .as_deref()
+                    .is_none_or(|s| !gone.iter().any(|g| **g == *s)),
+                _ => true,
+            });
+        }
+    }
 }
 
 struct Cached {
@@ -182,6 +219,8 @@ struct Answer {
     event_names: Option<Vec<String>>,
     #[serde(default)]
     cache_seconds: Option<u64>,
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 /// A `401`/`403` body's message, when it has one.
@@ -223,6 +262,13 @@ impl CalloutSessions {
         }
     }
 
+    /// Drops the cached answers of each session `disconnected` names as it is named
+    /// ([`Hub::disconnected`](sse_core::Hub::disconnected)); [`SseRouter::callout`](crate::SseRouter::callout)
+    /// does this with its hub.
+    pub fn forget_disconnected(&self, disconnected: tokio::sync::broadcast::Receiver<Arc<str>>) {
+        self.inner.state().disconnected = Some(disconnected);
+    }
+
     /// The application's answer for `request`: from the cache, from a callout in flight for the
     /// same credential, or from a new one.
     async fn outcome(&self, request: &Parts) -> Outcome {
@@ -231,6 +277,7 @@ impl CalloutSessions {
         let key = credential(&forwarded, &names);
         let pending = {
             let mut state = self.inner.state();
+            state.forget_disconnected();
             let now = Instant::now();
             if let Some(cached) = state.cache.get(&key) {
                 if cached.until > now {
@@ -369,14 +416,33 @@ impl Inner {
         match status {
             StatusCode::OK => match serde_json::from_slice::<Answer>(&body) {
                 Ok(answer) => {
+                    let expires = answer
+                        .expires_at
+                        .map(|at| SystemTime::UNIX_EPOCH + Duration::from_secs(at));
+                    let left = expires.map(|at| {
+                        at.duration_since(SystemTime::now())
+                            .unwrap_or(Duration::ZERO)
+                    });
+                    if left.is_some_and(|left| left.is_zero()) {
+                        self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return (
+                            Outcome::Refused(ApiError::unauthorized(
+                                "the application's login for this request has expired",
+                            )),
+                            Some(REFUSAL_TTL.min(self.config.cache_ttl)),
+                        );
+                    }
                     self.counts.allowed.fetch_add(1, Ordering::Relaxed);
+                    // Never reused past the expiry.
                     let ttl = answer
                         .cache_seconds
                         .map_or(self.config.cache_ttl, Duration::from_secs)
-                        .min(self.config.cache_ttl);
+                        .min(self.config.cache_ttl)
+                        .min(left.unwrap_or(Duration::MAX));
                     let identity = Identity {
                         session: answer.session_id.filter(|s| !s.is_empty()),
                         events: answer.event_names.map(EventGrant::new),
+                        expires,
                     };
                     (Outcome::Allowed(identity), Some(ttl))
                 }

@@ -12,6 +12,9 @@ pub struct RouterConfig {
     pub stream_path: String,
     /// The publish endpoint, default `/sse/publish`.
     pub publish_path: String,
+    /// The disconnect endpoint (see [`SseRouter::disconnect`](crate::SseRouter::disconnect)),
+    /// default `/sse/disconnect`.
+    pub disconnect_path: String,
     /// The health endpoint, default `/healthz`.
     pub health_path: String,
     /// Where Prometheus metrics are served; `None` (the default) serves none.
@@ -51,6 +54,7 @@ impl Default for RouterConfig {
         RouterConfig {
             stream_path: "/sse/event-stream".to_owned(),
             publish_path: "/sse/publish".to_owned(),
+            disconnect_path: "/sse/disconnect".to_owned(),
             health_path: "/healthz".to_owned(),
             metrics_path: None,
             openapi_path: None,

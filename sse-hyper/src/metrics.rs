@@ -57,6 +57,11 @@ const HELP: &[(&str, bool, &str)] = &[
         "Stream requests refused, by the limit they hit.",
     ),
     (
+        "sse_disconnects_received_total",
+        true,
+        "Session disconnects this instance received (each ends that session's streams here).",
+    ),
+    (
         "sse_events_published_total",
         true,
         "Events published through this instance.",
@@ -238,6 +243,7 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
         ("timeout", s.closed_timeout),
         ("slow_client", s.closed_slow_client),
         ("shutdown", s.closed_shutdown),
+        ("disconnected", s.closed_disconnected),
     ] {
         counter!("sse_streams_closed_total", "instance" => i(), "reason" => reason).absolute(value);
     }
@@ -249,6 +255,7 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
         counter!("sse_streams_rejected_total", "instance" => i(), "limit" => limit).absolute(value);
     }
     counter!("sse_events_published_total", "instance" => i()).absolute(s.published);
+    counter!("sse_disconnects_received_total", "instance" => i()).absolute(s.disconnects);
     counter!("sse_publish_failed_total", "instance" => i()).absolute(s.publish_failed);
     for (reason, value) in [
         ("too_large", router.publish_too_large),

@@ -31,6 +31,7 @@ pub fn document(config: &RouterConfig) -> String {
     };
     place("/sse/event-stream", Some(&config.stream_path));
     place("/sse/publish", Some(&config.publish_path));
+    place("/sse/disconnect", Some(&config.disconnect_path));
     place("/healthz", Some(&config.health_path));
     place("/metrics", config.metrics_path.as_deref());
     place("/openapi.json", config.openapi_path.as_deref());
@@ -40,6 +41,9 @@ pub fn document(config: &RouterConfig) -> String {
     fields["eventName"]["maxLength"] = json!(config.max_event_name_len);
     fields["sessionId"]["maxLength"] = json!(config.max_id_len);
     fields["id"]["maxLength"] = json!(config.max_id_len);
+    let fields = &mut document["components"]["schemas"]["DisconnectRequest"]["properties"];
+    fields["eventName"]["maxLength"] = json!(config.max_event_name_len);
+    fields["sessionId"]["maxLength"] = json!(config.max_id_len);
     document.to_string()
 }
 
@@ -59,7 +63,15 @@ mod tests {
         let mut listed: Vec<&str> = paths.keys().map(String::as_str).collect();
         listed.sort_unstable();
         // Metrics and the document itself are not served by default, so not listed.
-        assert_eq!(listed, ["/events/stream", "/healthz", "/sse/publish"]);
+        assert_eq!(
+            listed,
+            [
+                "/events/stream",
+                "/healthz",
+                "/sse/disconnect",
+                "/sse/publish"
+            ]
+        );
         let name = &document["components"]["schemas"]["PublishRequest"]["properties"]["eventName"];
         assert_eq!(name["maxLength"], 40);
     }

@@ -87,7 +87,10 @@ impl SseRouter {
 
     /// Finds sessions by asking the application ([`CalloutSessions`]), and counts its answers in
     /// `/metrics`.
+    /// Its cached answers for a session are dropped when the session is disconnected (see
+    /// [`Hub::disconnect`](sse_core::Hub::disconnect)).
     pub fn callout(mut self, callout: CalloutSessions) -> Self {
+        callout.forget_disconnected(self.inner.hub.disconnected());
         let inner = self.inner_mut();
         inner.resolver = Arc::new(callout.clone());
         inner.callout = Some(callout);
@@ -181,7 +184,9 @@ impl SseRouter {
         let config = &self.inner.config;
         let path = request.uri().path();
         let origin = Cors::allowed_origin(config.cors.as_ref(), request.headers());
-        let is_endpoint = path == config.stream_path || path == config.publish_path;
+        let is_endpoint = path == config.stream_path
+            || path == config.publish_path
+            || path == config.disconnect_path;
         let response = if request.method() == Method::OPTIONS && is_endpoint && origin.is_some() {
             Cors::preflight()
         } else {
@@ -217,6 +222,9 @@ impl SseRouter {
         } else if path == config.publish_path {
             only(&[Method::POST], "POST")?;
             self.publish(request).await
+        } else if path == config.disconnect_path {
+            only(&[Method::POST], "POST")?;
+            self.disconnect(request).await
         } else if path == config.health_path {
             only(&[Method::GET], "GET")?;
             Ok(self.health().await)

@@ -45,6 +45,7 @@ pub trait SessionResolver: Send + Sync + fmt::Debug + 'static {
         Ok(Identity {
             session: self.resolve(request).await?,
             events: None,
+            expires: None,
         })
     }
 }
@@ -57,6 +58,9 @@ pub struct Identity {
     pub session: Option<String>,
     /// The event names it may ask for; `None` for any.
     pub events: Option<EventGrant>,
+    /// When its credentials expire: its stream ends then (the client reconnects and is asked
+    /// again); `None` for never.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// Every client is anonymous: streams get broadcasts only.
@@ -164,6 +168,7 @@ impl SessionResolver for JwtSessions {
                     .events_claim
                     .as_ref()
                     .map(|_| EventGrant::new(Vec::<String>::new())),
+                expires: None,
             });
         };
         let claims = self.verifier.verify(&token).await?;
@@ -177,6 +182,7 @@ impl SessionResolver for JwtSessions {
                 .events_claim
                 .as_ref()
                 .map(|claim| EventGrant::from_claim(&claims, claim)),
+            expires: None,
         })
     }
 }

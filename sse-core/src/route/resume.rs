@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, EnvelopeKind};
 use crate::error::BackendError;
 use crate::history::{self, BrokerHistory};
 use crate::replay::{Replay, ReplayLog};
@@ -315,7 +315,8 @@ impl Resumes {
             let Ok(envelope) = Envelope::decode_ref(bytes) else {
                 return;
             };
-            if !(resume.accepts)(envelope.app()) {
+            // A disconnect is not an event to replay (see `crate::disconnect`).
+            if !(resume.accepts)(envelope.app()) || envelope.kind() != EnvelopeKind::Event {
                 return;
             }
             index.insert(Box::from(envelope.id()), events.len());

@@ -8,7 +8,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use sse_core::{BackendError, PublishError, SendSseEvent};
+use sse_core::{BackendError, Disconnect, Payload, PublishError, SendSseEvent};
 
 use crate::body::SseBody;
 use crate::budget::{BodyBudget, Held};
@@ -30,15 +30,46 @@ impl SseRouter {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.posted(request, Posted::Event).await
+    }
+
+    /// `POST` disconnect: the JSON body `{"sessionId", "eventName"?, "payload"?}` ends every
+    /// stream of the session on every instance, each after the goodbye event when `eventName`
+    /// is given (see [`sse_core::disconnect`]); answers `202 {"id": ...}` once the backend holds
+    /// the disconnect. Guarded as publishing is, and a publish JWT must grant every event name
+    /// (`*`): ending any session's streams is not a right of a publisher of some events.
+    pub async fn disconnect<B>(&self, request: Request<B>) -> Result<Response<SseBody>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.posted(request, Posted::Disconnect).await
+    }
+
+    /// A publisher's `POST`: guarded, read within the limits and the body budget, then
+    /// published or disconnected.
+    async fn posted<B>(
+        &self,
+        request: Request<B>,
+        what: Posted,
+    ) -> Result<Response<SseBody>, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let closes = request.version() < Version::HTTP_2 && carries_body(request.headers());
-        match self.publish_event(request).await {
+        match self.read_posted(request, what).await {
             Err(Refused::Unread(error)) if closes => Ok(closing(error.into_response())),
             Err(Refused::Unread(error) | Refused::Read(error)) => Err(error),
             Ok(response) => Ok(response),
         }
     }
 
-    async fn publish_event<B>(&self, request: Request<B>) -> Result<Response<SseBody>, Refused>
+    async fn read_posted<B>(
+        &self,
+        request: Request<B>,
+        what: Posted,
+    ) -> Result<Response<SseBody>, Refused>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -115,9 +146,44 @@ impl SseRouter {
                 ))));
             }
         };
-        self.publish_body(&body.bytes, grant)
-            .await
-            .map_err(Refused::Read)
+        match what {
+            Posted::Event => self.publish_body(&body.bytes, grant).await,
+            Posted::Disconnect => self.disconnect_body(&body.bytes, grant).await,
+        }
+        .map_err(Refused::Read)
+    }
+
+    /// Disconnects as a body that was read whole asks.
+    async fn disconnect_body(
+        &self,
+        body: &[u8],
+        grant: Option<EventGrant>,
+    ) -> Result<Response<SseBody>, ApiError> {
+        if grant.is_some_and(|grant| !grant.allows_all()) {
+            return Err(ApiError::forbidden(
+                "disconnecting a session needs the publish token or a token that grants every \
+                 event name (*)",
+            ));
+        }
+        let config = &self.inner.config;
+        let disconnect = parse_disconnect_body(body)?;
+        if disconnect.session_id.len() > config.max_id_len {
+            return Err(ApiError::bad_request(format!(
+                "sessionId is {} bytes long; at most {} are allowed",
+                disconnect.session_id.len(),
+                config.max_id_len
+            )));
+        }
+        if let Some((name, _)) = &disconnect.goodbye
+            && name.len() > config.max_event_name_len
+        {
+            return Err(ApiError::bad_request(format!(
+                "eventName is {} bytes long; at most {} are allowed",
+                name.len(),
+                config.max_event_name_len
+            )));
+        }
+        published(self.inner.hub.disconnect(disconnect).await)
     }
 
     /// Publishes a body that was read whole.
@@ -154,36 +220,7 @@ impl SseRouter {
                 return Err(too_long(what, len, config.max_id_len));
             }
         }
-        match self.inner.hub.publish(event).await {
-            Ok(id) => {
-                #[derive(Serialize)]
-                struct Accepted {
-                    id: String,
-                }
-                Ok(json_response(
-                    StatusCode::ACCEPTED,
-                    &Accepted { id: id.into() },
-                ))
-            }
-            Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
-            Err(error @ PublishError::DuplicateId(_)) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "duplicate_id",
-                error.to_string(),
-            )),
-            Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    error.to_string(),
-                ))
-            }
-            Err(error) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
-                error.to_string(),
-            )),
-        }
+        published(self.inner.hub.publish(event).await)
     }
 
     /// Who may publish: `Ok(None)` for any event name (no credentials configured, or the publish
@@ -213,6 +250,40 @@ impl SseRouter {
             }
             None => Err(ApiError::unauthorized("a valid publish token is required")),
         }
+    }
+}
+
+/// The answer to a publish or a disconnect: `202 {"id"}`, or the error's status.
+fn published(
+    result: Result<sse_core::EventId, PublishError>,
+) -> Result<Response<SseBody>, ApiError> {
+    match result {
+        Ok(id) => {
+            #[derive(Serialize)]
+            struct Accepted {
+                id: String,
+            }
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &Accepted { id: id.into() },
+            ))
+        }
+        Err(PublishError::Invalid(error)) => Err(ApiError::bad_request(error.to_string())),
+        Err(error @ PublishError::DuplicateId(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_id",
+            error.to_string(),
+        )),
+        Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            error.to_string(),
+        )),
+        Err(error) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            error.to_string(),
+        )),
     }
 }
 
@@ -267,6 +338,46 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
     event.session_id = session_id;
     event.id = body.id;
     Ok(event)
+}
+
+/// The disconnect body. Unknown fields are refused, as in a publish.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DisconnectBody {
+    session_id: Option<String>,
+    event_name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
+}
+
+/// Reads a disconnect body, `{"sessionId", "eventName"?, "payload"?}`; `400` for anything else.
+fn parse_disconnect_body(body: &[u8]) -> Result<Disconnect, ApiError> {
+    let body: DisconnectBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let session_id = body
+        .session_id
+        .ok_or_else(|| ApiError::bad_request("sessionId is required"))?;
+    let mut disconnect = Disconnect::session(session_id);
+    match (body.event_name, body.payload) {
+        (Some(name), payload) => {
+            let payload = payload.unwrap_or_else(|| RawValue::NULL.to_owned());
+            disconnect.goodbye = Some((name, Payload::from(payload)));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "payload is the goodbye event's: it needs an eventName",
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(disconnect)
+}
+
+/// What a publisher posted.
+#[derive(Debug, Clone, Copy)]
+enum Posted {
+    Event,
+    Disconnect,
 }
 
 /// A body over the limit is still read (and dropped) up to this many bytes, for at most

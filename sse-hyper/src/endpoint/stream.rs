@@ -50,6 +50,10 @@ impl SseRouter {
         let last_event_id = last_event_id(request);
         let hub = &self.inner.hub;
         let mut subscription = hub.subscription(session.map(Arc::from), events);
+        subscription.lifetime = identity.expires.map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
         let slow = SlowStream::arm(request, &mut subscription);
         let stream = hub
             .open_after(subscription, last_event_id.as_deref())
