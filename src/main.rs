@@ -231,6 +231,22 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_AUTH_URL")]
     auth_url: Option<String>,
 
+    /// Ask the application whether a publisher (POST publish or disconnect without the publish
+    /// token) may publish: a GET of this URL with its forwarded headers, answered `200
+    /// {"eventNames"?: […], "cacheSeconds"?: n}`, `401` or `403`. Not with --jwt-publish-claim.
+    /// Timeout, cache and concurrency as the --auth-* flags say.
+    #[arg(long, env = "SSE_FANOUT_PUBLISH_AUTH_URL")]
+    publish_auth_url: Option<String>,
+
+    /// Request headers the publishers' callout forwards (repeatable; default `cookie` and
+    /// `authorization`).
+    #[arg(
+        long = "publish-auth-forward-header",
+        env = "SSE_FANOUT_PUBLISH_AUTH_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    publish_auth_forward_headers: Vec<String>,
+
     /// Request headers the auth callout forwards (repeatable; default `cookie` and
     /// `authorization`).
     #[arg(
@@ -516,6 +532,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .config(router_config)
         .static_page("/", "text/html; charset=utf-8", page);
     let callout = callout(&args)?;
+    if let Some(publishers) = publish_callout(&args)? {
+        if args.jwt_publish_claim.is_some() {
+            anyhow::bail!(
+                "--publish-auth-url and --jwt-publish-claim are both set: a deployment \
+                 authorizes publishers one way; leave one out"
+            );
+        }
+        router = router.publish_callout(publishers);
+    }
     router = match jwt_verifier(&args).await? {
         Some(_) if callout.is_some() => anyhow::bail!(
             "--auth-url and JWT sessions (--jwt-secret, --jwks-url, --jwks-file) are both set: \
@@ -671,7 +696,10 @@ fn security_warnings(args: &Args) -> anyhow::Result<Vec<String>> {
                 .to_owned(),
         );
     }
-    if args.publish_token.is_none() && args.jwt_publish_claim.is_none() {
+    if args.publish_token.is_none()
+        && args.jwt_publish_claim.is_none()
+        && args.publish_auth_url.is_none()
+    {
         warnings.push(
             "no --publish-token: anyone who reaches POST /sse/publish can publish".to_owned(),
         );
@@ -691,18 +719,49 @@ fn callout(args: &Args) -> anyhow::Result<Option<CalloutSessions>> {
     let Some(url) = &args.auth_url else {
         return Ok(None);
     };
-    let mut config = CalloutConfig::new(url.clone());
-    if !args.auth_forward_headers.is_empty() {
+    let config = callout_config(
+        args,
+        url,
+        &args.auth_forward_headers,
+        "--auth-forward-header",
+    )?;
+    Ok(Some(CalloutSessions::new(config)))
+}
+
+/// The publishers' callout of `--publish-auth-url`; `None` without it.
+fn publish_callout(args: &Args) -> anyhow::Result<Option<CalloutSessions>> {
+    let Some(url) = &args.publish_auth_url else {
+        return Ok(None);
+    };
+    let config = callout_config(
+        args,
+        url,
+        &args.publish_auth_forward_headers,
+        "--publish-auth-forward-header",
+    )?;
+    Ok(Some(CalloutSessions::for_publishers(config)))
+}
+
+/// A callout of `url` forwarding `headers` (the default ones when empty), as the `--auth-*`
+/// flags say.
+fn callout_config(
+    args: &Args,
+    url: &str,
+    headers: &[String],
+    flag: &str,
+) -> anyhow::Result<CalloutConfig> {
+    let mut config = CalloutConfig::new(url);
+    if !headers.is_empty() {
         config = config
-            .forward_header_names(&args.auth_forward_headers)
-            .map_err(|e| anyhow::anyhow!("--auth-forward-header: {e}"))?;
+            .forward_header_names(headers)
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     }
     config.forward_cookies = args.auth_forward_cookies.clone();
     config.timeout = args.auth_timeout.max(Duration::from_millis(10));
     config.cache_ttl = args.auth_cache_ttl;
     config.max_entries = args.auth_cache_entries.max(1);
     config.max_concurrent = args.auth_max_concurrent.max(1);
-    Ok(Some(CalloutSessions::new(config)))
+    Ok(config)
 }
 
 /// The TLS of `--tls-cert` and `--tls-key`, read and checked now so that a bad file stops the

@@ -297,21 +297,35 @@ async fn only_the_configured_cookies_are_forwarded() {
 /// The hub binary refuses `--auth-url` beside JWT sessions.
 #[tokio::test]
 async fn the_hub_binary_refuses_a_callout_beside_jwt_sessions() {
-    let output = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
-            .args(["--listen", "127.0.0.1:0", "--jwt-secret", "s3cret"])
-            .args(["--auth-url", "http://127.0.0.1:1/auth"])
-            .env("RUST_LOG", "error")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let refused = |args: &'static [&'static str]| async move {
+        let output = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+                .args(["--listen", "127.0.0.1:0", "--jwt-secret", "s3cret"])
+                .args(args)
+                .env("RUST_LOG", "error")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = refused(&["--auth-url", "http://127.0.0.1:1/auth"]).await;
     assert!(stderr.contains("--auth-url and JWT sessions"), "{stderr}");
+    let stderr = refused(&[
+        "--publish-auth-url",
+        "http://127.0.0.1:1/auth",
+        "--jwt-publish-claim",
+        "sse_publish",
+    ])
+    .await;
+    assert!(
+        stderr.contains("--publish-auth-url and --jwt-publish-claim"),
+        "{stderr}"
+    );
 }
 
 /// A request from another site carries the visitor's cookie, but the application gets it only
@@ -413,4 +427,117 @@ async fn a_stream_ends_when_the_applications_login_expires() {
     );
     let (status, _, _) = open(&server, "eventName=e", "app_session=expired").await;
     assert_eq!(status, 401);
+}
+
+/// The application's rules for publishers: a service token it knows may publish the names it
+/// lists; one it does not know is refused; the publish token still works; a disconnect needs a
+/// grant of every name. One callout per credential, as for streams.
+#[tokio::test]
+async fn the_application_authorizes_publishers() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let publishers = axum::Router::new().route(
+        "/publish-auth",
+        axum::routing::get({
+            let calls = calls.clone();
+            move |headers: HeaderMap| async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(headers["x-sse-purpose"], "publish");
+                match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                    Some("Bearer orders-service") => {
+                        axum::Json(json!({"eventNames": ["orders.*"]})).into_response()
+                    }
+                    Some("Bearer admin") => axum::Json(json!({})).into_response(),
+                    Some("Bearer broken") => (StatusCode::OK, "yes").into_response(),
+                    _ => (
+                        StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"message": "unknown service"})),
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/publish-auth", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, publishers).await });
+    let callout = CalloutSessions::for_publishers(CalloutConfig::new(url));
+    let server = TestServer::start_with(Arc::new(LocalBackend::new()), |b| b, {
+        let callout = callout.clone();
+        move |r| {
+            r.resolver(sse_fanout::DevSessions)
+                .publish_callout(callout)
+                .config(common::router_config(|c| {
+                    c.publish_token = Some("operator-token".to_owned());
+                }))
+        }
+    })
+    .await;
+    let post = |path: &'static str, token: Option<&'static str>, body: serde_json::Value| {
+        let url = server.url(path);
+        async move {
+            let mut request = client().post(url).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let mut stream = server.stream("eventName=orders.created&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let created = json!({"eventName": "orders.created", "sessionId": "s1", "payload": 1});
+    for _ in 0..3 {
+        let (status, _) = post("/sse/publish", Some("orders-service"), created.clone()).await;
+        assert_eq!(status, 202);
+        assert_eq!(stream.next().await.data, "1");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one callout for one credential"
+    );
+    let admin_event = json!({"eventName": "admin.audit", "payload": 1});
+    let (status, _) = post("/sse/publish", Some("orders-service"), admin_event.clone()).await;
+    assert_eq!(status, 403, "a name outside the application's answer");
+    let (status, body) = post("/sse/publish", Some("intruder"), created.clone()).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("unknown service"))
+    );
+    let (status, _) = post("/sse/publish", None, created.clone()).await;
+    assert_eq!(status, 401);
+    let (status, body) = post("/sse/publish", Some("broken"), created.clone()).await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("bad_gateway")));
+    assert_eq!(
+        post("/sse/publish", Some("admin"), admin_event).await.0,
+        202
+    );
+    let calls_before = calls.load(Ordering::SeqCst);
+    assert_eq!(
+        post("/sse/publish", Some("operator-token"), created)
+            .await
+            .0,
+        202,
+        "the publish token is not asked about"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), calls_before);
+    assert_eq!(stream.next().await.data, "1");
+
+    let leave = json!({"sessionId": "s1", "eventName": "bye"});
+    assert_eq!(
+        post("/sse/disconnect", Some("orders-service"), leave.clone())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(post("/sse/disconnect", Some("admin"), leave).await.0, 202);
+    assert_eq!(stream.next().await.event, "bye");
+    let stats = server.router.stats().publish_callout.unwrap();
+    assert_eq!(
+        (stats.allowed, stats.refused, stats.bad_answer),
+        (2, 2, 1),
+        "{stats:?}"
+    );
 }

@@ -24,6 +24,9 @@
 //! flooded, and a slow or dead application costs each waiting request at most the timeout,
 //! never the hub's other work. Failures are not cached: the next request asks again.
 //!
+//! Each callout also carries `X-SSE-Purpose`: `stream` here, `publish` for the publishers' callout
+//! ([`CalloutSessions::for_publishers`]), so one endpoint of the application can answer both.
+//!
 //! A [disconnected](sse_core::disconnect) session's cached answers are dropped on every
 //! instance as the disconnect arrives (see [`CalloutSessions::forget_disconnected`]): a logged
 //! out browser coming back is asked about afresh.
@@ -140,6 +143,8 @@ impl fmt::Debug for CalloutSessions {
 
 struct Inner {
     config: CalloutConfig,
+    /// What the callout is asked for, sent as `X-SSE-Purpose`.
+    purpose: &'static str,
     client: reqwest::Client,
     state: Mutex<State>,
     slots: tokio::sync::Semaphore,
@@ -230,8 +235,20 @@ struct Refusal {
 }
 
 impl CalloutSessions {
-    /// Asks the application as `config` says.
+    /// Asks the application about stream requests as `config` says.
     pub fn new(config: CalloutConfig) -> CalloutSessions {
+        Self::asking(config, "stream")
+    }
+
+    /// Asks the application about publishers (`POST` publish and disconnect) as `config` says,
+    /// for [`SseRouter::publish_callout`](crate::SseRouter::publish_callout): a `200` answer's
+    /// `eventNames` are the names the publisher may publish (absent: any; `sessionId` is not
+    /// read), `401` and `403` are passed on.
+    pub fn for_publishers(config: CalloutConfig) -> CalloutSessions {
+        Self::asking(config, "publish")
+    }
+
+    fn asking(config: CalloutConfig, purpose: &'static str) -> CalloutSessions {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -241,6 +258,7 @@ impl CalloutSessions {
             inner: Arc::new(Inner {
                 slots: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
                 config,
+                purpose,
                 client,
                 state: Mutex::default(),
                 counts: Counts::default(),
@@ -269,11 +287,23 @@ impl CalloutSessions {
         self.inner.state().disconnected = Some(disconnected);
     }
 
-    /// The application's answer for `request`: from the cache, from a callout in flight for the
-    /// same credential, or from a new one.
-    async fn outcome(&self, request: &Parts) -> Outcome {
-        let forwarded = self.inner.forwarded(request);
-        let names = query_values(request, "eventName").join(",");
+    /// Who may publish, by the application's answer for the publish request's `headers`: `None`
+    /// for any event name, else the names its `eventNames` lists; its refusal, or `503`/`502`
+    /// when it could not answer.
+    pub async fn publisher_grant(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<EventGrant>, ApiError> {
+        match self.outcome(headers, String::new()).await {
+            Outcome::Allowed(identity) => Ok(identity.events),
+            Outcome::Refused(error) | Outcome::Failed(error) => Err(error),
+        }
+    }
+
+    /// The application's answer for a request with `headers` asking for the event `names`: from
+    /// the cache, from a callout in flight for the same credential, or from a new one.
+    async fn outcome(&self, headers: &http::HeaderMap, names: String) -> Outcome {
+        let forwarded = self.inner.forwarded(headers);
         let key = credential(&forwarded, &names);
         let pending = {
             let mut state = self.inner.state();
@@ -313,11 +343,11 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The headers of `request` to forward, in the configured order.
-    fn forwarded(&self, request: &Parts) -> Vec<(HeaderName, Vec<u8>)> {
+    /// The headers to forward, in the configured order.
+    fn forwarded(&self, headers: &http::HeaderMap) -> Vec<(HeaderName, Vec<u8>)> {
         let mut forwarded = Vec::new();
         for name in &self.config.forward_headers {
-            for value in request.headers.get_all(name) {
+            for value in headers.get_all(name) {
                 let value = if *name == header::COOKIE && !self.config.forward_cookies.is_empty() {
                     let kept: Vec<&str> = cookie_pairs(value.as_bytes())
                         .filter(|(cookie, _)| {
@@ -387,6 +417,7 @@ impl Inner {
         }
         request = request
             .header("x-sse-event-names", names)
+            .header("x-sse-purpose", self.purpose)
             .timeout(self.config.timeout.saturating_sub(started.elapsed()));
         let answer = async {
             let response = request.send().await?;
@@ -545,7 +576,8 @@ impl SessionResolver for CalloutSessions {
     }
 
     async fn identify(&self, request: &Parts) -> Result<Identity, ApiError> {
-        match self.outcome(request).await {
+        let names = query_values(request, "eventName").join(",");
+        match self.outcome(&request.headers, names).await {
             Outcome::Allowed(identity) => Ok(identity),
             Outcome::Refused(error) | Outcome::Failed(error) => Err(error),
         }

@@ -89,12 +89,12 @@ const HELP: &[(&str, bool, &str)] = &[
     (
         "sse_auth_callout_total",
         true,
-        "Auth callouts to the application, by outcome.",
+        "Auth callouts to the application, by purpose (stream, publish) and outcome.",
     ),
     (
         "sse_auth_cache_total",
         true,
-        "Stream requests whose session came from a cached callout answer (hit) or one in flight (joined).",
+        "Requests answered from a cached callout answer (hit) or one in flight (joined), by purpose (stream, publish).",
     ),
     (
         "sse_events_received_total",
@@ -275,18 +275,23 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
         counter!("sse_tls_handshake_failures_total", "instance" => i(), "reason" => reason)
             .absolute(value);
     }
-    if let Some(callout) = router.auth_callout {
+    for (purpose, callout) in [
+        ("stream", router.auth_callout),
+        ("publish", router.publish_callout),
+    ] {
+        let Some(callout) = callout else { continue };
         for (outcome, value) in [
             ("allowed", callout.allowed),
             ("refused", callout.refused),
             ("unavailable", callout.unavailable),
             ("bad_answer", callout.bad_answer),
         ] {
-            counter!("sse_auth_callout_total", "instance" => i(), "outcome" => outcome)
+            counter!("sse_auth_callout_total", "instance" => i(), "purpose" => purpose, "outcome" => outcome)
                 .absolute(value);
         }
         for (result, value) in [("hit", callout.cache_hits), ("joined", callout.joined)] {
-            counter!("sse_auth_cache_total", "instance" => i(), "result" => result).absolute(value);
+            counter!("sse_auth_cache_total", "instance" => i(), "purpose" => purpose, "result" => result)
+                .absolute(value);
         }
     }
     counter!("sse_events_received_total", "instance" => i()).absolute(s.received);

@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) publish_jwt: Option<(JwtVerifier, String)>,
     /// The auth callout, when it is the resolver (its counts go to `/metrics`).
     pub(crate) callout: Option<CalloutSessions>,
+    /// The application's callout for publishers.
+    pub(crate) publish_callout: Option<CalloutSessions>,
     /// The OpenAPI document, made when the configuration is set.
     openapi: Bytes,
     pages: Vec<StaticPage>,
@@ -67,6 +69,7 @@ impl SseRouter {
                 body_budget: BodyBudget::new(RouterConfig::default().publish_body_budget),
                 publish_jwt: None,
                 callout: None,
+                publish_callout: None,
                 openapi: Bytes::new(),
                 pages: Vec::new(),
             }),
@@ -123,6 +126,18 @@ impl SseRouter {
         self
     }
 
+    /// Lets the application authorize publishers ([`CalloutSessions::for_publishers`]): a publish
+    /// or disconnect without the publish token is allowed as the application answers for its
+    /// forwarded headers, publishing only the event names its answer lists (others are `403`;
+    /// disconnecting needs all of them). Not beside [`publish_jwt`](Self::publish_jwt), which it
+    /// replaces.
+    pub fn publish_callout(mut self, callout: CalloutSessions) -> Self {
+        let inner = self.inner_mut();
+        inner.publish_jwt = None;
+        inner.publish_callout = Some(callout);
+        self
+    }
+
     /// Serves a fixed body at `path` (for `GET` and `HEAD`), such as a demo page.
     pub fn static_page(
         mut self,
@@ -142,6 +157,11 @@ impl SseRouter {
     pub fn stats(&self) -> RouterStats {
         let mut stats = self.inner.counters.snapshot();
         stats.auth_callout = self.inner.callout.as_ref().map(CalloutSessions::stats);
+        stats.publish_callout = self
+            .inner
+            .publish_callout
+            .as_ref()
+            .map(CalloutSessions::stats);
         stats
     }
 

@@ -29,6 +29,8 @@ pub struct RouterStats {
     pub tls_handshake_failures: TlsHandshakeFailures,
     /// The auth callout's outcomes, when sessions come from one.
     pub auth_callout: Option<crate::callout::CalloutStats>,
+    /// The publishers' callout's outcomes, when there is one.
+    pub publish_callout: Option<crate::callout::CalloutStats>,
 }
 
 /// TLS handshakes that failed, by reason (`sse_tls_handshake_failures_total{reason}`).
@@ -66,6 +68,7 @@ impl Counters {
                 }
             },
             auth_callout: None,
+            publish_callout: None,
         }
     }
 }

@@ -161,8 +161,8 @@ impl SseRouter {
     ) -> Result<Response<SseBody>, ApiError> {
         if grant.is_some_and(|grant| !grant.allows_all()) {
             return Err(ApiError::forbidden(
-                "disconnecting a session needs the publish token or a token that grants every \
-                 event name (*)",
+                "disconnecting a session needs the publish token, or a grant of every event \
+                 name (*)",
             ));
         }
         let config = &self.inner.config;
@@ -224,25 +224,29 @@ impl SseRouter {
     }
 
     /// Who may publish: `Ok(None)` for any event name (no credentials configured, or the publish
-    /// token), `Ok(Some(grant))` for a JWT's grant, or `401`.
+    /// token), `Ok(Some(grant))` for a JWT's grant or the application's answer, or the refusal.
     async fn publish_grant(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<EventGrant>, ApiError> {
         let config = &self.inner.config;
-        if config.publish_token.is_none() && self.inner.publish_jwt.is_none() {
-            return Ok(None);
-        }
-        let token = match bearer_token(headers) {
-            Some(Ok(token)) => token,
-            Some(Err(error)) => return Err(error),
-            None => return Err(ApiError::unauthorized("a publish token is required")),
-        };
-        if let Some(expected) = &config.publish_token
+        let bearer = bearer_token(headers);
+        if let (Some(expected), Some(Ok(token))) = (&config.publish_token, &bearer)
             && constant_time_eq(token.as_bytes(), expected.as_bytes())
         {
             return Ok(None);
         }
+        if let Some(callout) = &self.inner.publish_callout {
+            return callout.publisher_grant(headers).await;
+        }
+        if config.publish_token.is_none() && self.inner.publish_jwt.is_none() {
+            return Ok(None);
+        }
+        let token = match bearer {
+            Some(Ok(token)) => token,
+            Some(Err(error)) => return Err(error),
+            None => return Err(ApiError::unauthorized("a publish token is required")),
+        };
         match &self.inner.publish_jwt {
             Some((verifier, claim)) => {
                 let claims = verifier.verify(token).await?;
