@@ -541,3 +541,123 @@ async fn the_application_authorizes_publishers() {
         "{stats:?}"
     );
 }
+
+/// In Chromium: a page of a cookie-session application (its own origin) opens an `EventSource`
+/// to the hub (another origin, `withCredentials`). Before logging in the hub refuses it (the
+/// application says 401) and the browser gives up; after logging in through the application's
+/// form, the stream opens with the application's cookie and gets its session's event; a
+/// disconnect's goodbye makes the page close it.
+#[tokio::test]
+async fn a_browser_logged_in_to_the_application_gets_its_sessions_events() {
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/login.mjs");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let modules = script.with_file_name("node_modules/playwright-core");
+    if !std::path::Path::new(&chromium).exists() || !modules.exists() {
+        common::brokers::not_installed("Chromium and playwright-core (tests/browser)");
+        return;
+    }
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_origin = format!("http://{}", app_listener.local_addr().unwrap());
+    let callout = CalloutSessions::new(CalloutConfig::new(format!("{app_origin}/auth")));
+    let server = TestServer::start_with(Arc::new(LocalBackend::new()), |b| b, {
+        let app_origin = app_origin.clone();
+        move |r| {
+            r.callout(callout).config(common::router_config(|c| {
+                c.cors = Some(sse_fanout::hyper::Cors {
+                    allowed_origins: vec![app_origin],
+                    allow_credentials: true,
+                });
+            }))
+        }
+    })
+    .await;
+    let app_page = format!(
+        r#"<!doctype html><title>orders</title><script>
+window.seen = {{ events: [], errors: 0, open: false, state: 0, goodbye: null }};
+const source = new EventSource("{}/sse/event-stream?eventName=orders.created", {{ withCredentials: true }});
+source.onopen = () => {{ seen.open = true; seen.state = source.readyState; }};
+source.onerror = () => {{ seen.errors++; seen.state = source.readyState; }};
+source.addEventListener("orders.created", (e) => seen.events.push(e.data));
+source.addEventListener("logged-out", (e) => {{ source.close(); seen.state = source.readyState; seen.goodbye = e.data; }});
+</script>"#,
+        server.url("")
+    );
+    let app = App::default();
+    let site = axum::Router::new()
+        .route("/auth", axum::routing::get(authorize))
+        .route(
+            "/",
+            axum::routing::get(|| async {
+                axum::response::Html(
+                    r#"<!doctype html><form method="post" action="/login"><button id="login">Log in</button></form>"#,
+                )
+            }),
+        )
+        .route(
+            "/login",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::SEE_OTHER,
+                    [
+                        ("location", "/app"),
+                        ("set-cookie", "app_session=dora; Path=/; HttpOnly; SameSite=Lax"),
+                    ],
+                )
+            }),
+        )
+        .route(
+            "/app",
+            axum::routing::get(move || async move { axum::response::Html(app_page) }),
+        )
+        .with_state(app.clone());
+    tokio::spawn(async move { axum::serve(app_listener, site).await });
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("APP_URL", &app_origin)
+        .env("CHROMIUM", &chromium)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs the browser tests");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the page said nothing for 60 s")
+            .unwrap()
+            .expect("the page ended early")
+    };
+    assert_eq!(
+        next().await,
+        "REFUSED 2",
+        "no cookie: the application's 401, for good"
+    );
+    assert_eq!(next().await, "OPENED");
+    server.wait_for_streams(1).await;
+    server
+        .hub
+        .publish(SendSseEvent::new("orders.created", json!({"order": 7})).to_session("dora"))
+        .await
+        .unwrap();
+    server
+        .hub
+        .publish(SendSseEvent::new("orders.created", json!("not yours")).to_session("eve"))
+        .await
+        .unwrap();
+    stdin.write_all(b"PUBLISHED\n").await.unwrap();
+    assert_eq!(next().await, r#"RECEIVED {"order":7}"#);
+    server
+        .hub
+        .disconnect(sse_fanout::Disconnect::session("dora").goodbye("logged-out", json!("bye")))
+        .await
+        .unwrap();
+    stdin.write_all(b"DISCONNECTED\n").await.unwrap();
+    assert_eq!(next().await, "CLOSED bye 2");
+    assert!(child.wait().await.unwrap().success());
+    server.wait_for_streams(0).await;
+}
