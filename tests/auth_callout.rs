@@ -7,6 +7,10 @@
 
 mod common;
 
+#[path = "../examples/cookie_app.rs"]
+#[allow(dead_code, missing_docs, unreachable_pub)]
+mod cookie_app;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -542,11 +546,12 @@ async fn the_application_authorizes_publishers() {
     );
 }
 
-/// In Chromium: a page of a cookie-session application (its own origin) opens an `EventSource`
-/// to the hub (another origin, `withCredentials`). Before logging in the hub refuses it (the
-/// application says 401) and the browser gives up; after logging in through the application's
-/// form, the stream opens with the application's cookie and gets its session's event; a
-/// disconnect's goodbye makes the page close it.
+/// In Chromium, the cookie-session example application (`examples/cookie_app.rs`): its page (its
+/// own origin) opens an `EventSource` to the hub (another origin, `withCredentials`). Before
+/// logging in the hub refuses it (the application says 401) and the browser gives up; after
+/// logging in through the application's form, the stream opens with the application's cookie and
+/// gets the event the application publishes for its user; its logout disconnects the session, and
+/// the goodbye makes the page close the stream.
 #[tokio::test]
 async fn a_browser_logged_in_to_the_application_gets_its_sessions_events() {
     let script =
@@ -559,11 +564,14 @@ async fn a_browser_logged_in_to_the_application_gets_its_sessions_events() {
     }
     let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_origin = format!("http://{}", app_listener.local_addr().unwrap());
-    let callout = CalloutSessions::new(CalloutConfig::new(format!("{app_origin}/auth")));
+    let callout = CalloutSessions::new(CalloutConfig::new(format!(
+        "{app_origin}/internal/sse-auth"
+    )));
     let server = TestServer::start_with(Arc::new(LocalBackend::new()), |b| b, {
         let app_origin = app_origin.clone();
         move |r| {
             r.callout(callout).config(common::router_config(|c| {
+                c.publish_token = Some("dev-token".to_owned());
                 c.cors = Some(sse_fanout::hyper::Cors {
                     allowed_origins: vec![app_origin],
                     allow_credentials: true,
@@ -572,92 +580,37 @@ async fn a_browser_logged_in_to_the_application_gets_its_sessions_events() {
         }
     })
     .await;
-    let app_page = format!(
-        r#"<!doctype html><title>orders</title><script>
-window.seen = {{ events: [], errors: 0, open: false, state: 0, goodbye: null }};
-const source = new EventSource("{}/sse/event-stream?eventName=orders.created", {{ withCredentials: true }});
-source.onopen = () => {{ seen.open = true; seen.state = source.readyState; }};
-source.onerror = () => {{ seen.errors++; seen.state = source.readyState; }};
-source.addEventListener("orders.created", (e) => seen.events.push(e.data));
-source.addEventListener("logged-out", (e) => {{ source.close(); seen.state = source.readyState; seen.goodbye = e.data; }});
-</script>"#,
-        server.url("")
-    );
-    let app = App::default();
-    let site = axum::Router::new()
-        .route("/auth", axum::routing::get(authorize))
-        .route(
-            "/",
-            axum::routing::get(|| async {
-                axum::response::Html(
-                    r#"<!doctype html><form method="post" action="/login"><button id="login">Log in</button></form>"#,
-                )
-            }),
-        )
-        .route(
-            "/login",
-            axum::routing::post(|| async {
-                (
-                    StatusCode::SEE_OTHER,
-                    [
-                        ("location", "/app"),
-                        ("set-cookie", "app_session=dora; Path=/; HttpOnly; SameSite=Lax"),
-                    ],
-                )
-            }),
-        )
-        .route(
-            "/app",
-            axum::routing::get(move || async move { axum::response::Html(app_page) }),
-        )
-        .with_state(app.clone());
-    tokio::spawn(async move { axum::serve(app_listener, site).await });
+    let app = cookie_app::app(cookie_app::Hub {
+        url: server.url(""),
+        token: "dev-token".to_owned(),
+    });
+    tokio::spawn(async move { axum::serve(app_listener, app).await });
 
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut child = tokio::process::Command::new("node")
-        .arg(&script)
-        .env("APP_URL", &app_origin)
-        .env("CHROMIUM", &chromium)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs the browser tests");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the page said nothing for 60 s")
-            .unwrap()
-            .expect("the page ended early")
-    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .env("APP_URL", &app_origin)
+            .env("CHROMIUM", &chromium)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser finished within 90 s")
+    .expect("node runs the browser tests");
+    let said = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
-        next().await,
-        "REFUSED 2",
-        "no cookie: the application's 401, for good"
+        said.lines().collect::<Vec<_>>(),
+        [
+            "REFUSED 2",
+            "OPENED",
+            r#"RECEIVED {"order":7}"#,
+            r#"CLOSED {"reason":"logout"} 2"#
+        ],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(next().await, "OPENED");
-    server.wait_for_streams(1).await;
-    server
-        .hub
-        .publish(SendSseEvent::new("orders.created", json!({"order": 7})).to_session("dora"))
-        .await
-        .unwrap();
-    server
-        .hub
-        .publish(SendSseEvent::new("orders.created", json!("not yours")).to_session("eve"))
-        .await
-        .unwrap();
-    stdin.write_all(b"PUBLISHED\n").await.unwrap();
-    assert_eq!(next().await, r#"RECEIVED {"order":7}"#);
-    server
-        .hub
-        .disconnect(sse_fanout::Disconnect::session("dora").goodbye("logged-out", json!("bye")))
-        .await
-        .unwrap();
-    stdin.write_all(b"DISCONNECTED\n").await.unwrap();
-    assert_eq!(next().await, "CLOSED bye 2");
-    assert!(child.wait().await.unwrap().success());
+    assert!(output.status.success());
     server.wait_for_streams(0).await;
+    assert_eq!(server.hub.stats().closed_disconnected, 1);
 }

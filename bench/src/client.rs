@@ -311,12 +311,26 @@ pub async fn open_stream(
     source: Option<Ipv4Addr>,
     path_and_query: &str,
 ) -> anyhow::Result<EventStream> {
+    open_stream_with(server, source, path_and_query, "").await
+}
+
+/// [`open_stream`] with `headers` (whole lines, each ending in CRLF, such as a `cookie:` line)
+/// added to the request; HTTP/1.1 only.
+pub async fn open_stream_with(
+    server: &Server,
+    source: Option<Ipv4Addr>,
+    path_and_query: &str,
+    headers: &str,
+) -> anyhow::Result<EventStream> {
     if server.http2() {
+        if !headers.is_empty() {
+            bail!("extra request headers are sent over HTTP/1.1 only");
+        }
         return open_http2_stream(server, source, path_and_query).await;
     }
     let mut socket = server.open(source, false).await.context("connect")?;
     let request = format!(
-        "GET {path_and_query} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
+        "GET {path_and_query} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{headers}\r\n",
         server.host
     );
     socket.write_all(request.as_bytes()).await?;

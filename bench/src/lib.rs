@@ -4,6 +4,7 @@
 //!
 //! BENCHMARKS.md says how to run them; `scripts/bench.sh` runs the whole table.
 
+pub mod auth;
 pub mod client;
 pub mod pump;
 pub mod record;

@@ -1,16 +1,17 @@
-// A cookie-session application in headless Chromium, driven by tests/auth_callout.rs over
-// stdin/stdout. APP_URL is the application's origin, whose /app page opens an EventSource to the
-// hub (another origin, with credentials) and keeps what it sees in window.seen.
+// The cookie-session example application (examples/cookie_app.rs) used in headless Chromium,
+// for tests/auth_callout.rs, which reads what this prints. APP_URL is the application's origin,
+// whose /app page opens an EventSource to the hub (another origin, with credentials) and keeps
+// what it sees in window.seen.
 //
 // 1. Opens /app before logging in: the hub refuses the stream (the application says 401), the
 //    EventSource fails for good. Prints "REFUSED <readyState>".
 // 2. Logs in through the application's form (it sets its session cookie), lands on /app, whose
 //    stream opens. Prints "OPENED".
-// 3. Waits for "PUBLISHED" on stdin, then for the event. Prints "RECEIVED <data>".
-// 4. Waits for "DISCONNECTED", then for the goodbye, on which the page closes its EventSource.
-//    Prints "CLOSED <goodbye data> <readyState>".
+// 3. Clicks "Ship order 7" (the application publishes to the user's session through the hub),
+//    waits for the event. Prints "RECEIVED <data>".
+// 4. Clicks "Log out" (the application disconnects the session through the hub), waits for the
+//    goodbye, on which the page closes its EventSource. Prints "CLOSED <goodbye data> <readyState>".
 import { chromium } from "playwright-core";
-import { createInterface } from "node:readline";
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -35,11 +36,6 @@ async function until(what, test) {
     await sleep(50);
   }
 }
-const lines = createInterface({ input: process.stdin });
-const waitFor = (word) =>
-  new Promise((resolve) => lines.on("line", (line) => line.trim() === word && resolve()));
-const published = waitFor("PUBLISHED");
-const disconnected = waitFor("DISCONNECTED");
 
 await page.goto(`${app}/app`);
 let now = await until("refusal", (s) => s.errors > 0 && s.state === 2);
@@ -51,11 +47,11 @@ await page.waitForURL(`${app}/app`);
 await until("open", (s) => s.open);
 console.log("OPENED");
 
-await published;
+await page.click("#ship");
 now = await until("event", (s) => s.events.length > 0);
 console.log(`RECEIVED ${now.events[0]}`);
 
-await disconnected;
+await page.click("#logout");
 now = await until("goodbye", (s) => s.goodbye !== null);
 console.log(`CLOSED ${now.goodbye} ${now.state}`);
 await browser.close();

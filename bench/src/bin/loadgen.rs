@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sse_fanout::connect::BackendSettings;
 use sse_fanout::{FanoutBackend, Hub};
-use sse_fanout_bench::client::{Publisher, Server, open_stream};
+use sse_fanout_bench::auth::{Credential, open_request};
+use sse_fanout_bench::client::{Publisher, Server, open_stream, open_stream_with};
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
 use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
 use sse_fanout_bench::sys::{now_micros, raise_fd_limit, rss_kib};
@@ -73,8 +74,11 @@ enum Cmd {
     /// `session`).
     Routing(RoutingArgs),
     /// Stream opens at a fixed rate, each of a new session: the time until each one's `200`
-    /// (in session routing, the route's subscribe is part of it).
+    /// (in session routing, the route's subscribe is part of it), named by `--credential`.
     Opens(OpensArgs),
+    /// The application an auth callout asks, answering at once (for `opens --credential
+    /// cookie-*`): `GET /auth`, and `GET /calls` counts its answers. Runs until stopped.
+    AuthApp(AuthAppArgs),
     /// What subscribing and unsubscribing session routes costs the backend: N sessions in the
     /// hub's batches of 1 000 (what a hub does after a broker reconnect).
     RouteSubscribe(RouteSubscribeArgs),
@@ -328,6 +332,25 @@ struct OpensArgs {
     /// What the hub runs (for the JSON line), e.g. `redis session`.
     #[arg(long, default_value = "")]
     label: String,
+    /// How each open names its session.
+    #[arg(long, value_enum, default_value = "dev")]
+    credential: Credential,
+    /// The hub's `--jwt-secret`, for `--credential jwt`.
+    #[arg(long, default_value = "")]
+    jwt_secret: String,
+    /// The application's `/calls` URL, to report the callouts the opens cost.
+    #[arg(long)]
+    app_calls: Option<String>,
+    /// The server's process id: the CPU it spent per open is reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct AuthAppArgs {
+    /// Where to listen, `127.0.0.1:port`.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -388,6 +411,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Resume(args) => resume(args).await?,
         Cmd::Routing(args) => routing(args).await?,
         Cmd::Opens(args) => opens(args).await?,
+        Cmd::AuthApp(args) => {
+            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            sse_fanout_bench::auth::serve_app(listener).await?;
+            return Ok(());
+        }
         Cmd::RouteSubscribe(args) => route_subscribe(args).await?,
         Cmd::Report(args) => {
             print!("{}", report::table(&std::fs::read_to_string(&args.file)?)?);
@@ -1128,18 +1156,27 @@ async fn opens(args: OpensArgs) -> anyhow::Result<Value> {
     let total = (args.rate as f64 * args.seconds) as u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let run = format!("o{}", std::process::id());
+    // Credentials are made before the clock starts: signing is the client's cost, not the hub's.
+    let requests = (0..total)
+        .map(|i| open_request(args.credential, &format!("{run}-{i}"), &args.jwt_secret))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let calls_before = match &args.app_calls {
+        Some(url) => Some(get_number(url).await?),
+        None => None,
+    };
+    let cpu_before = args.server_pid.and_then(sse_fanout_bench::sys::cpu_secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..total {
+    for (i, (query, headers)) in requests.into_iter().enumerate() {
         tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
         let (server, query) = (
             server.clone(),
-            format!("/sse/event-stream?eventName=bench&sessionId={run}-{i}"),
+            format!("/sse/event-stream?eventName=bench{query}"),
         );
         let source = Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8);
         tasks.push(tokio::spawn(async move {
             let at = Instant::now();
-            let stream = open_stream(&server, Some(source), &query).await;
+            let stream = open_stream_with(&server, Some(source), &query, &headers).await;
             let took = at.elapsed();
             let opened = stream.is_ok();
             // Held a moment, as a client would, then closed.
@@ -1156,15 +1193,38 @@ async fn opens(args: OpensArgs) -> anyhow::Result<Value> {
             _ => failed += 1,
         }
     }
+    let server_cpu = server_cpu_since(args.server_pid, cpu_before);
+    let callouts = match (&args.app_calls, calls_before) {
+        (Some(url), Some(before)) => Some(get_number(url).await? - before),
+        _ => None,
+    };
     Ok(json!({
         "scenario": "opens",
         "server": args.label,
+        "credential": format!("{:?}", args.credential),
         "rate": args.rate,
         "opened": latencies.len(),
         "failed": failed,
         "open_ms": percentiles_ms(&latencies),
+        "callouts": callouts,
+        "server_cpu_us_per_open": server_cpu
+            .map(|c| round(c * 1e6 / latencies.len().max(1) as f64, 1)),
         "route_changes": metric_sum(&args.url, "sse_route_changes_total").await.ok(),
     }))
+}
+
+/// The number `http://host:port/path` answers with (the auth application's `/calls`).
+async fn get_number(url: &str) -> anyhow::Result<u64> {
+    let (base, path) = url
+        .split_once("://")
+        .and_then(|(scheme, rest)| {
+            let at = rest.find('/')?;
+            Some((format!("{scheme}://{}", &rest[..at]), &rest[at..]))
+        })
+        .context("a URL with a path")?;
+    let mut client = Publisher::connect(&Server::parse(&base)?).await?;
+    let (_, body) = client.get(path).await?;
+    Ok(std::str::from_utf8(&body)?.trim().parse()?)
 }
 
 /// A hub of app `bench` inside the load tool, on `broker`.
