@@ -81,31 +81,39 @@ async fn session_ends_on_every_hub(args: &[String]) {
     }
 
     // Guarded as publishing is, and checked before anything goes out.
-    let (status, _) = disconnect(&hubs[0], json!({"sessionId": target}), None).await;
-    assert_eq!(status, 401);
-    let (status, body) = disconnect(&hubs[0], json!({}), Some(TOKEN)).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
-    let (status, _) = disconnect(
-        &hubs[0],
-        json!({"sessionId": target, "payload": 1}),
-        Some(TOKEN),
-    )
-    .await;
-    assert_eq!(status, 400, "a payload needs the goodbye's eventName");
-    let (status, _) = disconnect(
-        &hubs[0],
-        json!({"sessionId": target, "sesionId": "x"}),
-        Some(TOKEN),
-    )
-    .await;
-    assert_eq!(status, 400, "unknown fields are refused");
-    let (status, _) = disconnect(
-        &hubs[0],
-        json!({"sessionId": target, "eventName": "bye\nevent: e"}),
-        Some(TOKEN),
-    )
-    .await;
-    assert_eq!(status, 400);
+    let refused = [
+        (json!({"sessionId": target}), None, 401, "no publish token"),
+        (json!({}), Some(TOKEN), 400, "no sessionId"),
+        (
+            json!({"sessionId": target, "payload": 1}),
+            Some(TOKEN),
+            400,
+            "a payload without the goodbye's eventName",
+        ),
+        (
+            json!({"sessionId": target, "sesionId": "x"}),
+            Some(TOKEN),
+            400,
+            "an unknown field",
+        ),
+        (
+            json!({"sessionId": target, "eventName": "bye\nevent: e"}),
+            Some(TOKEN),
+            400,
+            "a line break in the name",
+        ),
+        (
+            json!({"sessionId": target, "eventName": ""}),
+            Some(TOKEN),
+            400,
+            "an empty name",
+        ),
+    ];
+    for (body, token, expected, why) in refused {
+        let (status, answer) = disconnect(&hubs[0], body, token).await;
+        assert_eq!(status, expected, "{why}: {answer}");
+        assert!(answer["error"].is_string(), "{why}: a JSON error, {answer}");
+    }
 
     let posted = Instant::now();
     let (status, body) = disconnect(
