@@ -2,8 +2,14 @@
 //! broker, a session with a stream on each, others beside it. A disconnect posted to one hub
 //! ends that session's three streams, each after the goodbye event, within a bound measured
 //! here; the other streams go on; a stream the session opens afterwards stays. In broadcast and
-//! in session routing (where the disconnect still reaches every instance).
-#![cfg(any(feature = "redis", feature = "nats", feature = "rabbit"))]
+//! in session routing (where the disconnect still reaches every instance); Kafka in broadcast
+//! routing, the one it has.
+#![cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbit",
+    feature = "kafka"
+))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -216,6 +222,14 @@ disconnect_scenarios!(
     brokers::Broker::Redis,
     "--routing",
     "broadcast"
+);
+disconnect_scenarios!(
+    kafka,
+    "kafka",
+    brokers::Broker::Kafka,
+    "--routing",
+    "broadcast",
+    "--create-topic"
 );
 mod routed {
     use super::*;
