@@ -200,8 +200,9 @@ pub struct Subscription {
     /// socket no longer drains, so its body is not left waiting to be polled.
     pub abort_on_overflow: Option<CancellationToken>,
     /// How long the stream may stay open at most, emitter timeout or not: the time left until
-    /// the client's credentials expire (an auth callout's `expiresAt`, a JWT's `exp`). The
-    /// client reconnects after it and is asked for them again.
+    /// the client's credentials expire (the hub sets it from an auth callout's `expiresAt`; a
+    /// JWT's `exp` does not end a stream). The client reconnects after it and is asked for them
+    /// again.
     pub lifetime: Option<std::time::Duration>,
 }
 
