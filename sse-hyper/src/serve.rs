@@ -299,7 +299,7 @@ async fn handshake(
             return;
         }
     };
-    if !direct_streams || stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    if !direct_streams || stream.alpn_protocol() == Some(b"h2") {
         tokio::spawn(hyper.serve(stream, peer, client));
         return;
     }

@@ -26,8 +26,9 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+mod stream;
+pub(crate) use stream::TlsStream;
 
 /// How often the server looks whether the certificate or key file changed.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -173,7 +174,7 @@ impl HandshakeFailure {
 /// [module docs](self)). Cheap to clone.
 #[derive(Clone)]
 pub struct Tls {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     certificate: Arc<Current>,
     files: Arc<TlsFiles>,
     publishers_verified: bool,
@@ -249,7 +250,7 @@ impl Tls {
         let mut config = builder.with_cert_resolver(certificate.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             certificate,
             publishers_verified: files.publish_client_ca.is_some(),
             files: Arc::new(files),
@@ -313,11 +314,11 @@ impl Tls {
         socket: TcpStream,
         timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, Option<ClientCertificate>), HandshakeFailure> {
-        let stream = tokio::time::timeout(timeout, self.acceptor.accept(socket))
+        let stream = tokio::time::timeout(timeout, TlsStream::accept(socket, self.config.clone()))
             .await
             .map_err(|_| HandshakeFailure::Timeout)?
             .map_err(|error| HandshakeFailure::of(&error))?;
-        let presented = stream.get_ref().1.peer_certificates().is_some();
+        let presented = stream.has_peer_certificate();
         Ok((stream, presented.then_some(ClientCertificate)))
     }
 }
