@@ -8,6 +8,9 @@
 //! connections keep theirs. A reload that fails (a half-written file, a key that does not match)
 //! keeps the certificate in use and says why.
 //!
+//! Each connection is the server's own stream on rustls' unbuffered API, which holds no buffer while
+//! idle: an idle TLS event stream costs rustls' session and little more (see `tls/stream.rs`).
+//!
 //! With a publisher CA ([`TlsFiles::publish_client_ca`]) the server asks every client for a
 //! certificate and accepts one only if that CA signed it; a connection without one is still
 //! served (browsers have none), and its requests carry no [`ClientCertificate`], which is what
