@@ -11,13 +11,16 @@ needed=()
 # The browser test drives Debian's Chromium with playwright-core (no browser download); the
 # history tests use Node's `eventsource` package as a client.
 # The deployment tests (tests/deploy.rs) run Debian's nginx and HAProxy with deploy/'s configs.
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev chromium nginx-light haproxy; do
+# The peer benchmark (scripts/bench-peers.sh) runs nchan (an nginx module) and Pushpin.
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev chromium nginx-light haproxy \
+  libnginx-mod-nchan pushpin; do
   dpkg -s "$pkg" >/dev/null 2>&1 || needed+=("$pkg")
 done
 command -v npm >/dev/null || needed+=(nodejs npm)
 if [ ${#needed[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   echo "scripts/setup.sh: installing ${needed[*]}" >&2
-  # nginx and HAProxy must not start as services on installing: the tests start their own.
+  # nginx, HAProxy and Pushpin must not start as services on installing: the tests and
+  # benchmarks start their own.
   policy=/usr/sbin/policy-rc.d
   own_policy=
   if [ ! -e "$policy" ]; then

@@ -445,23 +445,28 @@ impl EventStream {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection that POSTs JSON.
+/// One keep-alive HTTP/1.1 connection that POSTs JSON; opened again when the server closed it
+/// (Pushpin's publish endpoint answers every request with `Connection: close`).
 #[derive(Debug)]
 pub struct Publisher {
     sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
+    server: Server,
 }
 
 impl Publisher {
     /// Opens the connection.
     pub async fn connect(server: &Server) -> anyhow::Result<Publisher> {
+        Ok(Publisher {
+            sender: Publisher::open(server).await?,
+            server: server.clone(),
+        })
+    }
+
+    async fn open(server: &Server) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
         let stream = server.open(None, false).await.context("connect")?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Publisher {
-            sender,
-            host: server.host.clone(),
-        })
+        Ok(sender)
     }
 
     /// POSTs `body` as JSON to `path`; returns the status and the answer.
@@ -482,10 +487,13 @@ impl Publisher {
         &mut self,
         mut request: http::Request<Full<Bytes>>,
     ) -> anyhow::Result<(u16, Bytes)> {
-        request
-            .headers_mut()
-            .insert(http::header::HOST, http::HeaderValue::from_str(&self.host)?);
-        self.sender.ready().await?;
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&self.server.host)?,
+        );
+        if self.sender.ready().await.is_err() {
+            self.sender = Publisher::open(&self.server).await?;
+        }
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod peers;
 pub mod pump;
 pub mod record;
 pub mod sys;

@@ -19,6 +19,60 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// `pid` and every process descended from it (nginx's workers, Pushpin's services), read from
+/// `/proc`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // After the name in parentheses: state, then the parent's pid.
+            let parent = stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Proportional set size of `pid` and its descendants in KiB (`Pss` of
+/// `/proc/<pid>/smaps_rollup`, summed): memory shared between a server's processes (nginx's
+/// workers map one shared zone) is counted once, not once per process.
+pub fn pss_kib_tree(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for process in process_tree(pid) {
+        let rollup = std::fs::read_to_string(format!("/proc/{process}/smaps_rollup")).ok()?;
+        total += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())?;
+    }
+    Some(total)
+}
+
+/// CPU seconds `pid` and its descendants have used (see [`cpu_secs`]).
+pub fn cpu_secs_tree(pid: u32) -> Option<f64> {
+    process_tree(pid).into_iter().map(cpu_secs).sum()
+}
+
 /// CPU seconds process `pid` has used, user and system together (`/proc/<pid>/stat`, in clock
 /// ticks of 1/100 s, which Linux fixes for this interface).
 pub fn cpu_secs(pid: u32) -> Option<f64> {

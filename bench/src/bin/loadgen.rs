@@ -33,9 +33,10 @@ use sse_fanout::connect::BackendSettings;
 use sse_fanout::{FanoutBackend, Hub};
 use sse_fanout_bench::auth::{Credential, open_request};
 use sse_fanout_bench::client::{Publisher, Server, open_stream, open_stream_with};
+use sse_fanout_bench::peers::PublishForm;
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
 use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
-use sse_fanout_bench::sys::{now_micros, raise_fd_limit, rss_kib};
+use sse_fanout_bench::sys::{cpu_secs_tree, now_micros, pss_kib_tree, raise_fd_limit, rss_kib};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -153,12 +154,38 @@ struct BroadcastArgs {
     /// Milliseconds between them.
     #[arg(long, default_value_t = 300)]
     interval_ms: u64,
-    /// The publish path.
-    #[arg(long, default_value = "/sse/publish")]
-    publish_path: String,
-    /// The server's process id, to read the CPU time it spent on the measured events.
+    #[command(flatten)]
+    publishing: PublishingArgs,
+    /// The server's process id, to read the CPU time it (and its child processes) spent on the
+    /// measured events.
     #[arg(long)]
     server_pid: Option<u32>,
+}
+
+/// Where and how events are published (the hub, or a peer in `bench/peers/`).
+#[derive(Debug, Clone, Args)]
+struct PublishingArgs {
+    /// The hub's publish path.
+    #[arg(long, default_value = "/sse/publish")]
+    publish_path: String,
+    /// The publish request's form: the hub's, nchan's or Pushpin's.
+    #[arg(long, value_enum, default_value_t)]
+    form: PublishForm,
+    /// Where publishing goes when not to `--url` (Pushpin's publish endpoint).
+    #[arg(long)]
+    publish_url: Option<String>,
+}
+
+impl PublishingArgs {
+    fn server(&self, streams: &StreamArgs) -> anyhow::Result<Server> {
+        Server::parse(self.publish_url.as_deref().unwrap_or(&streams.url))
+    }
+
+    /// The request that publishes event `n` to `session`, or to every stream.
+    fn request(&self, n: u64, session: Option<&str>) -> (String, Bytes) {
+        self.form
+            .request(&self.publish_path, "bench", session, &pump::payload(n))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -189,9 +216,12 @@ struct PublishArgs {
     /// Seconds to publish for.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// The publish path.
-    #[arg(long, default_value = "/sse/publish")]
-    publish_path: String,
+    /// Publish at this many requests per second over the connections (targeted at a fixed
+    /// rate, as the `targeted` scenario's pump but over HTTP); 0: as fast as answered.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[command(flatten)]
+    publishing: PublishingArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -701,12 +731,14 @@ async fn until_quiet(workers: &mut Workers, max: Duration) -> anyhow::Result<(Me
 async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let rss_before = args.server_pid.and_then(rss_kib);
+    let pss_before = args.server_pid.and_then(pss_kib_tree);
     let (workers, ready) = Workers::open(s, false).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_open = args.server_pid.and_then(rss_kib);
+    let pss_open = args.server_pid.and_then(pss_kib_tree);
     let server_streams = server_streams(&s.url).await;
     workers.stop().await;
-    let per_stream = match (rss_before, rss_open) {
+    let per_stream = |before: Option<u64>, open: Option<u64>| match (before, open) {
         (Some(before), Some(open)) if ready.open > 0 => {
             Some(round((open as f64 - before as f64) / ready.open as f64, 2))
         }
@@ -722,7 +754,10 @@ async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
         "connects_per_sec": round(ready.open as f64 / ready.connect_secs.max(1e-9), 0),
         "rss_before_kib": rss_before,
         "rss_open_kib": rss_open,
-        "kib_per_stream": per_stream,
+        "kib_per_stream": per_stream(rss_before, rss_open),
+        "pss_before_kib": pss_before,
+        "pss_open_kib": pss_open,
+        "pss_kib_per_stream": per_stream(pss_before, pss_open),
     }))
 }
 
@@ -742,26 +777,23 @@ async fn server_streams(url: &str) -> Option<u64> {
 
 async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
-    let server = Server::parse(&s.url)?;
+    let server = args.publishing.server(s)?;
     let (mut workers, ready) = Workers::open(s, true).await?;
     let mut publisher = Publisher::connect(&server).await?;
     let interval = Duration::from_millis(args.interval_ms);
-    let send = |n: u64| {
-        Bytes::from(json!({"eventName": "bench", "payload": pump::payload(n)}).to_string())
-    };
     for warm in 0..3 {
-        publisher
-            .post(&args.publish_path, send(u64::MAX - warm))
-            .await?;
+        let (path, body) = args.publishing.request(u64::MAX - warm, None);
+        publisher.post(&path, body).await?;
         tokio::time::sleep(interval).await;
     }
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
-    let cpu_before = args.server_pid.and_then(sse_fanout_bench::sys::cpu_secs);
+    let cpu_before = args.server_pid.and_then(cpu_secs_tree);
     let started = Instant::now();
     for n in 0..args.events {
-        let (status, body) = publisher.post(&args.publish_path, send(n)).await?;
-        if status != 202 {
+        let (path, body) = args.publishing.request(n, None);
+        let (status, body) = publisher.post(&path, body).await?;
+        if !args.publishing.form.accepted(status) {
             bail!(
                 "publish answered {status}: {}",
                 String::from_utf8_lossy(&body)
@@ -801,9 +833,9 @@ async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     }))
 }
 
-/// CPU seconds the server spent since `before` (read from `pid`'s `/proc` entry).
+/// CPU seconds the server (`pid` and its child processes) spent since `before`.
 fn server_cpu_since(pid: Option<u32>, before: Option<f64>) -> Option<f64> {
-    Some(sse_fanout_bench::sys::cpu_secs(pid?)? - before?)
+    Some(cpu_secs_tree(pid?)? - before?)
 }
 
 async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
@@ -822,7 +854,7 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
         .await?;
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
-    let cpu_before = args.server_pid.and_then(sse_fanout_bench::sys::cpu_secs);
+    let cpu_before = args.server_pid.and_then(cpu_secs_tree);
     let (status, body) = control
         .post("/bench/pump", run(spec(args.rate, args.seconds)))
         .await?;
@@ -859,47 +891,20 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let stream_args = s.one_session_each();
     let sessions = stream_args.sessions;
-    let server = Server::parse(&s.url)?;
+    let server = args.publishing.server(s)?;
     let (mut workers, ready) = Workers::open(&stream_args, false).await?;
     let next = Arc::new(AtomicU64::new(0));
     let run = |seconds: f64| {
-        let tasks: Vec<_> = (0..args.connections)
-            .map(|_| {
-                let (server, next, path) =
-                    (server.clone(), next.clone(), args.publish_path.clone());
-                tokio::spawn(async move {
-                    let mut publisher = Publisher::connect(&server).await?;
-                    let mut latencies = histogram();
-                    let mut refused = 0u64;
-                    let until = Instant::now() + Duration::from_secs_f64(seconds);
-                    while Instant::now() < until {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let body = json!({
-                            "eventName": "bench",
-                            "sessionId": format!("s{}", n % sessions as u64),
-                            "payload": pump::payload(n),
-                        });
-                        let sent = Instant::now();
-                        let (status, _) =
-                            publisher.post(&path, Bytes::from(body.to_string())).await?;
-                        latencies.saturating_record(sent.elapsed().as_micros() as u64);
-                        if status != 202 {
-                            refused += 1;
-                        }
-                    }
-                    anyhow::Ok((latencies, refused))
-                })
-            })
-            .collect();
+        let (server, next, publishing) = (server.clone(), next.clone(), args.publishing.clone());
+        let (connections, rate) = (args.connections, args.rate);
         async move {
-            let mut latencies = histogram();
-            let mut refused = 0;
-            for task in tasks {
-                let (h, r) = task.await??;
-                latencies.add(&h)?;
-                refused += r;
+            if rate > 0 {
+                let spec = PumpSpec::new(rate, seconds, sessions);
+                at_rate(&server, &publishing, connections, &spec).await
+            } else {
+                as_fast_as_answered(&server, &publishing, connections, seconds, sessions, &next)
+                    .await
             }
-            anyhow::Ok((latencies, refused))
         }
     };
     run(0.5).await?;
@@ -918,6 +923,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
         "connections": args.connections,
         "requests": requests.len(),
         "refused": refused,
+        "rate": args.rate,
         "requests_per_sec": round(requests.len() as f64 / elapsed, 0),
         "request_ms": percentiles_ms(&requests),
         "delivered": merged.received,
@@ -925,6 +931,91 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
         "delivery_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
     }))
+}
+
+/// Requests over `connections` keep-alive connections, each sending the next as soon as the last
+/// is answered, for `seconds`; their latencies and how many were refused.
+async fn as_fast_as_answered(
+    server: &Server,
+    publishing: &PublishingArgs,
+    connections: usize,
+    seconds: f64,
+    sessions: usize,
+    next: &Arc<AtomicU64>,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (server, next, publishing) = (server.clone(), next.clone(), publishing.clone());
+            tokio::spawn(async move {
+                let mut publisher = Publisher::connect(&server).await?;
+                let mut latencies = histogram();
+                let mut refused = 0u64;
+                let until = Instant::now() + Duration::from_secs_f64(seconds);
+                while Instant::now() < until {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let session = format!("s{}", n % sessions as u64);
+                    let (path, body) = publishing.request(n, Some(&session));
+                    let sent = Instant::now();
+                    let (status, _) = publisher.post(&path, body).await?;
+                    latencies.saturating_record(sent.elapsed().as_micros() as u64);
+                    if !publishing.form.accepted(status) {
+                        refused += 1;
+                    }
+                }
+                anyhow::Ok((latencies, refused))
+            })
+        })
+        .collect();
+    let mut latencies = histogram();
+    let mut refused = 0;
+    for task in tasks {
+        let (h, r) = task.await??;
+        latencies.add(&h)?;
+        refused += r;
+    }
+    Ok((latencies, refused))
+}
+
+/// Requests at `spec`'s rate to its sessions in turn, over `connections` keep-alive connections
+/// (at most one request waiting on each); their latencies and how many were refused (a request
+/// that failed counts as refused).
+async fn at_rate(
+    server: &Server,
+    publishing: &PublishingArgs,
+    connections: usize,
+    spec: &PumpSpec,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+    let (idle_tx, idle_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..connections.max(1) {
+        idle_tx.send(Publisher::connect(server).await?)?;
+    }
+    let idle_rx = Arc::new(tokio::sync::Mutex::new(idle_rx));
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let report = pump::run(spec, connections.max(1), |n| {
+        let (idle_tx, idle_rx, latencies) = (idle_tx.clone(), idle_rx.clone(), latencies.clone());
+        let (path, body) = publishing.request(n, spec.session(n).as_deref());
+        let form = publishing.form;
+        async move {
+            // The pump keeps at most `connections` requests waiting: one is idle.
+            let Some(mut publisher) = idle_rx.lock().await.recv().await else {
+                return false;
+            };
+            let sent = Instant::now();
+            let answered = publisher.post(&path, body).await;
+            if let Ok(mut latencies) = latencies.lock() {
+                latencies.saturating_record(sent.elapsed().as_micros() as u64);
+            }
+            let accepted = matches!(answered, Ok((status, _)) if form.accepted(status));
+            let _ = idle_tx.send(publisher);
+            accepted
+        }
+    })
+    .await;
+    let latencies = latencies
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok((latencies, report.failed))
 }
 
 async fn connect_backend(
