@@ -68,11 +68,30 @@ struct History {
     /// had no id to ask for.
     fresh_open: Option<Instant>,
     events: Vec<Seen>,
-    /// Each stream it opened: where its events begin in `events`, the hub's port and the
-    /// `Last-Event-ID` it sent (to tell where a duplicate came from).
-    streams: Vec<(usize, u16, Option<String>)>,
+    /// Each stream it opened, in order (to tell where a duplicate came from and where a lost
+    /// event should have come).
+    streams: Vec<Opened>,
     opens: usize,
     refused: usize,
+}
+
+/// One stream a client opened.
+#[derive(Debug, Clone)]
+struct Opened {
+    /// Where its events begin in [`History::events`].
+    at: usize,
+    /// The hub's port.
+    port: u16,
+    /// The `Last-Event-ID` it sent.
+    last_id: Option<String>,
+    /// When it was answered `200`.
+    when: Instant,
+}
+
+impl std::fmt::Display for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "on {} after {:?}", self.port, self.last_id)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +211,12 @@ async fn client(
                         h.fresh_open = Some(now);
                     }
                     let at = h.events.len();
-                    h.streams.push((at, port, last_id.clone()));
+                    h.streams.push(Opened {
+                        at,
+                        port,
+                        last_id: last_id.clone(),
+                        when: now,
+                    });
                 }
                 let mut events = response.bytes_stream().eventsource();
                 let until = tokio::time::sleep(stay);
@@ -332,6 +356,7 @@ fn check(
     history: &History,
     publishes: &[Publish],
     problems: &mut Vec<String>,
+    details: &mut Vec<String>,
 ) -> usize {
     let by_id: HashMap<&str, &Publish> = publishes
         .iter()
@@ -343,6 +368,7 @@ fn check(
         .filter(|p| p.acked.is_none())
         .map(|p| (p.publisher, p.n))
         .collect();
+    let problems_before = problems.len();
     let mut seen_ids: HashSet<String> = HashSet::new();
     let mut last_n: HashMap<usize, u64> = HashMap::new();
     let mut received = 0;
@@ -374,14 +400,11 @@ fn check(
                 .enumerate()
                 .filter(|(_, e)| event_id(&e.id) == id)
                 .map(|(i, _)| {
-                    let (_, port, last) = history
-                        .streams
-                        .iter()
-                        .rev()
-                        .find(|(at, _, _)| *at <= i)
-                        .cloned()
-                        .unwrap_or((0, 0, None));
-                    format!("#{i} on {port} after {last:?}")
+                    let stream = history.streams.iter().rev().find(|s| s.at <= i);
+                    match stream {
+                        Some(stream) => format!("#{i} {stream}"),
+                        None => format!("#{i}"),
+                    }
                 })
                 .collect();
             problems.push(format!(
@@ -428,15 +451,55 @@ fn check(
         let Some(id) = &publish.acked else { continue };
         let mine = publish.session.as_deref().is_none_or(|s| s == session);
         if mine && publish.sent > fresh_open && !seen_ids.contains(id.as_str()) {
+            // The stream the client had opened last when it was published (it may have ended
+            // since): the event should have come on it or on the next one, with its id.
+            let stream = history
+                .streams
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, s)| s.when <= publish.sent)
+                .map_or_else(
+                    || "before any stream".to_owned(),
+                    |(i, s)| format!("stream #{i} {s}"),
+                );
             problems.push(format!(
-                "{session}: lost {id} (publisher {} n={}, {})",
+                "{session}: lost {id} (publisher {} n={}, {}), published during {stream}",
                 publish.publisher,
                 publish.n,
                 publish.session.as_deref().unwrap_or("broadcast")
             ));
         }
     }
+    if problems.len() > problems_before {
+        details.push(streams_of(session, history, publishes));
+    }
     received
+}
+
+/// A client's streams, for a person reading a failed run: when each opened (seconds since the
+/// first publish), on which hub, after which id, and the first and last event it brought.
+fn streams_of(session: &str, history: &History, publishes: &[Publish]) -> String {
+    let start = publishes.iter().map(|p| p.sent).min();
+    let mut out = format!("{session}'s streams:");
+    for (i, stream) in history.streams.iter().enumerate() {
+        let end = history
+            .streams
+            .get(i + 1)
+            .map_or(history.events.len(), |next| next.at);
+        let events = &history.events[stream.at..end];
+        let at = start.map_or(0.0, |start| {
+            stream.when.saturating_duration_since(start).as_secs_f64()
+        });
+        let n = |seen: Option<&Seen>| seen.map_or_else(|| "-".to_owned(), |e| e.data.clone());
+        out += &format!(
+            "\n    #{i} at {at:.2}s {stream}: {} events, {} .. {}",
+            events.len(),
+            n(events.first()),
+            n(events.last())
+        );
+    }
+    out
 }
 
 async fn run(run: Run) {
@@ -521,12 +584,13 @@ async fn run(run: Run) {
     stop_clients.cancel();
     let publishes = log.lock().unwrap().clone();
     let mut problems = Vec::new();
+    let mut details = Vec::new();
     let mut received = 0;
     let (mut opens, mut refused) = (0, 0);
     for (session, history, task) in clients {
         task.await.unwrap();
         let history = history.lock().unwrap();
-        received += check(&session, &history, &publishes, &mut problems);
+        received += check(&session, &history, &publishes, &mut problems, &mut details);
         opens += history.opens;
         refused += history.refused;
     }
@@ -567,6 +631,9 @@ async fn run(run: Run) {
     );
     for problem in problems.iter().take(40) {
         let _ = writeln!(out, "  {problem}");
+    }
+    for detail in &details {
+        let _ = writeln!(out, "  {detail}");
     }
     drop(out);
     assert!(
