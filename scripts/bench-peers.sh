@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # sse-fanout against the peers users would pick instead (BENCHMARKS.md, "Against nchan and
-# Pushpin"): nchan (the nginx module) and Pushpin (the GRIP proxy, with a minimal origin), one
-# instance each, with the configurations in bench/peers/, measured by the same load tool in one
-# run: idle streams (memory as PSS summed over the server's process tree, since nginx and
-# Pushpin run several processes), the connect rate, a broadcast to 10 000 streams, and targeted
-# HTTP publishing over keep-alive connections (requests/s, delivery latency, loss). Each
-# scenario starts its server afresh. Keeps the JSON lines in target/bench/peers.jsonl and prints
-# a table. About 5 minutes after the build; scripts/setup.sh installs nchan and Pushpin.
+# Pushpin"): nchan (the nginx module) and Pushpin (the GRIP proxy, with a minimal origin), with
+# the configurations in bench/peers/, measured by the same load tool in one run.
+#
+# One instance of each: idle streams (memory as PSS summed over the server's process tree, since
+# nginx and Pushpin run several processes), the connect rate, a broadcast to 10 000 streams, and
+# targeted HTTP publishing over keep-alive connections (requests/s, delivery latency, loss).
+#
+# Two instances of each, the streams shared evenly, publishing to the first: two hubs on one
+# Redis (session routing, history on), two nginx with nchan on one Redis (nchan's distributed
+# mode), two Pushpin instances (they share nothing: every publish goes to both, as a GRIP
+# publisher does). A broadcast to 10 000 streams and targeted HTTP publishing, where half the
+# events cross from one instance to the other.
+#
+# Each scenario starts its servers (and Redis) afresh; the whole is run BENCH_RUNS times (3) and
+# the table gives the median of each figure. Keeps the JSON lines in target/bench/peers.jsonl.
+# About 8 minutes per run after the build; scripts/setup.sh installs nchan and Pushpin.
 #
 #   bash scripts/bench-peers.sh               # builds what is missing first
-#   BENCH_QUICK=1 bash scripts/bench-peers.sh # small runs, to check the script (~1 minute)
+#   BENCH_QUICK=1 bash scripts/bench-peers.sh # small runs, once, to check the script (~2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,18 +37,54 @@ cargo build --release -p sse-fanout --all-features --bin sse-fanout --quiet
 cargo build --release -p sse-fanout-bench --bin loadgen --bin grip-origin --quiet
 
 if [ -n "${BENCH_QUICK:-}" ]; then
-  idle=2000 broadcast=1000 events=5 targeted=200 seconds=1 rates="10000 20000"
+  idle=2000 broadcast=1000 events=5 targeted=200 seconds=1 rates="10000 20000" runs=1
 else
   idle=19000 broadcast=10000 events=30 targeted=1000 seconds=5 rates="10000 20000 40000 80000"
+  runs=${BENCH_RUNS:-3}
 fi
+redis_port=6391
 
 . scripts/bench-lib.sh
-origin=
+# Every process a scenario started besides the measured one (`pid`): origins, second instances,
+# Redis.
+others=()
+keep() { others+=("$pid"); pid=; }
 stop_all() {
   stop
-  if [ -n "$origin" ]; then kill "$origin" 2>/dev/null || true; wait "$origin" 2>/dev/null || true; origin=; fi
+  for other in "${others[@]}"; do kill "$other" 2>/dev/null || true; wait "$other" 2>/dev/null || true; done
+  others=()
 }
 trap stop_all EXIT
+
+# A fresh Redis of the benchmark's own (nothing on disk), for the two-instance scenarios.
+start_redis() {
+  start redis "$redis_port" redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no
+  keep
+}
+
+# nchan instance $1 on port $2; with $3, on the benchmark's Redis.
+start_nchan() {
+  local dir="$run_dir/nchan-$1" upstream= pass=
+  if [ -n "${3:-}" ]; then
+    upstream="upstream bench_redis { nchan_redis_server redis://127.0.0.1:$redis_port; }"
+    pass="nchan_redis_pass bench_redis;"
+  fi
+  rm -rf "$dir" && mkdir -p "$dir/tmp"
+  sed -e "/^#/!s|@PORT@|$2|" -e "/^#/!s|@REDIS_UPSTREAM@|$upstream|" -e "/^#/!s|@REDIS_PASS@|$pass|" \
+    bench/peers/nchan.conf > "$dir/nginx.conf"
+  start "nchan-$1" "$2" nginx -p "$PWD/$dir" -c "$PWD/$dir/nginx.conf"
+}
+
+# Pushpin instance $1 with port offset $2 (streams on 8096 + $2, publishing on 5561 + $2).
+start_pushpin() {
+  local dir="$run_dir/pushpin-$1"
+  rm -rf "$dir" && mkdir -p "$dir"
+  sed -e "s|@RUN@|$PWD/$dir|g" -e "/^#/!s|@OFFSET@|$2|" -e "/^#/!s|@HTTP_PORT@|$((8096 + $2))|" \
+    bench/peers/pushpin.conf > "$dir/pushpin.conf"
+  cp bench/peers/pushpin.routes "$dir/"
+  start "pushpin-$1" $((8096 + $2)) pushpin --config "$PWD/$dir/pushpin.conf"
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((5561 + $2))") 2>/dev/null && break; sleep 0.1; done
+}
 
 # Starts server $1; sets `url`, `pid` (the process whose tree is measured) and `publishing`
 # (the load tool's publish form).
@@ -49,63 +94,127 @@ serve() {
       start hub 8090 "$bin/sse-fanout" --listen 127.0.0.1:8090 --emitter-timeout 0
       url=http://127.0.0.1:8090 publishing=() ;;
     nchan)
-      rm -rf "$run_dir/nchan" && mkdir -p "$run_dir/nchan/tmp"
-      start nchan 8095 nginx -p "$PWD/$run_dir/nchan" -c "$PWD/bench/peers/nchan.conf"
+      start_nchan a 8095
       url=http://127.0.0.1:8095 publishing=(--form nchan) ;;
     pushpin)
-      rm -rf "$run_dir/pushpin" && mkdir -p "$run_dir/pushpin"
-      sed "s|@RUN@|$PWD/$run_dir/pushpin|g" bench/peers/pushpin.conf > "$run_dir/pushpin/pushpin.conf"
-      cp bench/peers/pushpin.routes "$run_dir/pushpin/"
       start grip-origin 8097 "$bin/grip-origin" --listen 127.0.0.1:8097
-      origin=$pid pid=
-      start pushpin 8096 pushpin --config "$PWD/$run_dir/pushpin/pushpin.conf"
-      for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/5561) 2>/dev/null && break; sleep 0.1; done
+      keep
+      start_pushpin a 0
       url=http://127.0.0.1:8096 publishing=(--form pushpin --publish-url http://127.0.0.1:5561) ;;
   esac
 }
 
-for server in sse-fanout nchan pushpin; do
-  serve "$server"
-  run idle --url "$url" --streams "$idle" --sessions 1000 --server-pid "$pid" --label "$server"
-  stop_all
-  serve "$server"
-  run broadcast --url "$url" --streams "$broadcast" --sessions 1000 --events "$events" \
-    --server-pid "$pid" --label "$server" "${publishing[@]}"
-  stop_all
-  # Targeted at a fixed rate, doubling until a rate is not sustained: fewer requests than
-  # asked, or events lost.
+# Starts two instances of server $1 (and their Redis); sets `url` (both) and `publishing`.
+serve_two() {
+  case $1 in
+    sse-fanout)
+      start_redis
+      for port in 8090 8091; do
+        start "hub-$port" "$port" "$bin/sse-fanout" --listen "127.0.0.1:$port" --emitter-timeout 0 \
+          --backend redis --backend-url "redis://127.0.0.1:$redis_port" --routing session
+        keep
+      done
+      url=http://127.0.0.1:8090,http://127.0.0.1:8091 publishing=() ;;
+    nchan)
+      start_redis
+      start_nchan a 8095 redis; keep
+      start_nchan b 8098 redis; keep
+      url=http://127.0.0.1:8095,http://127.0.0.1:8098 publishing=(--form nchan) ;;
+    pushpin)
+      start grip-origin 8097 "$bin/grip-origin" --listen 127.0.0.1:8097
+      keep
+      start_pushpin a 0; keep
+      start_pushpin b 10; keep
+      url=http://127.0.0.1:8096,http://127.0.0.1:8106
+      publishing=(--form pushpin --publish-url http://127.0.0.1:5561,http://127.0.0.1:5571) ;;
+  esac
+}
+
+# Targeted publishing at fixed rates, doubling until a rate is not sustained (fewer requests
+# than asked, or events lost), then as fast as answered; servers started by $1 for server $2,
+# labelled $3.
+publishing_runs() {
+  local starter=$1 server=$2 label=$3
   for rate in $rates; do
-    serve "$server"
+    $starter "$server"
     line=$(run publish --url "$url" --streams "$targeted" --seconds "$seconds" --connections 16 \
-      --rate "$rate" --label "$server" "${publishing[@]}")
+      --rate "$rate" --label "$label" "${publishing[@]}")
     stop_all
     sustained=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(int(r["lost"] == 0 and r["refused"] == 0 and r["requests_per_sec"] >= 0.95 * r["rate"]))' "$line")
     [ "$sustained" = 1 ] || break
   done
-  serve "$server"
+  $starter "$server"
   run publish --url "$url" --streams "$targeted" --seconds "$seconds" --connections 16 \
-    --label "$server" "${publishing[@]}"
+    --label "$label" "${publishing[@]}"
   stop_all
+}
+
+for round in $(seq "$runs"); do
+  echo "bench-peers: run $round of $runs" >&2
+  for server in sse-fanout nchan pushpin; do
+    serve "$server"
+    run idle --url "$url" --streams "$idle" --sessions 1000 --server-pid "$pid" --label "$server"
+    stop_all
+    serve "$server"
+    run broadcast --url "$url" --streams "$broadcast" --sessions 1000 --events "$events" \
+      --server-pid "$pid" --label "$server" "${publishing[@]}"
+    stop_all
+    publishing_runs serve "$server" "$server"
+  done
+  for server in sse-fanout nchan pushpin; do
+    serve_two "$server"
+    run broadcast --url "$url" --streams "$broadcast" --sessions 1000 --events "$events" \
+      --label "$server x2" "${publishing[@]}"
+    stop_all
+    publishing_runs serve_two "$server" "$server x2"
+  done
 done
 
 echo >&2
 python3 - "$results" <<'PY'
-import json, sys
+import json, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-def get(scenario, server, *path, rate=0):
+def values(scenario, server, *path, rate=0):
+    found = []
     for run in runs:
         if run.get("scenario") == scenario and run.get("server") == server \
                 and run.get("rate", 0) == rate:
             value = run
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None
-            return value
-rows = [
-    ("idle, KiB per stream (PSS, process tree)", "idle", ("pss_kib_per_stream",)),
-    ("connects/s", "idle", ("connects_per_sec",)),
-    ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
-    ("broadcast, lost", "broadcast", ("lost",)),
-    ("broadcast, server CPU µs per delivery", "broadcast", ("server_cpu_us_per_delivery",)),
+            if value is not None:
+                found.append(value)
+    return found
+def median(found):
+    return statistics.median(found) if found else None
+def sustained(server):
+    # The highest rate each run sustained (its steps begin at the lowest rate), then their
+    # median; 0 when not even the lowest was.
+    steps = [r for r in runs if r.get("scenario") == "publish" and r.get("server") == server
+             and r.get("rate")]
+    if not steps:
+        return None
+    lowest = min(r["rate"] for r in steps)
+    best = []
+    for r in steps:
+        if r["rate"] == lowest:
+            best.append(0)
+        if r["lost"] == 0 and r["refused"] == 0 and r["requests_per_sec"] >= 0.95 * r["rate"]:
+            best[-1] = max(best[-1], r["rate"])
+    return median(best)
+def rate_cell(rate):
+    return "–" if rate is None else "none" if rate == 0 else f"{rate:g}"
+def table(title, servers, rows):
+    print(f"{title} (median of {max(1, len(values('broadcast', servers[0])))} runs)")
+    print("| figure | " + " | ".join(servers) + " |")
+    print("|---" * (len(servers) + 1) + "|")
+    for name, scenario, path, *rate in rows:
+        cells = [median(values(scenario, s, *path, rate=rate[0] if rate else 0)) for s in servers]
+        print(f"| {name} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
+    print("| targeted over HTTP, highest rate sustained (of the doubling steps) | "
+          + " | ".join(rate_cell(sustained(s)) for s in servers) + " |")
+    print()
+publishing = [
     ("targeted 10 000/s over HTTP, delivery p50 ms", "publish", ("delivery_ms", "p50"), 10000),
     ("targeted 10 000/s over HTTP, delivery p99 ms", "publish", ("delivery_ms", "p99"), 10000),
     ("targeted 10 000/s over HTTP, lost", "publish", ("lost",), 10000),
@@ -114,20 +223,15 @@ rows = [
     ("HTTP publish, delivery p99 ms", "publish", ("delivery_ms", "p99")),
     ("HTTP publish, lost", "publish", ("lost",)),
 ]
-servers = ["sse-fanout", "nchan", "pushpin"]
-print("| figure | " + " | ".join(servers) + " |")
-print("|---" * (len(servers) + 1) + "|")
-for name, scenario, path, *rate in rows:
-    cells = [get(scenario, s, *path, rate=rate[0] if rate else 0) for s in servers]
-    print(f"| {name} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
-def sustained(server):
-    best = None
-    for run in runs:
-        if run.get("scenario") == "publish" and run.get("server") == server and run.get("rate") \
-                and run["lost"] == 0 and run["refused"] == 0 \
-                and run["requests_per_sec"] >= 0.95 * run["rate"]:
-            best = max(best or 0, run["rate"])
-    return best
-print("| targeted over HTTP, highest rate sustained (of the doubling steps) | "
-      + " | ".join("–" if sustained(s) is None else f"{sustained(s):g}" for s in servers) + " |")
+table("One instance", ["sse-fanout", "nchan", "pushpin"], [
+    ("idle, KiB per stream (PSS, process tree)", "idle", ("pss_kib_per_stream",)),
+    ("connects/s", "idle", ("connects_per_sec",)),
+    ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
+    ("broadcast, lost", "broadcast", ("lost",)),
+    ("broadcast, server CPU µs per delivery", "broadcast", ("server_cpu_us_per_delivery",)),
+] + publishing)
+table("Two instances", ["sse-fanout x2", "nchan x2", "pushpin x2"], [
+    ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
+    ("broadcast, lost", "broadcast", ("lost",)),
+] + publishing)
 PY

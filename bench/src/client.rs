@@ -501,6 +501,36 @@ impl Publisher {
     }
 }
 
+/// One [`Publisher`] per server, each publish sent to every one in turn: how a publisher reaches
+/// servers that share nothing (several Pushpin instances, each told every event).
+#[derive(Debug)]
+pub struct Publishers(Vec<Publisher>);
+
+impl Publishers {
+    /// Opens a connection to each of `servers` (at least one).
+    pub async fn connect(servers: &[Server]) -> anyhow::Result<Publishers> {
+        anyhow::ensure!(!servers.is_empty(), "no server to publish to");
+        let mut publishers = Vec::with_capacity(servers.len());
+        for server in servers {
+            publishers.push(Publisher::connect(server).await?);
+        }
+        Ok(Publishers(publishers))
+    }
+
+    /// POSTs `body` to `path` on every server; the first answer that is not a success, else
+    /// the last one.
+    pub async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+        let mut answer = (0, Bytes::new());
+        for publisher in &mut self.0 {
+            answer = publisher.post(path, body.clone()).await?;
+            if !(200..300).contains(&answer.0) {
+                break;
+            }
+        }
+        Ok(answer)
+    }
+}
+
 /// Feeds `bytes` to `parser`, passing on the events (the comments are the stream's opening and
 /// its heartbeats).
 fn feed(parser: &mut EventStreamParser, bytes: &[u8], on_event: &mut impl FnMut(&ParsedEvent)) {

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use sse_fanout::connect::BackendSettings;
 use sse_fanout::{FanoutBackend, Hub};
 use sse_fanout_bench::auth::{Credential, open_request};
-use sse_fanout_bench::client::{Publisher, Server, open_stream, open_stream_with};
+use sse_fanout_bench::client::{Publisher, Publishers, Server, open_stream, open_stream_with};
 use sse_fanout_bench::peers::PublishForm;
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
 use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
@@ -93,7 +93,8 @@ enum Cmd {
 /// Where the streams go and how they are spread.
 #[derive(Debug, Clone, Args)]
 struct StreamArgs {
-    /// The SSE server, `http://host:port`.
+    /// The SSE server, `http://host:port`; several, comma-separated, share the streams evenly
+    /// (the first share on the first, and so on).
     #[arg(long)]
     url: String,
     /// The event-stream path.
@@ -122,6 +123,16 @@ struct StreamArgs {
 }
 
 impl StreamArgs {
+    /// The servers of `--url`.
+    fn urls(&self) -> Vec<&str> {
+        self.url.split(',').collect()
+    }
+
+    /// The first server of `--url`.
+    fn first_url(&self) -> &str {
+        self.urls()[0]
+    }
+
     /// These streams with one session each, unless `--sessions` says otherwise.
     fn one_session_each(&self) -> StreamArgs {
         let mut args = self.clone();
@@ -171,14 +182,21 @@ struct PublishingArgs {
     /// The publish request's form: the hub's, nchan's or Pushpin's.
     #[arg(long, value_enum, default_value_t)]
     form: PublishForm,
-    /// Where publishing goes when not to `--url` (Pushpin's publish endpoint).
+    /// Where publishing goes when not to the first `--url` (Pushpin's publish endpoint);
+    /// several, comma-separated, each get every publish (servers that share nothing, such as
+    /// two Pushpin instances).
     #[arg(long)]
     publish_url: Option<String>,
 }
 
 impl PublishingArgs {
-    fn server(&self, streams: &StreamArgs) -> anyhow::Result<Server> {
-        Server::parse(self.publish_url.as_deref().unwrap_or(&streams.url))
+    fn servers(&self, streams: &StreamArgs) -> anyhow::Result<Vec<Server>> {
+        self.publish_url
+            .as_deref()
+            .unwrap_or(streams.first_url())
+            .split(',')
+            .map(Server::parse)
+            .collect()
     }
 
     /// The request that publishes event `n` to `session`, or to every stream.
@@ -587,7 +605,17 @@ struct Workers {
 impl Workers {
     /// Starts workers for `args.streams` streams and waits until every stream is open or failed.
     async fn start(args: &StreamArgs, per_event: bool) -> anyhow::Result<(Workers, Ready)> {
-        Self::start_ranges(args, &[(args.url.clone(), 0, args.streams)], per_event).await
+        let urls = args.urls();
+        let ranges: Vec<(String, usize, usize)> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let first = args.streams * i / urls.len();
+                let end = args.streams * (i + 1) / urls.len();
+                ((*url).to_owned(), first, end - first)
+            })
+            .collect();
+        Self::start_ranges(args, &ranges, per_event).await
     }
 
     /// Like [`start`](Self::start), with streams `first..first + count` on each `(url, first,
@@ -736,7 +764,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_open = args.server_pid.and_then(rss_kib);
     let pss_open = args.server_pid.and_then(pss_kib_tree);
-    let server_streams = server_streams(&s.url).await;
+    let server_streams = server_streams(s.first_url()).await;
     workers.stop().await;
     let per_stream = |before: Option<u64>, open: Option<u64>| match (before, open) {
         (Some(before), Some(open)) if ready.open > 0 => {
@@ -777,9 +805,9 @@ async fn server_streams(url: &str) -> Option<u64> {
 
 async fn broadcast(args: BroadcastArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
-    let server = args.publishing.server(s)?;
+    let servers = args.publishing.servers(s)?;
     let (mut workers, ready) = Workers::open(s, true).await?;
-    let mut publisher = Publisher::connect(&server).await?;
+    let mut publisher = Publishers::connect(&servers).await?;
     let interval = Duration::from_millis(args.interval_ms);
     for warm in 0..3 {
         let (path, body) = args.publishing.request(u64::MAX - warm, None);
@@ -843,7 +871,7 @@ async fn targeted(args: TargetedArgs) -> anyhow::Result<Value> {
     let stream_args = s.one_session_each();
     let sessions = stream_args.sessions;
     let (mut workers, ready) = Workers::open(&stream_args, false).await?;
-    let pump_server = Server::parse(args.pump_url.as_deref().unwrap_or(&s.url))?;
+    let pump_server = Server::parse(args.pump_url.as_deref().unwrap_or(s.first_url()))?;
     let mut control = Publisher::connect(&pump_server).await?;
     let spec = |rate, seconds| PumpSpec::new(rate, seconds, sessions);
     let run = |spec: PumpSpec| Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
@@ -891,18 +919,18 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
     let s = &args.streams;
     let stream_args = s.one_session_each();
     let sessions = stream_args.sessions;
-    let server = args.publishing.server(s)?;
+    let servers = args.publishing.servers(s)?;
     let (mut workers, ready) = Workers::open(&stream_args, false).await?;
     let next = Arc::new(AtomicU64::new(0));
     let run = |seconds: f64| {
-        let (server, next, publishing) = (server.clone(), next.clone(), args.publishing.clone());
+        let (servers, next, publishing) = (servers.clone(), next.clone(), args.publishing.clone());
         let (connections, rate) = (args.connections, args.rate);
         async move {
             if rate > 0 {
                 let spec = PumpSpec::new(rate, seconds, sessions);
-                at_rate(&server, &publishing, connections, &spec).await
+                at_rate(&servers, &publishing, connections, &spec).await
             } else {
-                as_fast_as_answered(&server, &publishing, connections, seconds, sessions, &next)
+                as_fast_as_answered(&servers, &publishing, connections, seconds, sessions, &next)
                     .await
             }
         }
@@ -936,7 +964,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
 /// Requests over `connections` keep-alive connections, each sending the next as soon as the last
 /// is answered, for `seconds`; their latencies and how many were refused.
 async fn as_fast_as_answered(
-    server: &Server,
+    servers: &[Server],
     publishing: &PublishingArgs,
     connections: usize,
     seconds: f64,
@@ -945,9 +973,9 @@ async fn as_fast_as_answered(
 ) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
-            let (server, next, publishing) = (server.clone(), next.clone(), publishing.clone());
+            let (servers, next, publishing) = (servers.to_vec(), next.clone(), publishing.clone());
             tokio::spawn(async move {
-                let mut publisher = Publisher::connect(&server).await?;
+                let mut publisher = Publishers::connect(&servers).await?;
                 let mut latencies = histogram();
                 let mut refused = 0u64;
                 let until = Instant::now() + Duration::from_secs_f64(seconds);
@@ -980,14 +1008,14 @@ async fn as_fast_as_answered(
 /// (at most one request waiting on each); their latencies and how many were refused (a request
 /// that failed counts as refused).
 async fn at_rate(
-    server: &Server,
+    servers: &[Server],
     publishing: &PublishingArgs,
     connections: usize,
     spec: &PumpSpec,
 ) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
     let (idle_tx, idle_rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..connections.max(1) {
-        idle_tx.send(Publisher::connect(server).await?)?;
+        idle_tx.send(Publishers::connect(servers).await?)?;
     }
     let idle_rx = Arc::new(tokio::sync::Mutex::new(idle_rx));
     let latencies = Arc::new(Mutex::new(histogram()));
