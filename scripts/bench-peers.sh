@@ -14,10 +14,12 @@
 # events cross from one instance to the other.
 #
 # Each scenario starts its servers (and Redis) afresh; the whole is run BENCH_RUNS times (3) and
-# the table gives the median of each figure. Keeps the JSON lines in target/bench/peers.jsonl.
+# the table gives the median of each figure. The publishing runs read the CPU time of each
+# instance (its process tree) and of Redis. Keeps the JSON lines in target/bench/peers.jsonl.
 # About 8 minutes per run after the build; scripts/setup.sh installs nchan and Pushpin.
 #
 #   bash scripts/bench-peers.sh               # builds what is missing first
+#   BENCH_PART=two bash scripts/bench-peers.sh  # only the two-instance part (`one`: the other)
 #   BENCH_QUICK=1 bash scripts/bench-peers.sh # small runs, once, to check the script (~2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,13 +48,14 @@ redis_port=6391
 
 . scripts/bench-lib.sh
 # Every process a scenario started besides the measured one (`pid`): origins, second instances,
-# Redis.
+# Redis. `cpu_pids`: the processes whose CPU time the publishing runs read (instances, Redis).
 others=()
+cpu_pids=()
 keep() { others+=("$pid"); pid=; }
 stop_all() {
   stop
   for other in "${others[@]}"; do kill "$other" 2>/dev/null || true; wait "$other" 2>/dev/null || true; done
-  others=()
+  others=() cpu_pids=()
 }
 trap stop_all EXIT
 
@@ -92,42 +95,46 @@ serve() {
   case $1 in
     sse-fanout)
       start hub 8090 "$bin/sse-fanout" --listen 127.0.0.1:8090 --emitter-timeout 0
-      url=http://127.0.0.1:8090 publishing=() ;;
+      cpu_pids=("$pid") url=http://127.0.0.1:8090 publishing=() ;;
     nchan)
       start_nchan a 8095
-      url=http://127.0.0.1:8095 publishing=(--form nchan) ;;
+      cpu_pids=("$pid") url=http://127.0.0.1:8095 publishing=(--form nchan) ;;
     pushpin)
       start grip-origin 8097 "$bin/grip-origin" --listen 127.0.0.1:8097
       keep
       start_pushpin a 0
-      url=http://127.0.0.1:8096 publishing=(--form pushpin --publish-url http://127.0.0.1:5561) ;;
+      cpu_pids=("$pid") url=http://127.0.0.1:8096
+      publishing=(--form pushpin --publish-url http://127.0.0.1:5561) ;;
   esac
 }
 
-# Starts two instances of server $1 (and their Redis); sets `url` (both) and `publishing`.
+# Starts two instances of server $1 (and their Redis); sets `url` (both), `publishing` and
+# `cpu_pids` (the first instance, the second, Redis).
 serve_two() {
+  local redis_pid=
   case $1 in
     sse-fanout)
-      start_redis
+      start_redis; redis_pid=${others[-1]}
       for port in 8090 8091; do
         start "hub-$port" "$port" "$bin/sse-fanout" --listen "127.0.0.1:$port" --emitter-timeout 0 \
           --backend redis --backend-url "redis://127.0.0.1:$redis_port" --routing session
-        keep
+        cpu_pids+=("$pid"); keep
       done
       url=http://127.0.0.1:8090,http://127.0.0.1:8091 publishing=() ;;
     nchan)
-      start_redis
-      start_nchan a 8095 redis; keep
-      start_nchan b 8098 redis; keep
+      start_redis; redis_pid=${others[-1]}
+      start_nchan a 8095 redis; cpu_pids+=("$pid"); keep
+      start_nchan b 8098 redis; cpu_pids+=("$pid"); keep
       url=http://127.0.0.1:8095,http://127.0.0.1:8098 publishing=(--form nchan) ;;
     pushpin)
       start grip-origin 8097 "$bin/grip-origin" --listen 127.0.0.1:8097
       keep
-      start_pushpin a 0; keep
-      start_pushpin b 10; keep
+      start_pushpin a 0; cpu_pids+=("$pid"); keep
+      start_pushpin b 10; cpu_pids+=("$pid"); keep
       url=http://127.0.0.1:8096,http://127.0.0.1:8106
       publishing=(--form pushpin --publish-url http://127.0.0.1:5561,http://127.0.0.1:5571) ;;
   esac
+  [ -z "$redis_pid" ] || cpu_pids+=("$redis_pid")
 }
 
 # Targeted publishing at fixed rates, doubling until a rate is not sustained (fewer requests
@@ -138,20 +145,21 @@ publishing_runs() {
   for rate in $rates; do
     $starter "$server"
     line=$(run publish --url "$url" --streams "$targeted" --seconds "$seconds" --connections 16 \
-      --rate "$rate" --label "$label" "${publishing[@]}")
+      --rate "$rate" --label "$label" --server-pid "$(IFS=,; echo "${cpu_pids[*]}")" "${publishing[@]}")
     stop_all
     sustained=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(int(r["lost"] == 0 and r["refused"] == 0 and r["requests_per_sec"] >= 0.95 * r["rate"]))' "$line")
     [ "$sustained" = 1 ] || break
   done
   $starter "$server"
   run publish --url "$url" --streams "$targeted" --seconds "$seconds" --connections 16 \
-    --label "$label" "${publishing[@]}"
+    --label "$label" --server-pid "$(IFS=,; echo "${cpu_pids[*]}")" "${publishing[@]}"
   stop_all
 }
 
 for round in $(seq "$runs"); do
   echo "bench-peers: run $round of $runs" >&2
   for server in sse-fanout nchan pushpin; do
+    [ "${BENCH_PART:-one}" = one ] || break
     serve "$server"
     run idle --url "$url" --streams "$idle" --sessions 1000 --server-pid "$pid" --label "$server"
     stop_all
@@ -162,6 +170,7 @@ for round in $(seq "$runs"); do
     publishing_runs serve "$server" "$server"
   done
   for server in sse-fanout nchan pushpin; do
+    [ "${BENCH_PART:-two}" = two ] || break
     serve_two "$server"
     run broadcast --url "$url" --streams "$broadcast" --sessions 1000 --events "$events" \
       --label "$server x2" "${publishing[@]}"
@@ -181,7 +190,10 @@ def values(scenario, server, *path, rate=0):
                 and run.get("rate", 0) == rate:
             value = run
             for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
+                if isinstance(key, int):
+                    value = value[key] if isinstance(value, list) and key < len(value) else None
+                else:
+                    value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
                 found.append(value)
     return found
@@ -229,9 +241,15 @@ table("One instance", ["sse-fanout", "nchan", "pushpin"], [
     ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
     ("broadcast, lost", "broadcast", ("lost",)),
     ("broadcast, server CPU µs per delivery", "broadcast", ("server_cpu_us_per_delivery",)),
-] + publishing)
+] + publishing + [
+    ("targeted 10 000/s, server CPU µs per event", "publish", ("server_cpu_us_per_event", 0), 10000),
+])
 table("Two instances", ["sse-fanout x2", "nchan x2", "pushpin x2"], [
     ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
     ("broadcast, lost", "broadcast", ("lost",)),
-] + publishing)
+] + publishing + [
+    ("targeted 10 000/s, CPU µs per event: first instance", "publish", ("server_cpu_us_per_event", 0), 10000),
+    ("targeted 10 000/s, CPU µs per event: second instance", "publish", ("server_cpu_us_per_event", 1), 10000),
+    ("targeted 10 000/s, CPU µs per event: Redis", "publish", ("server_cpu_us_per_event", 2), 10000),
+])
 PY

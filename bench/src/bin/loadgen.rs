@@ -240,6 +240,10 @@ struct PublishArgs {
     rate: u64,
     #[command(flatten)]
     publishing: PublishingArgs,
+    /// Process ids (comma-separated) whose CPU time, with their child processes', is read over
+    /// the measured run: the instances, and the broker when it runs here.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -938,10 +942,21 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
     run(0.5).await?;
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
+    let cpu_before: Vec<Option<f64>> = args.server_pid.iter().map(|&p| cpu_secs_tree(p)).collect();
     let started = Instant::now();
     let (requests, refused) = run(args.seconds).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(30)).await?;
+    // Each process's CPU per event delivered, in the order of `--server-pid`.
+    let cpu_us_per_event: Vec<Option<f64>> = args
+        .server_pid
+        .iter()
+        .zip(cpu_before)
+        .map(|(&pid, before)| {
+            let used = server_cpu_since(Some(pid), before)?;
+            (merged.received > 0).then(|| round(used * 1e6 / merged.received as f64, 2))
+        })
+        .collect();
     workers.stop().await;
     let accepted = requests.len() - refused;
     Ok(json!({
@@ -958,6 +973,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
         "lost": accepted.saturating_sub(merged.received),
         "delivery_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
+        "server_pids": args.server_pid,
+        "server_cpu_us_per_event": cpu_us_per_event,
     }))
 }
 
