@@ -43,6 +43,10 @@ const PER_SESSION: usize = 2;
 const PUBLISHERS: usize = 2;
 /// Pause between one publisher's publishes (about 60 events/s from two publishers).
 const PUBLISH_EVERY: Duration = Duration::from_millis(30);
+/// What the hubs log, shown when a run fails (`SSE_TEST_HUB_LOG` overrides it): warnings, each
+/// resume's decision, and the backends' reconnects.
+const HUB_LOG: &str = "warn,sse_core::resume=debug,sse_core::hub=info,sse_fanout_redis=info,\
+    sse_fanout_nats=info,sse_fanout_rabbit=info,sse_fanout_kafka=info";
 
 /// One publish attempt, as its publisher saw it.
 #[derive(Debug, Clone)]
@@ -111,11 +115,16 @@ struct Hubs {
 impl Hubs {
     async fn start(args: Vec<String>) -> Hubs {
         let ports: Vec<u16> = (0..HUBS).map(|_| free_port()).collect();
-        let mut slots = Vec::new();
-        for &port in &ports {
-            slots.push(Mutex::new(Some(HubProcess::ready(port, &args).await)));
+        let slots = ports.iter().map(|_| Mutex::new(None)).collect();
+        let hubs = Hubs { ports, args, slots };
+        for slot in 0..HUBS {
+            hubs.restore(slot).await;
         }
-        Hubs { ports, args, slots }
+        hubs
+    }
+
+    fn start_hub(&self, slot: usize) -> HubProcess {
+        HubProcess::start_logged(self.ports[slot], &self.args, HUB_LOG)
     }
 
     fn take(&self, slot: usize) -> Option<HubProcess> {
@@ -130,7 +139,7 @@ impl Hubs {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut hub = HubProcess::start(self.ports[slot], &self.args);
+        let mut hub = self.start_hub(slot);
         while !hub.healthy().await {
             assert!(
                 Instant::now() < deadline,
@@ -138,7 +147,7 @@ impl Hubs {
             );
             if hub.exited() {
                 eprintln!("hub {slot} exited while starting; starting it again");
-                hub = HubProcess::start(self.ports[slot], &self.args);
+                hub = self.start_hub(slot);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -115,6 +115,14 @@ impl Source {
         Some(Bytes::from(std::mem::take(&mut delivery.data)))
     }
 
+    /// The stream offset it consumes from next, when it has received one.
+    fn next_offset(&self) -> Option<i64> {
+        match self {
+            Source::Stream { last, .. } => last.map(|o| o + 1),
+            Source::Queue { .. } => None,
+        }
+    }
+
     fn name(&self) -> &str {
         match self {
             Source::Queue { queue, .. } => queue,
@@ -145,7 +153,11 @@ pub(crate) async fn run(
                 match source.connect(&inner).await {
                     Ok(session) => {
                         state.restored();
-                        tracing::info!(source = source.name(), "rabbitmq subscription restored");
+                        tracing::info!(
+                            source = source.name(),
+                            next_offset = ?source.next_offset(),
+                            "rabbitmq subscription restored"
+                        );
                         backoff = Duration::from_millis(100);
                         if let Some(since) = source.gap()
                             && tx.send(Received::Gap { since }).await.is_err()

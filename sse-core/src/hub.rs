@@ -654,14 +654,21 @@ impl Hub {
             cursors: matches!(shared.config.routing, Routing::Session { .. }),
             behind: shared.behind.since(),
         };
-        self.inner
+        let from = self
+            .inner
             .resumes
             .decide(resume, cursor, session, covered_since)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "reading the broker's history for a resume failed");
                 OpenError::HistoryUnavailable(error.to_string())
-            })
+            })?;
+        tracing::debug!(
+            target: "sse_core::resume",
+            ?session, ?cursor, covered_for = ?covered_since.elapsed(), %from,
+            "resume"
+        );
+        Ok(from)
     }
 
     /// Whether a resume's event is not in this instance's log but was published so recently

@@ -35,6 +35,39 @@ impl HubProcess {
         HubProcess::start_under(&[], port, args)
     }
 
+    /// As [`start`](Self::start), logging what `filter` selects (unless `SSE_TEST_HUB_LOG`
+    /// says otherwise) into the test's captured output, each line after `[hub :<port>]`: a
+    /// failing test shows what each of its hubs did, a passing one nothing (`--nocapture`
+    /// shows it always).
+    pub fn start_logged(port: u16, args: &[String], filter: &str) -> HubProcess {
+        let filter = std::env::var("SSE_TEST_HUB_LOG").unwrap_or_else(|_| filter.to_owned());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-fanout"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("RUST_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log goes to stdout, a failed start's error to stderr. A thread spawned here
+        // inherits the test's output capture.
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        fn relay(port: u16, from: impl std::io::Read + Send + 'static) {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(from).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[hub :{port}] {line}");
+                }
+            });
+        }
+        relay(port, stdout);
+        relay(port, stderr);
+        HubProcess { port, child }
+    }
+
     /// As [`start`](Self::start), run by `wrapper` (a program that execs its arguments, such as
     /// `prlimit --nofile=128:128`), so that the process is still the hub.
     pub fn start_under(wrapper: &[&str], port: u16, args: &[String]) -> HubProcess {

@@ -58,6 +58,22 @@ pub(crate) enum ResumeFrom {
     Unknown,
 }
 
+impl std::fmt::Display for ResumeFrom {
+    /// For the logs: where a resume replays from.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResumeFrom::Local => f.write_str("the local log"),
+            ResumeFrom::Broker(read) => write!(
+                f,
+                "a history read of {} events, begun {:?} ago",
+                read.events.len(),
+                read.started.elapsed()
+            ),
+            ResumeFrom::Unknown => f.write_str("nowhere (reset)"),
+        }
+    }
+}
+
 /// One read of the broker's history.
 #[derive(Debug)]
 pub(crate) struct HistoryRead {
