@@ -14,8 +14,8 @@
 # events cross from one instance to the other.
 #
 # Each scenario starts its servers (and Redis) afresh; the whole is run BENCH_RUNS times (3) and
-# the table gives the median of each figure. The publishing runs read the CPU time of each
-# instance (its process tree) and of Redis. Keeps the JSON lines in target/bench/peers.jsonl.
+# the table gives the median of each figure. The publishing runs read the CPU time and the
+# context switches of each instance (its process tree) and of Redis. Keeps the JSON lines in target/bench/peers.jsonl.
 # About 8 minutes per run after the build; scripts/setup.sh installs nchan and Pushpin.
 #
 #   bash scripts/bench-peers.sh               # builds what is missing first
@@ -243,6 +243,7 @@ table("One instance", ["sse-fanout", "nchan", "pushpin"], [
     ("broadcast, server CPU µs per delivery", "broadcast", ("server_cpu_us_per_delivery",)),
 ] + publishing + [
     ("targeted 10 000/s, server CPU µs per event", "publish", ("server_cpu_us_per_event", 0), 10000),
+    ("targeted 10 000/s, server context switches per event", "publish", ("server_switches_per_event", 0), 10000),
 ])
 table("Two instances", ["sse-fanout x2", "nchan x2", "pushpin x2"], [
     ("broadcast to all, p99 ms", "broadcast", ("time_until_all_ms", "p99")),
@@ -251,5 +252,8 @@ table("Two instances", ["sse-fanout x2", "nchan x2", "pushpin x2"], [
     ("targeted 10 000/s, CPU µs per event: first instance", "publish", ("server_cpu_us_per_event", 0), 10000),
     ("targeted 10 000/s, CPU µs per event: second instance", "publish", ("server_cpu_us_per_event", 1), 10000),
     ("targeted 10 000/s, CPU µs per event: Redis", "publish", ("server_cpu_us_per_event", 2), 10000),
+    ("targeted 10 000/s, context switches per event: first instance", "publish", ("server_switches_per_event", 0), 10000),
+    ("as fast as answered, CPU µs per event: first instance", "publish", ("server_cpu_us_per_event", 0)),
+    ("as fast as answered, context switches per event: first instance", "publish", ("server_switches_per_event", 0)),
 ])
 PY

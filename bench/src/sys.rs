@@ -86,6 +86,26 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Context switches of `pid` and its descendants, every thread's, voluntary and not
+/// (`/proc/<pid>/task/<tid>/status`): a thread that goes to sleep and is woken counts one.
+pub fn context_switches_tree(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for process in process_tree(pid) {
+        for task in std::fs::read_dir(format!("/proc/{process}/task")).ok()? {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            total += status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Some(total)
+}
+
 /// Raises this process's open-file limit to the hard limit; returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)

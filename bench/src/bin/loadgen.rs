@@ -36,7 +36,9 @@ use sse_fanout_bench::client::{Publisher, Publishers, Server, open_stream, open_
 use sse_fanout_bench::peers::PublishForm;
 use sse_fanout_bench::pump::{self, PumpReport, PumpSpec};
 use sse_fanout_bench::record::{Merged, Recorder, Snapshot, histogram, percentiles_ms};
-use sse_fanout_bench::sys::{cpu_secs_tree, now_micros, pss_kib_tree, raise_fd_limit, rss_kib};
+use sse_fanout_bench::sys::{
+    context_switches_tree, cpu_secs_tree, now_micros, pss_kib_tree, raise_fd_limit, rss_kib,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -943,6 +945,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
     until_quiet(&mut workers, Duration::from_secs(30)).await?;
     workers.clear().await?;
     let cpu_before: Vec<Option<f64>> = args.server_pid.iter().map(|&p| cpu_secs_tree(p)).collect();
+    let switches_before: Vec<Option<u64>> = args
+        .server_pid
+        .iter()
+        .map(|&p| context_switches_tree(p))
+        .collect();
     let started = Instant::now();
     let (requests, refused) = run(args.seconds).await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -955,6 +962,16 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
         .map(|(&pid, before)| {
             let used = server_cpu_since(Some(pid), before)?;
             (merged.received > 0).then(|| round(used * 1e6 / merged.received as f64, 2))
+        })
+        .collect();
+    // And its context switches per event: how often its threads slept and were woken.
+    let switches_per_event: Vec<Option<f64>> = args
+        .server_pid
+        .iter()
+        .zip(switches_before)
+        .map(|(&pid, before)| {
+            let switches = context_switches_tree(pid)?.checked_sub(before?)?;
+            (merged.received > 0).then(|| round(switches as f64 / merged.received as f64, 3))
         })
         .collect();
     workers.stop().await;
@@ -975,6 +992,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<Value> {
         "streams_ended": ended,
         "server_pids": args.server_pid,
         "server_cpu_us_per_event": cpu_us_per_event,
+        "server_switches_per_event": switches_per_event,
     }))
 }
 
