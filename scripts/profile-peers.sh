@@ -33,14 +33,9 @@ sed -e "/^#/!s|@PORT@|8095|" -e "/^#/!s|@REDIS_UPSTREAM@||" -e "/^#/!s|@REDIS_PA
   -e "s|^master_process on;|master_process off;|" -e "s|^worker_processes 2;|worker_processes 1;|" \
   bench/peers/nchan.conf > "$run_dir/nginx.conf"
 
-pid=
-stop() {
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=
-}
-trap stop EXIT
+# `stop` and its trap; a server under callgrind is started here, since it takes longer to listen
+# than bench-lib's `start` waits.
+. scripts/bench-lib.sh
 
 # Runs server $1 under callgrind (output $out/callgrind.$1.$2), publishes for $2 seconds.
 measure() {
