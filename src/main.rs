@@ -13,6 +13,7 @@ use sse_fanout::connect::BackendSettings;
 use sse_fanout::hyper::{
     CalloutConfig, CalloutSessions, Cors, RouterConfig, ServeOptions, SseRouter, Tls, TlsFiles,
 };
+use sse_fanout::presence::PresenceConfig;
 use sse_fanout::{AcceptApps, FanoutBackend, Hub, HubConfig, ProbeConfig, ReplayConfig, Routing};
 use tokio::net::TcpListener;
 
@@ -136,6 +137,27 @@ struct Args {
     /// How long a probe has to come back before the hub reports itself down and subscribes again.
     #[arg(long, env = "SSE_FANOUT_PROBE_TIMEOUT", default_value = "10", value_parser = parse_duration)]
     probe_timeout: Duration,
+
+    /// Track presence: which sessions have a stream open anywhere in the cluster, answered at
+    /// `GET /sse/presence` (see README, "Presence").
+    #[arg(long, env = "SSE_FANOUT_PRESENCE")]
+    presence: bool,
+
+    /// Send presence events under this event name: one `online` when a session's first stream
+    /// opens anywhere, one `offline` when its last one closed everywhere (after the linger).
+    /// Implies `--presence`; the same on every instance.
+    #[arg(long, env = "SSE_FANOUT_PRESENCE_EVENTS")]
+    presence_events: Option<String>,
+
+    /// How often each instance says it is alive to the others; three intervals of silence evict
+    /// it (its sessions go offline).
+    #[arg(long, env = "SSE_FANOUT_PRESENCE_INTERVAL", default_value = "2", value_parser = parse_duration)]
+    presence_interval: Duration,
+
+    /// How long a session with no stream left stays online before its offline event: a client
+    /// that reconnects within it causes no event.
+    #[arg(long, env = "SSE_FANOUT_PRESENCE_LINGER", default_value = "5", value_parser = parse_duration)]
+    presence_linger: Duration,
 
     /// Session routing on RabbitMQ: the hash partitions of session ids, each one binding when an
     /// instance holds a session in it (see README's RabbitMQ section for the trade-off). Same as
@@ -490,6 +512,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     config.probe =
         nonzero(args.probe_interval).map(|interval| ProbeConfig::new(interval, args.probe_timeout));
+    config.presence = (args.presence || args.presence_events.is_some()).then(|| {
+        let presence = PresenceConfig::default()
+            .interval(args.presence_interval.max(Duration::from_millis(100)))
+            .linger(args.presence_linger);
+        match &args.presence_events {
+            Some(name) => presence.events(name.clone()),
+            None => presence,
+        }
+    });
     config.heartbeat = nonzero(args.heartbeat);
     config.emitter_timeout = nonzero(args.emitter_timeout);
     config.queue_size = args.queue_size.max(1);

@@ -89,7 +89,8 @@ async fn the_document_names_the_paths_the_hub_was_started_with() {
             "/events/stream",
             "/healthz",
             "/metrics",
-            "/openapi.json"
+            "/openapi.json",
+            "/sse/presence"
         ]
     );
     assert_eq!(document["openapi"], "3.0.3");

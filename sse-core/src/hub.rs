@@ -21,6 +21,7 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::event::{EventId, SendSseEvent};
 use crate::history;
 use crate::memory::InMemoryEmitterRepository;
+use crate::presence::{self, Presence, PresenceConfig};
 use crate::probe::{self, ProbeConfig, Prober, Step};
 use crate::replay::{Pushed, RESET_EVENT, Replay, ReplayConfig, ReplayLog, Source};
 use crate::repository::{CloseReason, EmitterRepository, EventFilter, Subscription, Target};
@@ -81,6 +82,8 @@ pub struct HubConfig {
     /// When to check that the subscription still delivers (see [`crate::probe`]); `None` never
     /// checks.
     pub probe: Option<ProbeConfig>,
+    /// Presence across the cluster (see [`crate::presence`]); `None` tracks none.
+    pub presence: Option<PresenceConfig>,
 }
 
 impl HubConfig {
@@ -104,6 +107,7 @@ impl HubConfig {
             max_streams_per_session: None,
             routing: Routing::Broadcast,
             probe: Some(ProbeConfig::default()),
+            presence: None,
         }
     }
 
@@ -134,6 +138,10 @@ pub enum PublishError {
     /// first and dropped by every instance.
     #[error("an event with id `{0}` was published already; ids must be unique")]
     DuplicateId(String),
+    /// The event name is the one presence events go out under (see [`crate::presence`]):
+    /// only the hub sends events of that name.
+    #[error("the event name `{0}` is reserved for presence events")]
+    Reserved(String),
     /// The backend did not take it.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -273,6 +281,13 @@ impl HubBuilder {
         self
     }
 
+    /// Tracks presence across the cluster (see [`crate::presence`]); `None` (the default)
+    /// tracks none.
+    pub fn presence(mut self, presence: Option<PresenceConfig>) -> Self {
+        self.config.presence = presence;
+        self
+    }
+
     /// Uses another repository instead of the [`InMemoryEmitterRepository`].
     pub fn repository(mut self, repository: impl EmitterRepository) -> Self {
         self.repository = Some(Arc::new(repository));
@@ -319,6 +334,9 @@ impl HubBuilder {
                 .map(|probe| Prober::new(probe, &self.config.instance_id)),
             behind: catch_up::Behind::default(),
             disconnected: tokio::sync::broadcast::Sender::new(DISCONNECTED_BACKLOG),
+            presence: self.config.presence.clone().map(|presence| {
+                presence::Tracker::new(presence, &self.config.app_name, &self.config.instance_id)
+            }),
             config: self.config,
             stats,
         });
@@ -334,6 +352,13 @@ impl HubBuilder {
             stream,
             stop.clone(),
         )));
+        if let Some(tracker) = &shared.presence {
+            tasks.spawn(stop.clone().run_until_cancelled_owned(presence::run(
+                tracker.clone(),
+                self.backend.clone(),
+                stop.clone(),
+            )));
+        }
         if let Some(routes) = &routes {
             tasks.spawn(
                 stop.clone().run_until_cancelled_owned(
@@ -424,6 +449,8 @@ struct Shared {
     behind: catch_up::Behind,
     /// The sessions disconnected (see [`Hub::disconnected`]).
     disconnected: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Presence across the cluster, when tracked (see [`crate::presence`]).
+    presence: Option<Arc<presence::Tracker>>,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -506,6 +533,11 @@ impl Hub {
 
     async fn publish_inner(&self, event: &SendSseEvent) -> Result<EventId, PublishError> {
         let config = &self.inner.shared.config;
+        if let Some(tracker) = &self.inner.shared.presence
+            && tracker.event_name() == Some(event.event_name.as_str())
+        {
+            return Err(PublishError::Reserved(event.event_name.clone()));
+        }
         if let (Some(id), Some(log)) = (&event.id, &self.inner.shared.replay)
             && lock(log).contains(id)
         {
@@ -742,6 +774,11 @@ impl Hub {
         let mut routed_from = (routing && subscription.session_id.is_some())
             .then(|| cursor::since(std::time::SystemTime::now()));
         let lifetime = subscription.lifetime;
+        let presence = shared
+            .presence
+            .as_ref()
+            .zip(subscription.session_id.clone())
+            .map(|(tracker, session)| tracker.track(session, &subscription.events));
         let emitter = match resumed {
             None => shared.repository.register(subscription),
             Some((last, cursor)) => {
@@ -821,6 +858,9 @@ impl Hub {
             route,
         );
         stream.skip_replayed(replayed);
+        if let Some(lease) = presence {
+            stream.hold(lease);
+        }
         if let Some(from) = routed_from {
             stream.write_cursors(Cursors::new(from));
         }
@@ -851,6 +891,11 @@ impl Hub {
     pub fn open_streams(&self) -> usize {
         let held = self.inner.shared.stats.streams_held.load(Ordering::Acquire);
         usize::try_from(held).unwrap_or(usize::MAX)
+    }
+
+    /// The cluster's presence, when this hub tracks it (see [`crate::presence`]).
+    pub fn presence(&self) -> Option<Presence> {
+        self.inner.shared.presence.as_ref().map(|t| t.handle())
     }
 
     /// Sessions holding a route on this instance in [routed delivery](crate::route) (those
@@ -929,6 +974,9 @@ impl Hub {
     /// of its broker connections while the broker is still there.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         self.close_streams();
+        if let Some(tracker) = &self.inner.shared.presence {
+            tracker.leave(self.inner.backend.as_ref()).await;
+        }
         self.inner.stop.cancel();
         if tokio::time::timeout(TASKS_END, self.inner.tasks.wait())
             .await
@@ -1175,6 +1223,13 @@ impl Shared {
         if probe::is_probe(bytes) {
             return; // read back from a history: not an event
         }
+        if presence::is_presence(bytes) {
+            // Presence starts from the cluster's state, not from the history read at start.
+            if let (Some(tracker), false) = (&self.presence, source == Source::Broker) {
+                tracker.control(bytes);
+            }
+            return;
+        }
         Stats::bump(match source {
             Source::Live => &self.stats.received,
             Source::Broker => &self.stats.history_loaded,
@@ -1202,6 +1257,16 @@ impl Shared {
                 event_id = envelope.id(),
                 app = envelope.app(),
                 "envelope of another app"
+            );
+            return;
+        }
+        if let (Some(tracker), false) = (&self.presence, source == Source::Broker)
+            && !tracker.admits(&envelope)
+        {
+            Stats::bump(&self.stats.duplicates);
+            tracing::debug!(
+                event_id = envelope.id(),
+                "a presence event of a transition undone or announced already; dropped"
             );
             return;
         }

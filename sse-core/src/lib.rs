@@ -9,6 +9,7 @@
 //!   any instance, including one started after the event went by.
 //! - [`route`]: routed delivery, where a targeted event reaches only the instances holding its
 //!   session, so event capacity grows with instances.
+//! - [`presence`]: who is online, cluster-wide, and online/offline events once per transition.
 //! - [`Hub`]: ties them together; the one handle business code keeps.
 //!
 //! # Testkit
@@ -28,6 +29,7 @@ pub mod history;
 mod hub;
 mod local;
 mod memory;
+pub mod presence;
 pub mod probe;
 pub mod replay;
 pub mod repository;

@@ -34,6 +34,8 @@ pub struct EventStream {
     ended: bool,
     /// The stream's hold on its session's route, in [routed delivery](crate::route).
     _route: Option<Box<RouteLease>>,
+    /// The stream's part in its session's [presence](crate::presence), when tracked.
+    _presence: Option<Box<crate::presence::Lease>>,
     /// Replayed events that may still arrive live, in a resume from the broker's history.
     replayed: Option<Box<Replayed>>,
     /// In session routing, a session's stream: its place in the routed source, written into
@@ -108,9 +110,15 @@ impl EventStream {
             stats,
             ended: false,
             _route: route.map(Box::new),
+            _presence: None,
             replayed: None,
             cursors: None,
         }
+    }
+
+    /// Counts the stream in its session's presence until it is dropped.
+    pub(crate) fn hold(&mut self, presence: crate::presence::Lease) {
+        self._presence = Some(Box::new(presence));
     }
 
     /// Writes the stream's cursors into its frames' ids (see [`Cursors`]).

@@ -15,6 +15,9 @@ pub struct RouterConfig {
     /// The disconnect endpoint (see [`SseRouter::disconnect`](crate::SseRouter::disconnect)),
     /// default `/sse/disconnect`.
     pub disconnect_path: String,
+    /// The presence endpoint (see [`SseRouter::presence`](crate::SseRouter::presence)), default
+    /// `/sse/presence`; it answers `404` when the hub tracks no presence.
+    pub presence_path: String,
     /// The health endpoint, default `/healthz`.
     pub health_path: String,
     /// Where Prometheus metrics are served; `None` (the default) serves none.
@@ -55,6 +58,7 @@ impl Default for RouterConfig {
             stream_path: "/sse/event-stream".to_owned(),
             publish_path: "/sse/publish".to_owned(),
             disconnect_path: "/sse/disconnect".to_owned(),
+            presence_path: "/sse/presence".to_owned(),
             health_path: "/healthz".to_owned(),
             metrics_path: None,
             openapi_path: None,

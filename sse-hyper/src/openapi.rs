@@ -32,6 +32,7 @@ pub fn document(config: &RouterConfig) -> String {
     place("/sse/event-stream", Some(&config.stream_path));
     place("/sse/publish", Some(&config.publish_path));
     place("/sse/disconnect", Some(&config.disconnect_path));
+    place("/sse/presence", Some(&config.presence_path));
     place("/healthz", Some(&config.health_path));
     place("/metrics", config.metrics_path.as_deref());
     place("/openapi.json", config.openapi_path.as_deref());
@@ -69,6 +70,7 @@ mod tests {
                 "/events/stream",
                 "/healthz",
                 "/sse/disconnect",
+                "/sse/presence",
                 "/sse/publish"
             ]
         );

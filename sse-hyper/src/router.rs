@@ -206,7 +206,8 @@ impl SseRouter {
         let origin = Cors::allowed_origin(config.cors.as_ref(), request.headers());
         let is_endpoint = path == config.stream_path
             || path == config.publish_path
-            || path == config.disconnect_path;
+            || path == config.disconnect_path
+            || path == config.presence_path;
         let response = if request.method() == Method::OPTIONS && is_endpoint && origin.is_some() {
             Cors::preflight()
         } else {
@@ -245,6 +246,10 @@ impl SseRouter {
         } else if path == config.disconnect_path {
             only(&[Method::POST], "POST")?;
             self.disconnect(request).await
+        } else if path == config.presence_path {
+            only(&[Method::GET], "GET")?;
+            let (parts, _) = request.into_parts();
+            self.presence(&parts).await
         } else if path == config.health_path {
             only(&[Method::GET], "GET")?;
             Ok(self.health().await)

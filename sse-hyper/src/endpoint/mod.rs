@@ -6,6 +6,7 @@ mod health;
 mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod page;
+mod presence;
 mod publish;
 mod stream;
 

@@ -225,7 +225,7 @@ impl SseRouter {
 
     /// Who may publish: `Ok(None)` for any event name (no credentials configured, or the publish
     /// token), `Ok(Some(grant))` for a JWT's grant or the application's answer, or the refusal.
-    async fn publish_grant(
+    pub(crate) async fn publish_grant(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<EventGrant>, ApiError> {
@@ -276,6 +276,11 @@ fn published(
         Err(error @ PublishError::DuplicateId(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "duplicate_id",
+            error.to_string(),
+        )),
+        Err(error @ PublishError::Reserved(_)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reserved_event_name",
             error.to_string(),
         )),
         Err(PublishError::Backend(error @ BackendError::TooLarge { .. })) => Err(ApiError::new(
