@@ -261,6 +261,129 @@ async fn presence_across_three_hubs(args: &[String]) {
     assert_eq!(listener.got.len(), 6);
 }
 
+/// A hub cut from the broker (through a proxy) for longer than the eviction: its session goes
+/// offline for the cluster, once; when the hub is back it reads what it missed, sees that it
+/// was evicted, and the session comes back online, once; nothing else is announced and no
+/// session is left behind as a ghost.
+async fn a_cut_off_hub_comes_back_without_ghosts_or_doubles(
+    url: &str,
+    broker_port: u16,
+    args: impl Fn(&str) -> Vec<String>,
+) {
+    let proxy = common::cluster::CutProxy::start(([127, 0, 0, 1], broker_port).into()).await;
+    let mut hubs = Vec::new();
+    for through in [proxy.url(url, broker_port), url.to_owned(), url.to_owned()] {
+        let port = free_port();
+        hubs.push(HubProcess::start_logged(port, &args(&through), HUB_LOG));
+        common::cluster::wait_healthy(port).await;
+    }
+    for hub in &hubs {
+        until(hub, "sessionId=x", "every hub synced, seeing three", |a| {
+            a["synced"] == true && a["counts"]["instances"] == 3
+        })
+        .await;
+    }
+    let mut listener = Listener::open(&hubs[1]).await;
+    let _s1 = stream(&hubs[0], "s1", "e").await;
+    let _s2 = stream(&hubs[1], "s2", "e").await;
+    listener.read(2, Duration::from_secs(10)).await;
+    assert_eq!(listener.got.len(), 2, "{:?}", listener.states("s1"));
+
+    let cut_at = Instant::now();
+    proxy.cut();
+    listener.read(3, OFFLINE_WITHIN + SLACK).await;
+    assert_eq!(
+        listener.states("s1"),
+        ["online", "offline"],
+        "cut off: s1 goes offline"
+    );
+    println!(
+        "presence: a cut-off hub's session offline {:?} after the cut",
+        listener
+            .got
+            .get(2)
+            .map(|(_, _, at)| at.duration_since(cut_at))
+    );
+    until(
+        &hubs[2],
+        "sessionId=s1,s2",
+        "the cut-off hub evicted",
+        |a| a["counts"]["instances"] == 2 && session(a, "s1")["online"] == false,
+    )
+    .await;
+
+    proxy.restore();
+    listener.read(4, Duration::from_secs(20)).await;
+    assert_eq!(listener.states("s1"), ["online", "offline", "online"]);
+    for hub in &hubs {
+        until(
+            hub,
+            "sessionId=s1,s2",
+            "the hub back, with its session",
+            |a| {
+                a["synced"] == true
+                    && a["counts"]["instances"] == 3
+                    && a["counts"]["sessions"] == 2
+                    && session(a, "s1")["streams"] == 1
+                    && session(a, "s2")["streams"] == 1
+            },
+        )
+        .await;
+    }
+    listener.read(5, Duration::from_secs(3)).await;
+    assert_eq!(
+        listener.states("s2"),
+        ["online"],
+        "the others were not evicted"
+    );
+    assert_eq!(listener.got.len(), 4);
+}
+
+/// The port of a broker URL on loopback (`redis://127.0.0.1:6379` gives 6379).
+fn port_of(url: &str) -> u16 {
+    let at = url.find("127.0.0.1:").expect("a loopback broker") + "127.0.0.1:".len();
+    let digits: String = url[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+macro_rules! cut_off_scenarios {
+    ($module:ident, $feature:literal, $broker:expr, $($flag:literal),*) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            use super::*;
+            use common::backends::$module as backend;
+
+            #[tokio::test]
+            async fn a_cut_off_hub_comes_back_without_ghosts_or_doubles() {
+                let Some(url) = brokers::url($broker).await else {
+                    return;
+                };
+                let channel = common::unique("presence-cut");
+                let _forget = common::backends::Forget::new(&url, &channel, backend::forget);
+                let args = |through: &str| {
+                    let mut extra = vec!["--publish-token", TOKEN, "--app-name", "presence", $($flag),*];
+                    extra.extend(FLAGS);
+                    common::backends::hub_args($feature, through, &channel, &extra)
+                };
+                super::a_cut_off_hub_comes_back_without_ghosts_or_doubles(&url, port_of(&url), args)
+                    .await;
+            }
+        }
+    };
+}
+
+mod cut_off {
+    use super::*;
+    cut_off_scenarios!(
+        redis,
+        "redis",
+        brokers::Broker::Redis,
+        "--routing",
+        "broadcast"
+    );
+    cut_off_scenarios!(nats, "nats", brokers::Broker::Nats, "--routing", "session");
+}
+
 macro_rules! presence_scenarios {
     ($module:ident, $feature:literal, $broker:expr, $($flag:literal),*) => {
         #[cfg(feature = $feature)]

@@ -974,9 +974,6 @@ impl Hub {
     /// of its broker connections while the broker is still there.
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         self.close_streams();
-        if let Some(tracker) = &self.inner.shared.presence {
-            tracker.leave(self.inner.backend.as_ref()).await;
-        }
         self.inner.stop.cancel();
         if tokio::time::timeout(TASKS_END, self.inner.tasks.wait())
             .await
@@ -986,6 +983,10 @@ impl Hub {
                 after = ?TASKS_END,
                 "the hub's receiving tasks did not end; closing the backend under them"
             );
+        }
+        // After the presence task ended: nothing of this instance's follows its leave.
+        if let Some(tracker) = &self.inner.shared.presence {
+            tracker.leave(self.inner.backend.as_ref()).await;
         }
         self.inner.backend.close().await
     }

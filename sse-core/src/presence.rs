@@ -557,6 +557,7 @@ impl Task {
                 tracing::info!(instance = %self.tracker.me, "presence: this instance was evicted; asking for the state again");
                 self.tracker.state().rejoin();
                 self.tracker.republish_all();
+                self.first_sync = Instant::now();
                 self.ask_for_state().await;
             }
         }
@@ -696,6 +697,93 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Two hubs on one (local) backend, as two instances on one broker.
+    async fn two_hubs(events: bool) -> (crate::Hub, crate::Hub) {
+        let backend: Arc<dyn FanoutBackend> = Arc::new(crate::LocalBackend::new());
+        let mut config = PresenceConfig::default()
+            .interval(Duration::from_millis(100))
+            .linger(Duration::from_millis(200));
+        if events {
+            config = config.events("presence");
+        }
+        let start = |id: &str| {
+            crate::Hub::builder_arc(backend.clone())
+                .instance_id(id)
+                .presence(Some(config.clone()))
+                .start()
+        };
+        (start("a").await.unwrap(), start("b").await.unwrap())
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_shuts_down_takes_its_sessions_with_it_at_once() {
+        let (a, b) = two_hubs(false).await;
+        let (pa, pb) = (a.presence().unwrap(), b.presence().unwrap());
+        until("both synced", || pa.synced() && pb.synced()).await;
+        let _stream = a
+            .open_stream(Some("u1".into()), EventFilter::Any)
+            .await
+            .unwrap();
+        until("b sees u1", || pb.is_online("u1")).await;
+        assert_eq!(pb.counts().instances, 2);
+        let left = Instant::now();
+        a.shutdown().await.unwrap();
+        until("b sees a leave", || {
+            pb.counts().instances == 1 && !pb.is_online("u1")
+        })
+        .await;
+        // Well before an eviction (three intervals of silence) could have done it.
+        assert!(
+            left.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            left.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_events_reach_listeners_and_the_name_is_reserved() {
+        let (a, b) = two_hubs(true).await;
+        let (pa, pb) = (a.presence().unwrap(), b.presence().unwrap());
+        until("both synced", || pa.synced() && pb.synced()).await;
+        let mut listener = b
+            .open_stream(None, EventFilter::parse("presence").unwrap())
+            .await
+            .unwrap();
+        let _opening = futures_util::StreamExt::next(&mut listener).await;
+        let stream = a
+            .open_stream(Some("u1".into()), EventFilter::Any)
+            .await
+            .unwrap();
+        let online = futures_util::StreamExt::next(&mut listener).await.unwrap();
+        let online = String::from_utf8_lossy(&online);
+        assert!(online.contains("event: presence\n"), "{online}");
+        assert!(
+            online.contains(r#"data: {"sessionId":"u1","state":"online","transition":1}"#),
+            "{online}"
+        );
+        drop(stream);
+        let offline = futures_util::StreamExt::next(&mut listener).await.unwrap();
+        assert!(String::from_utf8_lossy(&offline).contains(r#""state":"offline""#));
+        let refused = a
+            .publish(SendSseEvent::new(
+                "presence",
+                serde_json::json!({"sessionId": "u1"}),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(crate::PublishError::Reserved(_))),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn deltas_give_absolute_counts_and_names() {

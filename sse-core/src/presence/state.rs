@@ -272,7 +272,8 @@ impl State {
             ..
         } = &mut self.phase
         else {
-            return Unanswered::Declared;
+            // Synced meanwhile, or evicted and about to ask again: nothing to decide here.
+            return Unanswered::Wait;
         };
         let alone = *own_sync_seen
             && !seen.values().any(|&synced| synced)
