@@ -83,6 +83,12 @@ const DELTA_SESSIONS: usize = 500;
 /// How long a sync request waits for its snapshot before it is asked again.
 const SYNC_RETRY: Duration = Duration::from_secs(2);
 
+/// Presence events published in one round of the presence task, at most.
+const ANNOUNCE_BATCH: usize = 1024;
+
+/// Presence events in flight at once.
+const ANNOUNCE_CONCURRENCY: usize = 32;
+
 /// Intervals of silence after which an instance is evicted.
 const SILENT_INTERVALS: u32 = 3;
 
@@ -379,8 +385,14 @@ impl Tracker {
         own.dirty.insert(session.clone());
     }
 
-    /// The deltas of what changed here since the last flush; forgets sessions with no stream.
-    fn take_deltas(&self) -> Vec<Body> {
+    /// Sessions whose delta did not go out: published again next round.
+    fn changed_again(&self, sessions: Vec<Arc<str>>) {
+        guard(&self.own).dirty.extend(sessions);
+    }
+
+    /// The deltas of what changed here since the last flush, each with its sessions; forgets
+    /// sessions with no stream.
+    fn take_deltas(&self) -> Vec<(Body, Vec<Arc<str>>)> {
         let mut own = guard(&self.own);
         let dirty: Vec<Arc<str>> = own.dirty.drain().collect();
         let entries: Vec<Entry> = dirty
@@ -413,8 +425,14 @@ impl Tracker {
             .collect();
         entries
             .chunks(DELTA_SESSIONS)
-            .map(|chunk| Body::Delta {
-                sessions: chunk.to_vec(),
+            .zip(dirty.chunks(DELTA_SESSIONS))
+            .map(|(chunk, sessions)| {
+                (
+                    Body::Delta {
+                        sessions: chunk.to_vec(),
+                    },
+                    sessions.to_vec(),
+                )
             })
             .collect()
     }
@@ -501,15 +519,8 @@ pub(crate) async fn run(
             () = tracker.wake.notified() => {}
             _ = tick.tick() => {}
         }
-        let actions = std::mem::take(&mut *guard(&tracker.outbox));
-        for action in actions {
-            task.act(action).await;
-        }
-        for delta in tracker.take_deltas() {
-            task.publish(delta).await;
-        }
-        task.lingers_due();
-        task.announce().await;
+        // The beat first: however much else there is to publish, the others must not take
+        // this instance for dead.
         let now = Instant::now();
         if now >= task.next_beat {
             task.next_beat = now + interval;
@@ -517,6 +528,17 @@ pub(crate) async fn run(
             task.publish(Body::Beat { synced }).await;
             task.evict_silent().await;
         }
+        let actions = std::mem::take(&mut *guard(&tracker.outbox));
+        for action in actions {
+            task.act(action).await;
+        }
+        for (delta, sessions) in tracker.take_deltas() {
+            if !task.publish(delta).await {
+                tracker.changed_again(sessions);
+            }
+        }
+        task.lingers_due();
+        task.announce().await;
         task.sync_unanswered().await;
     }
 }
@@ -551,7 +573,9 @@ impl Task {
                 session,
                 transition,
             )),
-            Action::Publish(body) => self.publish(body).await,
+            Action::Publish(body) => {
+                self.publish(body).await;
+            }
             Action::RepublishLocal => self.tracker.republish_all(),
             Action::Resync => {
                 tracing::info!(instance = %self.tracker.me, "presence: this instance was evicted; asking for the state again");
@@ -563,14 +587,15 @@ impl Task {
         }
     }
 
-    /// Publishes a presence message, trying a few times; a change that is lost is published
-    /// again with the next change, the next state request or eviction.
-    async fn publish(&self, body: Body) {
+    /// Publishes a presence message, trying a few times; whether it went out. A delta that
+    /// did not is published again next round; a lost beat, sync request, snapshot or eviction
+    /// is sent again when its time comes round.
+    async fn publish(&self, body: Body) -> bool {
         let bytes = self.tracker.message(body);
         let mut wait = Duration::from_millis(50);
         for _ in 0..5 {
             match self.backend.publish(bytes.clone()).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(error) => {
                     tracing::debug!(%error, "publishing a presence message failed");
                     tokio::time::sleep(wait).await;
@@ -581,6 +606,7 @@ impl Task {
         tracing::warn!(
             "a presence message could not be published; presence may lag until the broker is back"
         );
+        false
     }
 
     async fn ask_for_state(&mut self) {
@@ -597,32 +623,43 @@ impl Task {
         }
     }
 
-    /// Publishes the presence events of the transitions still this instance's to announce.
+    /// Publishes the presence events of the transitions still this instance's to announce: up
+    /// to [`ANNOUNCE_BATCH`] a round, [`ANNOUNCE_CONCURRENCY`] at once (a crash can leave
+    /// thousands to announce, and beats must go on meanwhile); those the broker refused are
+    /// tried again next round.
     async fn announce(&mut self) {
-        while let Some((session, online, transition)) = self.announcing.front().cloned() {
-            if !self
-                .tracker
-                .state()
-                .still_pending(&session, online, transition)
-            {
-                self.announcing.pop_front();
-                continue;
-            }
-            let Some(bytes) = self.tracker.announcement(&session, online, transition) else {
-                self.announcing.pop_front();
-                continue;
-            };
-            match self.backend.publish(bytes).await {
-                Ok(()) => {
-                    tracing::debug!(%session, online, transition, "presence event published");
-                    self.announcing.pop_front();
+        use futures_util::StreamExt;
+        let batch: Vec<(Arc<str>, bool, u64)> = {
+            let state = self.tracker.state();
+            let take = self.announcing.len().min(ANNOUNCE_BATCH);
+            self.announcing
+                .drain(..take)
+                .filter(|(session, online, transition)| {
+                    state.still_pending(session, *online, *transition)
+                })
+                .collect()
+        };
+        let tracker = &self.tracker;
+        let backend = &self.backend;
+        let failed: Vec<(Arc<str>, bool, u64)> = futures_util::stream::iter(batch)
+            .map(|(session, online, transition)| async move {
+                let bytes = tracker.announcement(&session, online, transition)?;
+                match backend.publish(bytes).await {
+                    Ok(()) => {
+                        tracing::debug!(%session, online, transition, "presence event published");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "publishing a presence event failed; trying again");
+                        Some((session, online, transition))
+                    }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "publishing a presence event failed; trying again");
-                    return;
-                }
-            }
-        }
+            })
+            .buffer_unordered(ANNOUNCE_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        self.announcing.extend(failed);
     }
 
     /// Evicts members silent for three intervals, when this instance hears its own beats (an
@@ -639,6 +676,9 @@ impl Task {
             if !me_heard {
                 return;
             }
+            heard.retain(|id, _| {
+                **id == *self.tracker.me || members.iter().any(|(member, _)| member == id)
+            });
             members
                 .into_iter()
                 .filter(|(id, _)| **id != *self.tracker.me)
@@ -676,12 +716,18 @@ impl Task {
         {
             return;
         }
+        if self.tracker.state().declared_unconfirmed() {
+            self.last_sync = Instant::now();
+            self.publish(Body::Synced).await;
+            return;
+        }
         let may_declare = self.first_sync.elapsed() >= self.tracker.config.interval * 3 / 2;
         let mut actions = Vec::new();
         let outcome = self.tracker.state().unanswered(may_declare, &mut actions);
         match outcome {
             Unanswered::AskAgain => self.ask_for_state().await,
             Unanswered::Declared => {
+                self.last_sync = Instant::now();
                 tracing::info!(instance = %self.tracker.me, "presence: no other instance answered; this one starts the cluster's state");
             }
             Unanswered::Wait => {}
@@ -792,7 +838,7 @@ mod tests {
         let one = tracker.track("u1".into(), &chat);
         let two = tracker.track("u1".into(), &EventFilter::parse("chat").unwrap());
         let deltas = tracker.take_deltas();
-        let Body::Delta { sessions } = &deltas[0] else {
+        let (Body::Delta { sessions }, _) = &deltas[0] else {
             panic!("{deltas:?}")
         };
         assert_eq!(sessions[0].n, 2);
@@ -803,7 +849,7 @@ mod tests {
         drop(one);
         drop(two);
         let deltas = tracker.take_deltas();
-        let Body::Delta { sessions } = &deltas[0] else {
+        let (Body::Delta { sessions }, _) = &deltas[0] else {
             panic!("{deltas:?}")
         };
         assert_eq!(sessions[0].n, 0);

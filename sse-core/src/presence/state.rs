@@ -14,7 +14,7 @@ const SNAPSHOT_PART: usize = 1000;
 
 /// Inputs a joining instance keeps until its snapshot is complete, at most; past that it asks
 /// again.
-const MAX_BUFFERED: usize = 200_000;
+const MAX_BUFFERED: usize = 500_000;
 
 /// One input of the state machine, in the broadcast channel's order.
 #[derive(Debug, Clone)]
@@ -189,6 +189,12 @@ impl State {
         matches!(self.phase, Phase::Synced) && self.members.get(&self.me).is_some_and(|m| m.synced)
     }
 
+    /// Whether this instance started the state itself and the others have not seen it say so
+    /// (its `synced` was lost on the way): it says it again.
+    pub(crate) fn declared_unconfirmed(&self) -> bool {
+        matches!(self.phase, Phase::Synced) && self.members.get(&self.me).is_some_and(|m| !m.synced)
+    }
+
     /// Forgets the state and waits for the answer to a new sync request.
     pub(crate) fn rejoin(&mut self) {
         *self = State::new(&self.me, self.inc, self.events);
@@ -251,6 +257,9 @@ impl State {
             for input in buffered {
                 self.step(input, actions);
             }
+            // What it published before its request was applied the others may have missed (they
+            // were joining themselves, say): it says it all again, now in the order.
+            actions.push(Action::RepublishLocal);
         } else if buffered.len() > MAX_BUFFERED {
             self.rejoin();
             actions.push(Action::Resync);
@@ -298,6 +307,7 @@ impl State {
             self.step(input, actions);
         }
         actions.push(Action::Publish(Body::Synced));
+        actions.push(Action::RepublishLocal);
         Unanswered::Declared
     }
 
@@ -357,19 +367,24 @@ impl State {
                 }
             }
             Body::Synced => {
-                let first = !self.members.values().any(|m| m.synced);
+                // Only the first to start the state does: one that started it too, not having
+                // heard of the first, is refused alike everywhere, and asks for the state.
+                if self.members.iter().any(|(id, m)| m.synced && *id != from) {
+                    if from == self.me {
+                        actions.push(Action::Resync);
+                    }
+                    return;
+                }
                 if let Some(member) = self.members.get_mut(&from) {
                     member.synced = true;
                 }
                 if from != self.me {
                     actions.push(Action::RepublishLocal);
                 }
-                if first {
-                    let mut sessions: Vec<Arc<str>> = self.sessions.keys().cloned().collect();
-                    sessions.sort_unstable();
-                    for session in sessions {
-                        self.reconcile(&session, Some(from.clone()), actions);
-                    }
+                let mut sessions: Vec<Arc<str>> = self.sessions.keys().cloned().collect();
+                sessions.sort_unstable();
+                for session in sessions {
+                    self.reconcile(&session, Some(from.clone()), actions);
                 }
             }
             Body::Snapshot {

@@ -170,7 +170,7 @@ impl Cluster {
     /// Every live node reads everything; when nothing more comes, lingers end; when still
     /// nothing comes, unanswered sync requests time out; until all is quiet.
     fn settle(&mut self) {
-        loop {
+        for _ in 0..1000 {
             let before = self.log.len();
             for n in 0..self.nodes.len() {
                 self.read(n, usize::MAX);
@@ -186,6 +186,19 @@ impl Cluster {
             if self.log.len() > before {
                 continue;
             }
+            if self.nodes.iter().all(|n| !n.alive || n.state.synced()) {
+                return;
+            }
+            // An interval passes: every node beats, and what they hear decides the timeouts.
+            for n in 0..self.nodes.len() {
+                if self.nodes[n].alive {
+                    let synced = self.nodes[n].state.synced();
+                    self.publish(n, Body::Beat { synced });
+                }
+            }
+            for n in 0..self.nodes.len() {
+                self.read(n, usize::MAX);
+            }
             for n in 0..self.nodes.len() {
                 if self.nodes[n].alive && !self.nodes[n].state.synced() {
                     let mut actions = Vec::new();
@@ -199,10 +212,8 @@ impl Cluster {
                     self.act(n, actions);
                 }
             }
-            if self.log.len() == before {
-                break;
-            }
         }
+        panic!("the cluster did not settle");
     }
 
     fn events_of(&self, n: usize, session: &str) -> Vec<bool> {
@@ -433,6 +444,28 @@ fn a_joiner_gets_the_state_and_decides_like_the_others() {
         [false],
         "a joined after u1's online event"
     );
+}
+
+#[test]
+fn instances_starting_together_with_streams_open_end_up_seeing_them_all() {
+    let mut c = Cluster::default();
+    for (name, session) in [("c", "u3"), ("a", "u1"), ("b", "u2")] {
+        let n = c.join(name);
+        c.open(n, session); // before anyone holds the state
+    }
+    c.settle();
+    for n in 0..3 {
+        assert!(c.nodes[n].state.synced(), "node {n}");
+        assert_eq!(c.nodes[n].state.counts().sessions, 3, "node {n}");
+        for s in ["u1", "u2", "u3"] {
+            assert_eq!(
+                c.events_of(n, s).last(),
+                Some(&true),
+                "node {n} {s}: {:#?}",
+                c.log
+            );
+        }
+    }
 }
 
 #[test]
