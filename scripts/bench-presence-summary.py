@@ -1,12 +1,12 @@
 """The summary line of scripts/bench-presence.sh, from what its nodes and queries wrote.
 
-python3 scripts/bench-presence-summary.py <out dir> <sessions per hub> <offline bound ms>
+python3 scripts/bench-presence-summary.py <out dir> <offline bound ms>
 """
 
 import json
 import sys
 
-out, sessions, bound = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, bound = sys.argv[1], int(sys.argv[2])
 
 
 def lines(path):
@@ -18,28 +18,27 @@ results = lines(f"{out}/presence.jsonl")
 modes = ("off", "view", "events")
 node = {m: [lines(f"{out}/presence-{m}-n{k}.jsonl") for k in (1, 2, 3)] for m in modes}
 churn = {m: [next(l["churn"] for l in n if "churn" in l) for n in node[m]] for m in modes}
-summary = {
-    "scenario": "presence",
-    "sessions": 3 * sessions,
-    "churn_per_sec": round(sum(c["closes"] for c in churn["off"]) / churn["off"][0]["secs"]),
-    "offline_within_ms": bound,
-}
+summary = {"scenario": "presence", "offline_within_ms": bound}
 for m in modes:
+    sessions = next(r["sessions_per_hub"] for r in results if r.get("mode") == m and "sessions_per_hub" in r)
     redis = next(r for r in results if r.get("mode") == m and "redis_in_bytes" in r)
     row = {
         "redis_bytes_per_sec": {
             "in": round(redis["redis_in_bytes"] / redis["secs"]),
             "out": round(redis["redis_out_bytes"] / redis["secs"]),
         },
+        "sessions": 3 * sessions,
+        "churn_per_sec": round(sum(c["closes"] for c in churn[m]) / churn[m][0]["secs"]),
         "cpu_percent_per_hub": [round(c["cpu_secs"] / c["secs"] * 100, 1) for c in churn[m]],
         "rss_kib_before_churn": [c["rss_kib_before"] for c in churn[m]],
     }
-    if m != "off":
+    if m == "view":
         # Each hub holds the whole cluster's sessions; the same hub without presence is the base.
         row["bytes_per_tracked_session"] = [
             round((on["rss_kib_before"] - off["rss_kib_before"]) * 1024 / (3 * sessions))
             for on, off in zip(churn[m], churn["off"])
         ]
+    if m != "off":
         queries = {
             r["query"].split("=")[0]: r for r in results if r.get("mode") == m and "query" in r
         }

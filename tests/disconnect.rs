@@ -97,6 +97,12 @@ async fn session_ends_on_every_hub(args: &[String]) {
             "a payload without the goodbye's eventName",
         ),
         (
+            json!({"sessionId": target, "eventName": null}),
+            Some(TOKEN),
+            400,
+            "a null eventName (left out, it means no goodbye)",
+        ),
+        (
             json!({"sessionId": target, "sesionId": "x"}),
             Some(TOKEN),
             400,

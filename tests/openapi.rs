@@ -23,8 +23,16 @@ async fn schemathesis_finds_the_hub_true_to_its_openapi_document() {
         return;
     }
     // Streams end after half a second, so that a generated stream request gets its whole answer
-    // (and its events checked) within the request timeout.
-    let args = ["--emitter-timeout", "500ms", "--heartbeat", "1"].map(String::from);
+    // (and its events checked) within the request timeout. Presence on, so that its endpoint
+    // answers rather than `404`.
+    let args = [
+        "--emitter-timeout",
+        "500ms",
+        "--heartbeat",
+        "1",
+        "--presence",
+    ]
+    .map(String::from);
     let hub = HubProcess::ready(free_port(), &args).await;
     let output = tokio::task::spawn_blocking({
         let document = hub.url("/openapi.json");
@@ -52,7 +60,7 @@ async fn schemathesis_finds_the_hub_true_to_its_openapi_document() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        report.contains("Operations:") && report.contains("5 selected / 5 total"),
+        report.contains("Operations:") && report.contains("6 selected / 6 total"),
         "{report}"
     );
     // Straight to stderr, so that the count is seen in a passing run too.

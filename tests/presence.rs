@@ -150,7 +150,13 @@ async fn presence_across_three_hubs(args: &[String]) {
 
     // Guarded as publishing is; the event name is the hub's own.
     assert_eq!(query(&hubs[0], "sessionId=a", None).await.0, 401);
-    assert_eq!(query(&hubs[0], "limit=3", Some(TOKEN)).await.0, 400);
+    assert_eq!(query(&hubs[0], "eventName=", Some(TOKEN)).await.0, 400);
+    let (status, counts) = query(&hubs[0], "", Some(TOKEN)).await;
+    assert_eq!(
+        (status, &counts["counts"]["instances"]),
+        (200, &json!(3)),
+        "{counts}"
+    );
     let reserved = client()
         .post(hubs[0].url("/sse/publish"))
         .bearer_auth(TOKEN)
@@ -248,6 +254,9 @@ async fn presence_across_three_hubs(args: &[String]) {
         )
         .await;
     }
+
+    assert_eq!(hubs[0].metric("sse_presence_instances").await, 2.0);
+    assert_eq!(hubs[0].metric("sse_presence_synced").await, 1.0);
 
     // Nothing more: no flap for u1, no second event for anyone.
     listener.read(7, Duration::from_secs(3)).await;

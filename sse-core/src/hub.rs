@@ -1137,6 +1137,7 @@ impl Shared {
         let _behind = self.behind.enter(since);
         let Some(history) = backend.history() else {
             Stats::bump(&self.stats.gaps_unrecovered);
+            self.presence_missed();
             tracing::warn!(
                 backend = backend.name(),
                 "the subscription may have missed envelopes, and there is no history to read \
@@ -1152,6 +1153,7 @@ impl Shared {
             catch_up::Read::Failed(error) => {
                 Stats::bump(&self.stats.history_read_failed);
                 Stats::bump(&self.stats.gaps_unrecovered);
+                self.presence_missed();
                 tracing::warn!(
                     %error,
                     "reading the history after a gap failed, and the failure is not temporary; \
@@ -1175,6 +1177,14 @@ impl Shared {
             instance = %self.config.instance_id,
             "caught up from the history after a gap"
         );
+    }
+
+    /// Presence messages may be among what a gap lost for good: presence asks for the state
+    /// again rather than go on from a copy that may differ from the others'.
+    fn presence_missed(&self) {
+        if let Some(tracker) = &self.presence {
+            tracker.resync();
+        }
     }
 
     /// Reads the broker's history of the last `max_age` into the replay log (see

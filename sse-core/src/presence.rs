@@ -299,6 +299,13 @@ impl Tracker {
         self.apply(Input::Control(message));
     }
 
+    /// The subscription lost messages for good (a gap with no history to read): ask for the
+    /// state again.
+    pub(crate) fn resync(&self) {
+        guard(&self.outbox).push(Action::Resync);
+        self.wake.notify_one();
+    }
+
     /// Whether a received presence event is delivered: one whose transition was undone or
     /// announced already is dropped, alike on every instance. Other events pass.
     pub(crate) fn admits(&self, envelope: &EnvelopeRef<'_>) -> bool {
@@ -578,7 +585,11 @@ impl Task {
             }
             Action::RepublishLocal => self.tracker.republish_all(),
             Action::Resync => {
-                tracing::info!(instance = %self.tracker.me, "presence: this instance was evicted; asking for the state again");
+                tracing::info!(
+                    instance = %self.tracker.me,
+                    "presence: this instance was evicted, refused or missed messages; asking for \
+                     the state again"
+                );
                 self.tracker.state().rejoin();
                 self.tracker.republish_all();
                 self.first_sync = Instant::now();

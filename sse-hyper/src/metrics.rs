@@ -117,6 +117,21 @@ const HELP: &[(&str, bool, &str)] = &[
         "Targeted envelopes received that no stream here wanted.",
     ),
     (
+        "sse_presence_sessions",
+        false,
+        "Sessions with a stream open anywhere in the cluster, as this instance sees them (--presence).",
+    ),
+    (
+        "sse_presence_instances",
+        false,
+        "Instances alive in the cluster, as this instance's presence sees them.",
+    ),
+    (
+        "sse_presence_synced",
+        false,
+        "1 when this instance holds the cluster's presence state, else 0.",
+    ),
+    (
         "sse_routes_sessions",
         false,
         "Sessions holding a route on this instance (session routing), lingering ones included.",
@@ -306,6 +321,13 @@ pub async fn render(hub: &Hub, router: RouterStats) -> Option<String> {
     counter!("sse_events_received_unmatched_total", "instance" => i())
         .absolute(s.received_unmatched);
     gauge!("sse_routes_sessions", "instance" => i()).set(hub.routed_sessions() as f64);
+    if let Some(presence) = hub.presence() {
+        let counts = presence.counts();
+        gauge!("sse_presence_sessions", "instance" => i()).set(counts.sessions as f64);
+        gauge!("sse_presence_instances", "instance" => i()).set(counts.instances as f64);
+        gauge!("sse_presence_synced", "instance" => i())
+            .set(f64::from(u8::from(presence.synced())));
+    }
     if let Some(routes) = hub.backend_routes() {
         gauge!("sse_routes_subscribed", "instance" => i(), "backend" => backend).set(routes as f64);
     }

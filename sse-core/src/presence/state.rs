@@ -45,7 +45,7 @@ pub(crate) enum Action {
     /// Publish this instance's own streams again, whole (another instance's state began
     /// without them).
     RepublishLocal,
-    /// This instance was evicted: ask for the state again.
+    /// Ask for the state again (this instance was evicted, or its start of the state refused).
     Resync,
 }
 

@@ -72,9 +72,9 @@ impl From<PresenceCounts> for Counts {
 
 impl SseRouter {
     /// `GET` presence: `?sessionId=a,b` (up to 100 ids) answers for those sessions;
-    /// `?eventName=room-42[&after=<id>][&limit=<n>]` lists the sessions with a stream listening
-    /// to that name, in id order, a page at a time (100 by default, at most 1000; `next` is the
-    /// `after` of the next page). Guarded as publishing is: a publish JWT must grant the event
+    /// otherwise `?eventName=room-42[&after=<id>][&limit=<n>]` lists the sessions with a stream
+    /// listening to that name, in id order, a page at a time (100 by default, at most 1000;
+    /// `next` is the `after` of the next page); with neither, the counts alone. Guarded as publishing is: a publish JWT must grant the event
     /// name, or every name (`*`) for a `sessionId` query. `404` when the hub tracks no presence.
     pub async fn presence(&self, request: &Parts) -> Result<Response<SseBody>, ApiError> {
         let grant = self.publish_grant(&request.headers).await?;
@@ -88,7 +88,7 @@ impl SseRouter {
         let query = Query::parse(request.uri.query().unwrap_or(""))?;
         let (sessions, next) = match query {
             Query::Sessions(ids) => {
-                if grant.is_some_and(|grant| !grant.allows_all()) {
+                if !ids.is_empty() && grant.is_some_and(|grant| !grant.allows_all()) {
                     return Err(ApiError::forbidden(
                         "asking for sessions needs the publish token, or a grant of every event \
                          name (*)",
@@ -142,6 +142,9 @@ impl Query {
         let (mut sessions, mut event_name, mut after, mut limit) = (None, None, None, None);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
+                "sessionId" | "eventName" if value.is_empty() => {
+                    return Err(ApiError::bad_request(format!("{key} is empty")));
+                }
                 "sessionId" => sessions = Some(value.into_owned()),
                 "eventName" => event_name = Some(value.into_owned()),
                 "after" => after = Some(value.into_owned()),
@@ -165,28 +168,29 @@ impl Query {
                 }
             }
         }
+        // `sessionId` names the sessions; without it `eventName` lists a page; with neither, the
+        // counts alone.
         match (sessions, event_name) {
-            (Some(ids), None) if after.is_none() && limit.is_none() => {
+            (Some(ids), _) => {
                 let ids: Vec<String> = ids
                     .split(',')
                     .filter(|id| !id.is_empty())
                     .map(str::to_owned)
                     .collect();
-                if ids.is_empty() || ids.len() > MAX_SESSIONS {
+                if ids.len() > MAX_SESSIONS {
                     return Err(ApiError::bad_request(format!(
-                        "sessionId needs 1 to {MAX_SESSIONS} comma-separated ids"
+                        "sessionId names {} ids; at most {MAX_SESSIONS} are allowed",
+                        ids.len()
                     )));
                 }
                 Ok(Query::Sessions(ids))
             }
-            (None, Some(event_name)) if !event_name.is_empty() => Ok(Query::Listening {
+            (None, Some(event_name)) => Ok(Query::Listening {
                 event_name,
                 after,
                 limit: limit.unwrap_or(PAGE),
             }),
-            _ => Err(ApiError::bad_request(
-                "ask for either sessionId=a,b or eventName=name (with after and limit)",
-            )),
+            _ => Ok(Query::Sessions(Vec::new())),
         }
     }
 }
@@ -210,15 +214,23 @@ mod tests {
                 limit: 5
             }
         );
-        for bad in [
-            "",
-            "sessionId=",
-            "sessionId=a&eventName=b",
-            "eventName=x&limit=0",
-            "eventName=x&limit=1001",
-            "sessionId=a&limit=3",
-            "other=1",
-        ] {
+        // Neither: the counts alone; both: the sessions named.
+        assert_eq!(Query::parse("").unwrap(), Query::Sessions(Vec::new()));
+        assert_eq!(
+            Query::parse("limit=3").unwrap(),
+            Query::Sessions(Vec::new())
+        );
+        assert_eq!(
+            Query::parse("sessionId=,").unwrap(),
+            Query::Sessions(Vec::new())
+        );
+        assert!(Query::parse("sessionId=").is_err());
+        assert!(Query::parse("eventName=").is_err());
+        assert_eq!(
+            Query::parse("sessionId=a&eventName=b").unwrap(),
+            Query::Sessions(vec!["a".into()])
+        );
+        for bad in ["eventName=x&limit=0", "eventName=x&limit=1001", "other=1"] {
             assert!(Query::parse(bad).is_err(), "{bad}");
         }
         let many = vec!["x"; 101].join(",");

@@ -303,7 +303,7 @@ fn published(
 struct PublishBody {
     event_name: Option<String>,
     /// `Some(None)` when the body says `"sessionId": null`.
-    #[serde(default, deserialize_with = "present_session")]
+    #[serde(default, deserialize_with = "present_or_null")]
     session_id: Option<Option<String>>,
     /// Kept as the JSON text it was posted as (see [`sse_core::Payload`]).
     #[serde(default, deserialize_with = "present")]
@@ -312,7 +312,7 @@ struct PublishBody {
 }
 
 /// `Some` whenever the field is present, `Some(None)` when it is `null`.
-fn present_session<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn present_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -354,7 +354,9 @@ pub fn parse_publish_body(body: &[u8]) -> Result<SendSseEvent, ApiError> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DisconnectBody {
     session_id: Option<String>,
-    event_name: Option<String>,
+    /// `Some(None)` when the body says `"eventName": null`.
+    #[serde(default, deserialize_with = "present_or_null")]
+    event_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
 }
@@ -367,7 +369,16 @@ fn parse_disconnect_body(body: &[u8]) -> Result<Disconnect, ApiError> {
         .session_id
         .ok_or_else(|| ApiError::bad_request("sessionId is required"))?;
     let mut disconnect = Disconnect::session(session_id);
-    match (body.event_name, body.payload) {
+    let event_name = match body.event_name {
+        Some(None) => {
+            return Err(ApiError::bad_request(
+                "eventName is the goodbye event's name: leave it out for none, not null",
+            ));
+        }
+        Some(Some(name)) => Some(name),
+        None => None,
+    };
+    match (event_name, body.payload) {
         (Some(name), payload) => {
             let payload = payload.unwrap_or_else(|| RawValue::NULL.to_owned());
             disconnect.goodbye = Some((name, Payload::from(payload)));
