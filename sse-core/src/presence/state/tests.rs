@@ -70,6 +70,18 @@ impl Cluster {
         }));
     }
 
+    /// Node `by` publishes the eviction of node `who` (its current incarnation).
+    fn evict(&mut self, by: usize, who: usize) {
+        let (id, inc) = (self.nodes[who].id.clone(), self.nodes[who].inc);
+        self.publish(
+            by,
+            Body::Evict {
+                who: id,
+                who_inc: inc,
+            },
+        );
+    }
+
     fn delta(&mut self, n: usize, session: &str) {
         let streams = self.nodes[n].local.get(session).copied().unwrap_or(0);
         self.publish(
@@ -305,22 +317,9 @@ fn an_evicted_instance_takes_its_sessions_offline_once() {
     c.open(1, "u2");
     c.settle();
     c.nodes[0].alive = false;
-    let inc = c.nodes[0].inc;
     // Two instances notice at once.
-    c.publish(
-        1,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
-    c.publish(
-        2,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
+    c.evict(1, 0);
+    c.evict(2, 0);
     c.settle();
     for n in 1..3 {
         assert_eq!(c.events_of(n, "u1"), [true, false], "node {n}");
@@ -338,14 +337,7 @@ fn an_eviction_numbers_its_transitions_alike_on_every_instance() {
     }
     c.settle();
     c.nodes[0].alive = false;
-    let inc = c.nodes[0].inc;
-    c.publish(
-        1,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
+    c.evict(1, 0);
     c.settle();
     assert_eq!(c.nodes[1].delivered, c.nodes[2].delivered);
     for s in &sessions {
@@ -362,14 +354,7 @@ fn a_transition_whose_instance_died_is_announced_by_its_heir() {
     c.read(0, usize::MAX);
     c.read(1, usize::MAX);
     c.nodes[0].alive = false; // dies during the linger
-    let inc = c.nodes[0].inc;
-    c.publish(
-        1,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
+    c.evict(1, 0);
     c.settle();
     assert_eq!(c.events_of(1, "u1"), [true, false]);
 }
@@ -379,14 +364,7 @@ fn an_evicted_instance_back_within_the_linger_gives_no_event() {
     let mut c = Cluster::with(&["a", "b"]);
     c.open(0, "u1");
     c.settle();
-    let inc = c.nodes[0].inc;
-    c.publish(
-        1,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
+    c.evict(1, 0);
     c.settle();
     for n in 0..2 {
         assert_eq!(c.events_of(n, "u1"), [true], "node {n}");
@@ -399,16 +377,9 @@ fn an_evicted_instance_that_comes_back_restores_its_sessions() {
     let mut c = Cluster::with(&["a", "b"]);
     c.open(0, "u1");
     c.settle();
-    let inc = c.nodes[0].inc;
     // a is cut off, not dead: evicted, and its session goes offline after the linger.
     c.nodes[0].alive = false;
-    c.publish(
-        1,
-        Body::Evict {
-            who: "a".into(),
-            who_inc: inc,
-        },
-    );
+    c.evict(1, 0);
     c.settle();
     assert_eq!(c.events_of(1, "u1"), [true, false]);
     // Back: it reads what it missed, sees its eviction, and says again what it holds.
@@ -599,10 +570,7 @@ fn random_interleavings_give_one_event_per_transition() {
                     // One instance dies; another evicts it when it notices.
                     c.nodes[n].alive = false;
                     c.nodes[n].local.clear();
-                    let inc = c.nodes[n].inc;
-                    let evictor = (n + 1) % 3;
-                    let who = c.nodes[n].id.clone();
-                    c.publish(evictor, Body::Evict { who, who_inc: inc });
+                    c.evict((n + 1) % 3, n);
                 }
                 _ => {}
             }
