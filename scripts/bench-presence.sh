@@ -21,13 +21,10 @@ results=$out/presence.jsonl
 : > "$results"
 cargo build --release -p sse-fanout-bench --bin presence-node --quiet
 
-# Presence events run at a tenth of the scale: each is a broadcast, and a broadcast costs every
-# hub a pass over all its streams (BENCHMARKS.md, "Presence"), which 2 000 events a second over
-# 33 334 streams a hub is more than this machine's two cores give three hubs.
 if [ -n "${BENCH_QUICK:-}" ]; then
-  full=(1000 100) tenth=(1000 100) secs=5
+  sessions=1000 churn=100 secs=5
 else
-  full=(33334 333) tenth=(3334 33) secs=20
+  sessions=33334 churn=333 secs=20
 fi
 # The presence defaults the nodes run with: beats every 2 s, a linger of 5 s.
 offline_within_ms=$((4 * 2000 + 5000))
@@ -57,7 +54,6 @@ redis_bytes() { # input and output bytes Redis counted so far
 
 churn_file=$out/presence-churn-at
 for mode in off view events; do
-  read -r sessions churn < <(if [ "$mode" = events ]; then echo "${tenth[@]}"; else echo "${full[@]}"; fi)
   echo "{\"mode\":\"$mode\",\"sessions_per_hub\":$sessions,\"churn_per_hub\":$churn}" >> "$results"
   redis-cli -p "$redis_port" flushall >/dev/null
   rm -f "$churn_file"

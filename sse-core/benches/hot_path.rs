@@ -119,6 +119,23 @@ fn deliver(c: &mut Criterion) {
         });
         drop(emitters);
     }
+    // A broadcast of a name one stream listens to, among 100 000 that listen to others (a
+    // presence event, an admin notice): it costs its listeners, not the instance's streams.
+    let (repo, others) = repository(100_000, 100_000);
+    let mut listener = repo.register(Subscription::new(
+        None,
+        EventFilter::parse("rare").unwrap(),
+        256,
+    ));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("broadcast_to_1_of_100000", |b| {
+        b.iter(|| {
+            let report = repo.deliver(Target::Broadcast, "rare", &frame);
+            assert_eq!(report.queued, 1);
+            listener.try_recv().unwrap()
+        })
+    });
+    drop((listener, others));
     group.finish();
 }
 

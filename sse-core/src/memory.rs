@@ -11,9 +11,14 @@ use crate::repository::{
     Subscription, Target,
 };
 
+mod listeners;
+
+use listeners::Listeners;
+
 /// Streams of one instance, kept in memory: a sharded map from session to its streams (so
-/// delivering to one session locks one shard, briefly, for reading) and a sharded map of the
-/// session-less streams that receive broadcasts only.
+/// delivering to one session locks one shard, briefly, for reading), a sharded map of the
+/// session-less streams, and an index of every stream by the event names it listens to (so a
+/// broadcast visits the streams it goes to, not every stream of the instance).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -34,15 +39,18 @@ pub struct InMemoryEmitterRepository {
 
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: DashMap<Arc<str>, Vec<Entry>>,
-    anonymous: DashMap<u64, Entry>,
+    sessions: DashMap<Arc<str>, Vec<Arc<Entry>>>,
+    anonymous: DashMap<u64, Arc<Entry>>,
+    listeners: Listeners,
     next_id: AtomicU64,
     count: AtomicUsize,
 }
 
+/// One stream, shared by its session's list (or the session-less map) and the index by name.
 #[derive(Debug)]
 struct Entry {
     id: u64,
+    session: Option<Arc<str>>,
     events: EventFilter,
     sink: Sink,
 }
@@ -55,7 +63,7 @@ impl InMemoryEmitterRepository {
 }
 
 impl Inner {
-    fn remove(&self, session: Option<&str>, id: u64) -> Option<Entry> {
+    fn remove(&self, session: Option<&str>, id: u64) -> Option<Arc<Entry>> {
         let removed = match session {
             None => self.anonymous.remove(&id).map(|(_, entry)| entry),
             Some(session) => {
@@ -69,7 +77,8 @@ impl Inner {
                 removed
             }
         };
-        if removed.is_some() {
+        if let Some(entry) = &removed {
+            self.listeners.remove(entry);
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         removed
@@ -86,11 +95,8 @@ impl Inner {
     }
 }
 
-/// Offers a frame to one entry, noting the outcome.
-fn offer(entry: &Entry, event_name: &str, frame: &Bytes, report: &mut DeliveryReport) -> bool {
-    if !entry.events.matches(event_name) {
-        return true;
-    }
+/// Queues a frame for one stream, noting the outcome; false when the stream is too slow.
+fn push(entry: &Entry, frame: &Bytes, report: &mut DeliveryReport) -> bool {
     match entry.sink.offer(frame) {
         Offer::Queued => {
             report.queued += 1;
@@ -106,12 +112,16 @@ impl EmitterRepository for InMemoryEmitterRepository {
     fn register(&self, subscription: Subscription) -> Emitter {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (sink, parts) = Emitter::channel(&subscription);
-        let entry = Entry {
+        let session = subscription.session_id;
+        let entry = Arc::new(Entry {
             id,
+            session: session.clone(),
             events: subscription.events,
             sink,
-        };
-        let session = subscription.session_id;
+        });
+        // Into the index first: whoever then takes the stream out of its session (a disconnect)
+        // takes it out of the index too.
+        self.inner.listeners.insert(&entry);
         match &session {
             None => {
                 self.inner.anonymous.insert(id, entry);
@@ -135,30 +145,20 @@ impl EmitterRepository for InMemoryEmitterRepository {
     fn deliver(&self, target: Target<'_>, event_name: &str, frame: &Bytes) -> DeliveryReport {
         let mut report = DeliveryReport::default();
         let mut slow: Vec<(Option<Arc<str>>, u64)> = Vec::new();
+        let mut visit = |entry: &Entry| {
+            if !push(entry, frame, &mut report) {
+                slow.push((entry.session.clone(), entry.id));
+            }
+        };
         match target {
             Target::Session(session) => {
                 if let Some(entries) = self.inner.sessions.get(session) {
-                    for entry in entries.iter() {
-                        if !offer(entry, event_name, frame, &mut report) {
-                            slow.push((Some(entries.key().clone()), entry.id));
-                        }
+                    for entry in entries.iter().filter(|e| e.events.matches(event_name)) {
+                        visit(entry);
                     }
                 }
             }
-            Target::Broadcast => {
-                for entries in self.inner.sessions.iter() {
-                    for entry in entries.iter() {
-                        if !offer(entry, event_name, frame, &mut report) {
-                            slow.push((Some(entries.key().clone()), entry.id));
-                        }
-                    }
-                }
-                for entry in self.inner.anonymous.iter() {
-                    if !offer(&entry, event_name, frame, &mut report) {
-                        slow.push((None, entry.id));
-                    }
-                }
-            }
+            Target::Broadcast => self.inner.listeners.for_each(event_name, visit),
         }
         // The read guards are released: now the slow streams can be taken out.
         for (session, id) in slow {
@@ -178,20 +178,21 @@ impl EmitterRepository for InMemoryEmitterRepository {
     }
 
     fn close_all(&self, reason: CloseReason) {
-        let mut closed = 0;
+        let mut ending = Vec::new();
         self.inner.sessions.retain(|_, entries| {
-            for entry in entries.drain(..) {
-                entry.sink.close(reason);
-                closed += 1;
-            }
+            ending.append(entries);
             false
         });
         self.inner.anonymous.retain(|_, entry| {
-            entry.sink.close(reason);
-            closed += 1;
+            ending.push(entry.clone());
             false
         });
-        self.inner.count.fetch_sub(closed, Ordering::AcqRel);
+        self.inner.count.fetch_sub(ending.len(), Ordering::AcqRel);
+        // Out of the index before the close: no broadcast queues a frame behind it.
+        for entry in &ending {
+            self.inner.listeners.remove(entry);
+            entry.sink.close(reason);
+        }
     }
 
     fn close_session(&self, session: &str, opened_before: u64, goodbye: Option<&Bytes>) -> usize {
@@ -208,9 +209,11 @@ impl EmitterRepository for InMemoryEmitterRepository {
             entries.is_empty()
         });
         self.inner.count.fetch_sub(ending.len(), Ordering::AcqRel);
-        // Out of the map's lock: each sink is dropped after its last frame, and the stream ends
-        // once the client has read it.
+        // Out of the map's lock: each stream leaves the index (so no broadcast follows the
+        // goodbye), its sink is dropped after its last frame, and the stream ends once the client
+        // has read it.
         for entry in &ending {
+            self.inner.listeners.remove(entry);
             entry.sink.finish(goodbye, CloseReason::Disconnected);
         }
         ending.len()
@@ -287,6 +290,7 @@ mod tests {
         assert_eq!(repo.count(), 0);
         assert!(repo.inner.sessions.is_empty());
         assert!(repo.inner.anonymous.is_empty());
+        assert!(repo.inner.listeners.is_empty());
     }
 
     #[tokio::test]
@@ -386,6 +390,57 @@ mod tests {
         assert_eq!(repo.close_session("nobody", u64::MAX, None), 0);
     }
 
+    #[tokio::test]
+    async fn a_broadcast_visits_its_listeners_only() {
+        let repo = InMemoryEmitterRepository::new();
+        let quiet: Vec<_> = (0..100)
+            .map(|i| repo.register(sub(Some(&format!("s{i}")), "other,more", 8)))
+            .collect();
+        let mut named = repo.register(sub(Some("s1"), "other,news", 8));
+        let mut any = repo.register(sub(None, "*", 8));
+        let mut anonymous = repo.register(sub(None, "news", 8));
+        let r = repo.deliver(Target::Broadcast, "news", &frame("n"));
+        assert_eq!(r.queued, 3);
+        for stream in [&mut named, &mut any, &mut anonymous] {
+            assert_eq!(stream.recv().await.unwrap(), frame("n"));
+        }
+        assert!(quiet.iter().all(|s| s.queued() == 0));
+        // A stream listening to two names gets a broadcast of either once.
+        assert_eq!(
+            repo.deliver(Target::Broadcast, "other", &frame("o")).queued,
+            102
+        );
+        assert_eq!(named.queued(), 1);
+        drop(quiet);
+        drop((named, any));
+        assert_eq!(
+            repo.deliver(Target::Broadcast, "news", &frame("n")).queued,
+            1
+        );
+        drop(anonymous);
+        assert!(repo.inner.listeners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_closed_by_the_repository_leave_the_index() {
+        let repo = InMemoryEmitterRepository::new();
+        let slow = repo.register(sub(Some("s1"), "a", 1));
+        let ended = repo.register(sub(Some("s2"), "a", 8));
+        let mut stays = repo.register(sub(Some("s3"), "a", 8));
+        assert_eq!(repo.deliver(Target::Broadcast, "a", &frame("1")).queued, 3);
+        let r = repo.deliver(Target::Broadcast, "a", &frame("2"));
+        assert_eq!((r.queued, r.closed_slow), (2, 1));
+        assert_eq!(repo.close_session("s2", u64::MAX, None), 1);
+        // Neither is offered a frame again, though their emitters are still held.
+        assert_eq!(repo.deliver(Target::Broadcast, "a", &frame("3")).queued, 1);
+        assert_eq!(ended.queued(), 2);
+        assert_eq!(stays.recv().await.unwrap(), frame("1"));
+        repo.close_all(CloseReason::Shutdown);
+        assert!(repo.inner.listeners.is_empty());
+        drop((slow, ended, stays));
+        assert_eq!(repo.count(), 0);
+    }
+
     #[test]
     fn concurrent_register_deliver_drop() {
         let repo = InMemoryEmitterRepository::new();
@@ -398,6 +453,9 @@ mod tests {
                         let e = repo.register(sub(Some(&session), "a", 4));
                         repo.deliver(Target::Session(&session), "a", &frame("x"));
                         repo.deliver(Target::Broadcast, "a", &frame("y"));
+                        if i % 5 == t {
+                            repo.close_session(&session, u64::MAX, None);
+                        }
                         drop(e);
                     }
                 });
@@ -405,5 +463,6 @@ mod tests {
         });
         assert_eq!(repo.count(), 0);
         assert!(repo.inner.sessions.is_empty());
+        assert!(repo.inner.listeners.is_empty());
     }
 }
