@@ -14,11 +14,14 @@ use crate::repository::EventFilter;
 /// open and close in the other stripes meanwhile.
 const STRIPES: usize = 8;
 
+/// One stripe: each name's listeners of that stripe, by stream id.
+type Stripe = DashMap<Box<str>, HashMap<u64, Arc<Entry>>>;
+
 /// Streams by event name, and the streams that take every name.
 #[derive(Debug)]
 pub(super) struct Listeners {
     any: DashMap<u64, Arc<Entry>>,
-    names: Box<[DashMap<Box<str>, HashMap<u64, Arc<Entry>>>]>,
+    names: Box<[Stripe]>,
 }
 
 impl Default for Listeners {
@@ -31,7 +34,7 @@ impl Default for Listeners {
 }
 
 impl Listeners {
-    fn stripe(&self, id: u64) -> &DashMap<Box<str>, HashMap<u64, Arc<Entry>>> {
+    fn stripe(&self, id: u64) -> &Stripe {
         &self.names[id as usize % STRIPES]
     }
 
