@@ -1,7 +1,9 @@
 //! The streams of a repository by the event names they listen to, so that a broadcast visits its
 //! listeners only, not every stream of the instance.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -14,8 +16,32 @@ use crate::repository::EventFilter;
 /// open and close in the other stripes meanwhile.
 const STRIPES: usize = 8;
 
-/// One stripe: each name's listeners of that stripe, by stream id.
-type Stripe = DashMap<Box<str>, HashMap<u64, Arc<Entry>>>;
+/// One stripe: each name's listeners of that stripe.
+type Stripe = DashMap<Box<str>, HashSet<ById>>;
+
+/// A stream in a set, known by its id (the set's slot holds one pointer, not the id beside it).
+#[derive(Debug)]
+struct ById(Arc<Entry>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<u64> for ById {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
 
 /// Streams by event name, and the streams that take every name.
 #[derive(Debug)]
@@ -49,13 +75,13 @@ impl Listeners {
                 for name in names.iter() {
                     match stripe.get_mut(&**name) {
                         Some(mut listeners) => {
-                            listeners.insert(entry.id, entry.clone());
+                            listeners.insert(ById(entry.clone()));
                         }
                         None => {
                             stripe
                                 .entry(name.clone())
                                 .or_default()
-                                .insert(entry.id, entry.clone());
+                                .insert(ById(entry.clone()));
                         }
                     }
                 }
@@ -88,8 +114,8 @@ impl Listeners {
         }
         for stripe in self.names.iter() {
             if let Some(listeners) = stripe.get(event_name) {
-                for entry in listeners.values() {
-                    visit(entry);
+                for entry in listeners.iter() {
+                    visit(&entry.0);
                 }
             }
         }
