@@ -349,9 +349,10 @@ struct RoutingArgs {
     /// Their process ids, in the same order, to read their CPU time.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
-    /// The broker's process id, when it runs on this machine, to read its CPU time too.
-    #[arg(long)]
-    broker_pid: Option<u32>,
+    /// The broker's process ids (each node of a cluster), when it runs on this machine, to read
+    /// their CPU time too; comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
     /// Sessions, one stream each, spread evenly over the hubs (the first third on the first...).
     #[arg(long, default_value_t = 3000)]
     sessions: usize,
@@ -1206,16 +1207,27 @@ async fn routing(args: RoutingArgs) -> anyhow::Result<Value> {
         b.1 = sse_fanout_bench::sys::cpu_secs(pid).context("reading a hub's CPU time")?;
     }
     let cpu = sse_fanout_bench::sys::cpu_secs;
-    let broker_before = args.broker_pid.and_then(cpu);
+    let brokers_cpu = || {
+        args.broker_pid
+            .iter()
+            .map(|&pid| cpu(pid))
+            .collect::<Vec<_>>()
+    };
+    let broker_before = brokers_cpu();
     let started = Instant::now();
     let report = pump::through_hub(&spec(broker.rate, broker.seconds), &hub).await;
     let (merged, ended) = until_quiet(&mut workers, Duration::from_secs(60)).await?;
     let took = started.elapsed().as_secs_f64();
-    let broker_cpu = args
-        .broker_pid
-        .and_then(cpu)
+    // Each broker process's CPU seconds (null where it could not be read), and their sum.
+    let broker_each: Vec<Option<f64>> = brokers_cpu()
+        .into_iter()
         .zip(broker_before)
-        .map(|(after, before)| round(after - before, 2));
+        .map(|(after, before)| Some(round(after? - before?, 2)))
+        .collect();
+    let broker_cpu = (!broker_each.is_empty())
+        .then(|| broker_each.iter().copied().sum::<Option<f64>>())
+        .flatten()
+        .map(|sum| round(sum, 2));
     let mut per_instance = Vec::new();
     for ((url, &pid), (received_before, cpu_before)) in
         args.urls.iter().zip(&args.pids).zip(&before)
@@ -1243,6 +1255,7 @@ async fn routing(args: RoutingArgs) -> anyhow::Result<Value> {
         "lost": report.published.saturating_sub(merged.received),
         "per_instance": per_instance,
         "broker_cpu_secs": broker_cpu,
+        "broker_cpu_secs_each": broker_each,
         "secs": round(took, 2),
         "latency_ms": percentiles_ms(&merged.deliveries),
         "streams_ended": ended,
