@@ -59,6 +59,25 @@ struct Publish {
     /// The event's id when the hub answered `202`; `None` for any other outcome (the event may
     /// or may not have gone out).
     acked: Option<String>,
+    /// The hub it was sent to (its port).
+    hub: u16,
+    /// What the hub answered (a status and its error code, a transport error, no answer), and
+    /// after how long: for a person reading a failed run.
+    answer: String,
+    took: Duration,
+}
+
+impl Publish {
+    /// When, where and how it was answered, with times in seconds since `start`.
+    fn describe(&self, start: Instant) -> String {
+        format!(
+            "sent at {:.3}s to {}, {} after {} ms",
+            self.sent.saturating_duration_since(start).as_secs_f64(),
+            self.hub,
+            self.answer,
+            self.took.as_millis()
+        )
+    }
 }
 
 /// What one client received, across all its streams.
@@ -281,13 +300,21 @@ async fn publisher(
                 .send(),
         )
         .await;
-        let acked = match answer {
-            Ok(Ok(response)) if response.status() == 202 => response
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v["id"].as_str().map(str::to_owned)),
-            _ => None,
+        let (acked, answer) = match answer {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let body = response.json::<Value>().await.unwrap_or_default();
+                let acked = (status == 202)
+                    .then(|| body["id"].as_str().map(str::to_owned))
+                    .flatten();
+                let code = body["error"].as_str().unwrap_or_default().to_owned();
+                (
+                    acked,
+                    format!("{} {code}", status.as_u16()).trim_end().to_owned(),
+                )
+            }
+            Ok(Err(error)) => (None, format!("error: {error}")),
+            Err(_) => (None, "no answer".to_owned()),
         };
         log.lock().unwrap().push(Publish {
             publisher: me,
@@ -295,6 +322,9 @@ async fn publisher(
             session,
             sent,
             acked,
+            hub: port,
+            answer,
+            took: sent.elapsed(),
         });
         n += 1;
         tokio::time::sleep(PUBLISH_EVERY).await;
@@ -379,9 +409,11 @@ fn check(
         .collect();
     let problems_before = problems.len();
     let mut seen_ids: HashSet<String> = HashSet::new();
-    let mut last_n: HashMap<usize, u64> = HashMap::new();
+    // Each publisher's last event so far: its n and where in the history it came.
+    let mut last_n: HashMap<usize, (u64, usize)> = HashMap::new();
+    let start = publishes.iter().map(|p| p.sent).min();
     let mut received = 0;
-    for event in &history.events {
+    for (at, event) in history.events.iter().enumerate() {
         if event.event == sse_fanout::RESET_EVENT {
             // Whether the event the client named had been acknowledged.
             let named = serde_json::from_str::<Value>(&event.data)
@@ -437,7 +469,7 @@ fn check(
             None if unacked.contains(&(p, n)) => {}
             None => problems.push(format!("{session}: an event nobody published: {event:?}")),
         }
-        if let Some(&before) = last_n.get(&p)
+        if let Some(&(before, before_at)) = last_n.get(&p)
             && n <= before
         {
             let acked = if by_id.contains_key(id.as_str()) {
@@ -445,12 +477,32 @@ fn check(
             } else {
                 "not acknowledged"
             };
+            // Both publishes and the streams that brought them, so that the run explains itself.
+            let publish = |n: u64| {
+                publishes
+                    .iter()
+                    .find(|x| x.publisher == p && x.n == n)
+                    .zip(start)
+                    .map_or_else(String::new, |(x, start)| x.describe(start))
+            };
+            let stream = |i: usize| {
+                history
+                    .streams
+                    .iter()
+                    .rev()
+                    .find(|s| s.at <= i)
+                    .map_or_else(|| format!("#{i}"), |s| format!("#{i} {s}"))
+            };
             problems.push(format!(
-                "{session}: publisher {p}'s n={n} ({acked}) after n={before} ({})",
+                "{session}: publisher {p}'s n={n} ({acked}; {}; came {}) after n={before} ({}; came {}) ({})",
+                publish(n),
+                stream(at),
+                publish(before),
+                stream(before_at),
                 event.id
             ));
         }
-        last_n.insert(p, n);
+        last_n.insert(p, (n, at));
     }
     let Some(fresh_open) = history.fresh_open else {
         problems.push(format!("{session}: never opened a stream"));
@@ -827,3 +879,76 @@ fault_run!(#[ignore = "known: session routing on a Redis Cluster delivered an un
 // --ignored`; README gives what it found.
 fault_run!(#[ignore = "a measurement: without WAIT a failover may lose acknowledged events"]
     cluster "redis", Broker::Redis, "redis", "broadcast", redis_cluster_without_wait);
+
+/// The checker itself: each kind of problem it exists for is found, and a history that has
+/// everything once and in order has none.
+#[test]
+fn the_checker_finds_what_it_is_for() {
+    let start = Instant::now();
+    let publish = |n: u64, acked: bool, session: Option<&str>| Publish {
+        publisher: 0,
+        n,
+        session: session.map(str::to_owned),
+        sent: start + Duration::from_millis(10 * n + 10),
+        acked: acked.then(|| format!("id{n}")),
+        hub: 8000,
+        answer: if acked {
+            "202"
+        } else {
+            "503 backend_unavailable"
+        }
+        .to_owned(),
+        took: Duration::from_millis(1),
+    };
+    let publishes = vec![
+        publish(0, true, None),
+        publish(1, false, Some("a")),
+        publish(2, true, Some("a")),
+        publish(3, true, Some("b")),
+    ];
+    let seen = |n: u64| Seen {
+        id: format!("id{n}~"),
+        event: "e".to_owned(),
+        data: json!({"p": 0, "n": n}).to_string(),
+    };
+    let history = |ns: &[u64]| History {
+        first_open: Some(start),
+        fresh_open: Some(start),
+        events: ns.iter().map(|&n| seen(n)).collect(),
+        streams: vec![Opened {
+            at: 0,
+            port: 8001,
+            last_id: None,
+            when: start,
+        }],
+        ..History::default()
+    };
+    let problems = |ns: &[u64]| {
+        let (mut problems, mut details) = (Vec::new(), Vec::new());
+        check("a", &history(ns), &publishes, &mut problems, &mut details);
+        problems
+    };
+    assert_eq!(problems(&[0, 2]), Vec::<String>::new());
+    assert_eq!(
+        problems(&[0, 1, 2]),
+        Vec::<String>::new(),
+        "an unacknowledged event may come"
+    );
+    let lost = problems(&[2]);
+    assert!(lost.len() == 1 && lost[0].contains("lost id0"), "{lost:?}");
+    let twice = problems(&[0, 2, 2]);
+    assert!(twice.len() == 1 && twice[0].contains("twice"), "{twice:?}");
+    let reordered = problems(&[0, 2, 1]);
+    assert_eq!(reordered.len(), 1, "{reordered:?}");
+    assert!(
+        reordered[0]
+            .contains("n=1 (not acknowledged; sent at 0.010s to 8000, 503 backend_unavailable")
+            && reordered[0].contains("after n=2 (sent at 0.020s to 8000, 202 after 1 ms; came #1"),
+        "{reordered:?}"
+    );
+    let foreign = problems(&[0, 2, 3]);
+    assert!(
+        foreign[0].contains("another session's event"),
+        "{foreign:?}"
+    );
+}
