@@ -28,14 +28,8 @@ fi
 single_port=6393
 cluster_base=7101
 
-pids=()
-urls=()
+. scripts/bench-lib.sh
 single_pid=
-stop_hubs() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=() urls=()
-}
 cleanup() {
   stop_hubs
   [ -z "$single_pid" ] || kill "$single_pid" 2>/dev/null || true
@@ -43,21 +37,11 @@ cleanup() {
 }
 trap cleanup EXIT
 start_hubs() { # url channel history
-  local url=$1 channel=$2 history=$3
   for k in 0 1 2; do
-    local port=$((8100 + k))
-    "$bin/sse-fanout" --listen "127.0.0.1:$port" --emitter-timeout 0 --backend redis \
-      --backend-url "$url" --channel "$channel" --routing session --broker-history "$history" \
-      > "$out/cluster-hub$k.log" 2>&1 &
-    pids+=("$!")
-    urls+=("http://127.0.0.1:$port")
-    for _ in $(seq 200); do
-      if curl -fs "http://127.0.0.1:$port/healthz" > /dev/null 2>&1; then break; fi
-      sleep 0.05
-    done
+    start_hub $((8100 + k)) "$out/cluster-hub$k.log" --backend redis --backend-url "$1" \
+      --channel "$2" --routing session --broker-history "$3"
   done
 }
-join() { local IFS=,; echo "$*"; }
 
 redis-server --bind 127.0.0.1 --port "$single_port" --save "" --appendonly no \
   > "$out/cluster-single-redis.log" 2>&1 &

@@ -25,30 +25,15 @@ else
   sessions=3000 rate=3000 seconds=10 open_rate=1000 open_seconds=5
 fi
 
-pids=()
-urls=()
-stop_hubs() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=() urls=()
-}
+. scripts/bench-lib.sh
 trap stop_hubs EXIT
 start_hubs() { # count backend url channel routing
   local count=$1 backend=$2 url=$3 channel=$4 routing=$5
   for k in $(seq 0 $((count - 1))); do
-    local port=$((8100 + k))
-    "$bin/sse-fanout" --listen "127.0.0.1:$port" --emitter-timeout 0 --backend "$backend" \
-      --backend-url "$url" --channel "$channel" --routing "$routing" --broker-history off \
-      > "$out/routing-hub$k.log" 2>&1 &
-    pids+=("$!")
-    urls+=("http://127.0.0.1:$port")
-    for _ in $(seq 200); do
-      if curl -fs "http://127.0.0.1:$port/healthz" > /dev/null 2>&1; then break; fi
-      sleep 0.05
-    done
+    start_hub $((8100 + k)) "$out/routing-hub$k.log" --backend "$backend" --backend-url "$url" \
+      --channel "$channel" --routing "$routing" --broker-history off
   done
 }
-join() { local IFS=,; echo "$*"; }
 
 for backend in redis nats rabbit; do
   case $backend in
