@@ -279,6 +279,45 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
     assert!(server.hub.backend_reconnects() >= 2);
 }
 
+/// While a slot moves between masters, the cluster client sends a publish whose history key has
+/// already moved to the new master (`-ASK`), and the script runs there; a replica wait routed by
+/// the slot map would ask the old master, which has all of this connection's writes replicated,
+/// and answer at once. So such a publish fails (whether a replica has it is not known), and
+/// publishing works again once the slot has moved.
+#[tokio::test]
+async fn on_a_redis_cluster_a_publish_where_the_slot_is_moving_is_not_called_replicated() {
+    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+        return;
+    };
+    let channel = unique("cluster-ask");
+    cluster.focus(&channel);
+    let config =
+        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
+    let publisher = sse_fanout::Hub::builder(RedisBackend::connect(config).await.unwrap())
+        .app_name("ask")
+        .start()
+        .await
+        .unwrap();
+    let publish = |n: u32| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish(sse_fanout::SendSseEvent::new("e", serde_json::json!(n)))
+                .await
+        }
+    };
+    publish(0).await.unwrap();
+    let moving = cluster.begin_migration();
+    let error = publish(1).await.unwrap_err().to_string();
+    assert!(error.contains("where its slot is moving"), "{error}");
+    cluster.finish_migration(&moving);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(error) = publish(2).await {
+        assert!(tokio::time::Instant::now() < deadline, "{error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A publish to a Redis that stops answering (its process paused, as a frozen VM is) fails after
 /// the publish timeout; when the server runs again it finds the script past its deadline and
 /// refuses it. Without the deadline the server would run the queued publish when it came back:

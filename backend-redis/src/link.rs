@@ -115,6 +115,31 @@ impl Conn {
             }
         }
     }
+
+    /// Runs `wait` (a `WAIT`) on the master of `key`'s slot, and on a cluster tells which node
+    /// that was (`CLUSTER MYID`, in the same round trip): a `WAIT` counts the replicas of what
+    /// this connection wrote to that node only.
+    pub(crate) async fn wait_on_master_of(
+        &mut self,
+        key: &str,
+        wait: Cmd,
+    ) -> redis::RedisResult<(Value, Option<String>)> {
+        match self {
+            Conn::Single(manager) => Ok((wait.query_async(manager).await?, None)),
+            Conn::Cluster(cluster) => {
+                let mut pipeline = redis::pipe();
+                pipeline.add_command(wait).cmd("CLUSTER").arg("MYID");
+                let route = Route::with_key(key, SlotAddr::Master);
+                let mut answers = cluster
+                    .route_pipeline(pipeline, 0, 2, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await?
+                    .into_iter();
+                let acked = answers.next().unwrap_or(Value::Nil);
+                let node = answers.next().map(redis::from_redis_value).transpose()?;
+                Ok((acked, node))
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Conn {

@@ -42,10 +42,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return redis.call('PUBLISH', ARGV[2], ARGV[1])
 ";
 
-/// The publish script, sharded (`SPUBLISH`) or not.
+/// The publish script, sharded (`SPUBLISH`) or not. The sharded one answers the id of the node it
+/// ran on (`CLUSTER MYID`): while a slot moves, the cluster client sends a publish whose key has
+/// moved to the node the slot is moving to (`ASKING`), and the replica wait must be made there.
 pub(crate) fn publish_script(sharded: bool) -> String {
     if sharded {
-        PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'")
+        PUBLISH_SCRIPT.replace(
+            "return redis.call('PUBLISH', ARGV[2], ARGV[1])",
+            "redis.call('SPUBLISH', ARGV[2], ARGV[1])\nreturn redis.call('CLUSTER', 'MYID')",
+        )
     } else {
         PUBLISH_SCRIPT.to_owned()
     }
@@ -67,7 +72,9 @@ impl Inner {
         let deadline_ms = sse_core::history::unix_millis(deadline);
         let attempt = async {
             let mut connection = self.publisher.clone();
-            let result: Result<i64, _> = match &config.history {
+            // The node the publish ran on, where the sharded script tells it.
+            let mut ran_on = None;
+            let result: Result<redis::Value, _> = match &config.history {
                 None => {
                     redis::cmd(if self.names.sharded {
                         "SPUBLISH"
@@ -79,25 +86,29 @@ impl Inner {
                     .query_async(&mut connection)
                     .await
                 }
-                Some(history) => {
-                    self.script
-                        .key(&self.names.history_key)
-                        .arg(envelope.as_ref())
-                        .arg(channel)
-                        .arg(history.max_events.max(1))
-                        .arg(
-                            u64::try_from(history.max_age.as_millis())
-                                .unwrap_or(u64::MAX)
-                                .max(1),
-                        )
-                        .arg(deadline_ms)
-                        .invoke_async(&mut connection)
-                        .await
-                }
+                Some(history) => self
+                    .script
+                    .key(&self.names.history_key)
+                    .arg(envelope.as_ref())
+                    .arg(channel)
+                    .arg(history.max_events.max(1))
+                    .arg(
+                        u64::try_from(history.max_age.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .arg(deadline_ms)
+                    .invoke_async::<redis::Value>(&mut connection)
+                    .await
+                    .inspect(|answer| {
+                        if self.names.sharded {
+                            ran_on = redis::from_redis_value::<String>(answer.clone()).ok();
+                        }
+                    }),
             };
             result.map_err(unavailable)?;
             if config.wait_replicas > 0 {
-                self.wait_for_replicas(connection).await?;
+                self.wait_for_replicas(connection, ran_on).await?;
             }
             Ok(())
         };
@@ -112,16 +123,33 @@ impl Inner {
 
     /// Waits until [`RedisConfig::wait_replicas`](crate::RedisConfig::wait_replicas) replicas
     /// have what `connection` wrote (`WAIT` on the channel's master), failing after the wait's
-    /// timeout: the publish then may or may not survive a failover.
-    async fn wait_for_replicas(&self, mut connection: Conn) -> Result<(), BackendError> {
+    /// timeout: the publish then may or may not survive a failover. On a cluster, a publish that
+    /// ran on another node than the one waited on (`ran_on`: its slot was moving) fails too, as
+    /// whether a replica has it is not known.
+    async fn wait_for_replicas(
+        &self,
+        mut connection: Conn,
+        ran_on: Option<String>,
+    ) -> Result<(), BackendError> {
         let config = &self.config;
         let timeout = u64::try_from(config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(config.wait_replicas).arg(timeout.max(1));
-        let acked = connection
-            .on_master_of(&self.names.channel, wait)
+        let (acked, waited_on) = connection
+            .wait_on_master_of(&self.names.channel, wait)
             .await
             .map_err(unavailable)?;
+        if let (Some(ran_on), Some(waited_on)) = (ran_on, waited_on)
+            && ran_on != waited_on
+        {
+            return Err(BackendError::unavailable(
+                NAME,
+                format!(
+                    "the publish ran on node {ran_on}, where its slot is moving, and its master \
+                     {waited_on} cannot tell whether a replica has it"
+                ),
+            ));
+        }
         let acked: u32 =
             redis::from_redis_value(acked).map_err(|e| BackendError::unavailable(NAME, e))?;
         if acked < config.wait_replicas {

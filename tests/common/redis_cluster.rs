@@ -248,6 +248,16 @@ impl OwnRedisCluster {
 
     /// Moves the focused slot to another master, its keys with it, while traffic flows.
     pub async fn migrate(&mut self, while_down: futures_util::future::BoxFuture<'_, ()>) {
+        let moving = self.begin_migration();
+        self.finish_migration(&moving);
+        while_down.await;
+        self.wait_settled().await;
+    }
+
+    /// The first half of a migration: the focused slot is marked as moving to another master and
+    /// its keys are moved there, but the old master still owns it (a command for a key it no
+    /// longer has is sent on with `-ASK`).
+    pub fn begin_migration(&mut self) -> Migration {
         let (_, source, slot) = self.master_of_key();
         let port = self.any_running_port();
         let target = nodes_seen_by(port)
@@ -256,10 +266,6 @@ impl OwnRedisCluster {
             .find(|n| n.master && !n.failed && n.id != source.id && !n.slots.is_empty())
             .expect("another master");
         let slot_arg = slot.to_string();
-        let ok = |port: u16, args: &[&str]| {
-            let answer = cli(port, args);
-            assert_eq!(answer.as_deref(), Some("OK"), "{args:?} on {port}");
-        };
         ok(
             target.port,
             &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source.id],
@@ -292,6 +298,17 @@ impl OwnRedisCluster {
                 "MIGRATE answered {answer}"
             );
         }
+        Migration {
+            slot,
+            source,
+            target,
+        }
+    }
+
+    /// The second half: the slot is handed to its new master, and every master told.
+    pub fn finish_migration(&mut self, moving: &Migration) {
+        let slot_arg = moving.slot.to_string();
+        let (source, target) = (&moving.source, &moving.target);
         // The new owner first, then the old one, then everyone else (as `redis-cli --cluster
         // reshard` does).
         ok(
@@ -302,7 +319,7 @@ impl OwnRedisCluster {
             source.port,
             &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target.id],
         );
-        for node in nodes_seen_by(port).unwrap() {
+        for node in nodes_seen_by(self.any_running_port()).unwrap() {
             if node.master && !node.failed && node.id != source.id && node.id != target.id {
                 ok(
                     node.port,
@@ -310,9 +327,21 @@ impl OwnRedisCluster {
                 );
             }
         }
-        while_down.await;
-        self.wait_settled().await;
     }
+}
+
+/// A slot on its way from one master to another ([`OwnRedisCluster::begin_migration`]).
+#[derive(Debug)]
+pub struct Migration {
+    slot: u16,
+    source: Node,
+    target: Node,
+}
+
+/// Runs a `redis-cli` command that must answer `OK`.
+fn ok(port: u16, args: &[&str]) {
+    let answer = cli(port, args);
+    assert_eq!(answer.as_deref(), Some("OK"), "{args:?} on {port}");
 }
 
 impl Outage for OwnRedisCluster {
