@@ -72,8 +72,6 @@ impl Inner {
         let deadline_ms = sse_core::history::unix_millis(deadline);
         let attempt = async {
             let mut connection = self.publisher.clone();
-            // The node the publish ran on, where the sharded script tells it.
-            let mut ran_on = None;
             let result: Result<redis::Value, _> = match &config.history {
                 None => {
                     redis::cmd(if self.names.sharded {
@@ -86,27 +84,33 @@ impl Inner {
                     .query_async(&mut connection)
                     .await
                 }
-                Some(history) => self
-                    .script
-                    .key(&self.names.history_key)
-                    .arg(envelope.as_ref())
-                    .arg(channel)
-                    .arg(history.max_events.max(1))
-                    .arg(
-                        u64::try_from(history.max_age.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .arg(deadline_ms)
-                    .invoke_async::<redis::Value>(&mut connection)
-                    .await
-                    .inspect(|answer| {
-                        if self.names.sharded {
-                            ran_on = redis::from_redis_value::<String>(answer.clone()).ok();
-                        }
-                    }),
+                Some(history) => {
+                    self.script
+                        .key(&self.names.history_key)
+                        .arg(envelope.as_ref())
+                        .arg(channel)
+                        .arg(history.max_events.max(1))
+                        .arg(
+                            u64::try_from(history.max_age.as_millis())
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        )
+                        .arg(deadline_ms)
+                        .invoke_async::<redis::Value>(&mut connection)
+                        .await
+                }
             };
-            result.map_err(unavailable)?;
+            let answer = result.map_err(unavailable)?;
+            // The node the publish ran on, where the sharded script tells it and a replica wait
+            // needs it.
+            let ran_on =
+                if self.names.sharded && config.history.is_some() && config.wait_replicas > 0 {
+                    let id = redis::from_redis_value::<String>(answer)
+                        .map_err(|e| BackendError::unavailable(NAME, e))?;
+                    Some(id)
+                } else {
+                    None
+                };
             if config.wait_replicas > 0 {
                 self.wait_for_replicas(connection, ran_on).await?;
             }
