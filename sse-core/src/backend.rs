@@ -19,14 +19,34 @@ use crate::route::SessionRoutes;
 /// [`Received::Gap`] wherever it may have missed some.
 pub type BackendStream = BoxStream<'static, Received>;
 
+/// One order of envelopes in a broker: every subscriber receives a lane's envelopes in the same
+/// order, and the broker's [history](crate::history) holds them in that order; envelopes of
+/// different lanes have no order between them.
+///
+/// A backend whose broker gives all its envelopes one order (one Redis server, one JetStream
+/// stream, one RabbitMQ stream queue) has one lane, 0, and need not know of lanes. A backend that
+/// spreads its routes over several orders so that several broker servers share the work (the
+/// partitions of a Redis Cluster) numbers them: the broadcasts are lane 0, and each session's
+/// route belongs to one lane, so each stream's two sources (see `route`) keep one order each.
+/// After a [gap](Received::Gap) the hub finds its place in each lane on its own (see
+/// [`BrokerHistory::lanes`]).
+pub type Lane = u16;
+
 /// One item of a [`BackendStream`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Received {
-    /// An envelope, as some instance (or another program) published it.
+    /// An envelope, as some instance (or another program) published it, on [lane](Lane) 0.
     Envelope(Bytes),
-    /// The subscription may have missed envelopes published at or after `since` and before the
-    /// next item (its broker connection was lost and is back, or the broker dropped messages of
+    /// An envelope on another [lane](Lane) than 0.
+    OnLane {
+        /// Its lane.
+        lane: Lane,
+        /// The envelope.
+        envelope: Bytes,
+    },
+    /// The subscription may have missed envelopes (of any lane) published at or after `since`
+    /// and before the next item (its broker connection was lost and is back, or the broker dropped messages of
     /// a slow subscriber). The hub reads them from the backend's
     /// [history](FanoutBackend::history), once, and delivers those it did not have before it
     /// goes on with the items after this one; a backend reports the gap and never reads the
@@ -36,6 +56,16 @@ pub enum Received {
         /// Nothing published before this time was missed.
         since: SystemTime,
     },
+}
+
+impl Received {
+    /// The envelope, of whichever lane; `None` for a gap.
+    pub fn into_envelope(self) -> Option<Bytes> {
+        match self {
+            Received::Envelope(envelope) | Received::OnLane { envelope, .. } => Some(envelope),
+            Received::Gap { .. } => None,
+        }
+    }
 }
 
 impl From<Bytes> for Received {

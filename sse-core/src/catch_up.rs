@@ -17,6 +17,12 @@
 //! was received since the read's start), every envelope read is a candidate; the replay log
 //! still drops those it holds.
 //!
+//! A backend whose broker keeps several orders ([lanes](crate::backend::Lane): the partitions of
+//! a Redis Cluster, each on its own master) gives no order between them, so the hub reads each
+//! lane on its own and finds its place in it by the last envelope it received live on that lane
+//! ([`LastLive`]): a place found in one merged read would skip what one lane missed while
+//! another went on.
+//!
 //! A catch-up does not give up while the broker's refusal is temporary: what the subscription
 //! missed is only in the history, and a hub that went on without it would keep a hole in its log
 //! that later resumes replay as if complete (a NATS cluster once refused reads for over 30 s
@@ -37,6 +43,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Lane;
 use crate::envelope::Envelope;
 use crate::error::BackendError;
 use crate::history::BrokerHistory;
@@ -121,11 +128,12 @@ pub(crate) enum Read {
     Failed(BackendError),
 }
 
-/// Reads `history` since `since`, whole, trying again after temporary failures until it
-/// succeeds or the hub stops; `behind` is marked down once reads have failed for
+/// Reads `lane` of `history` since `since`, whole, trying again after temporary failures until
+/// it succeeds or the hub stops; `behind` is marked down once reads have failed for
 /// [`DOWN_AFTER`].
 pub(crate) async fn read(
     history: &dyn BrokerHistory,
+    lane: Lane,
     since: SystemTime,
     behind: &Behind,
     stop: &CancellationToken,
@@ -134,7 +142,11 @@ pub(crate) async fn read(
     let mut reported = false;
     loop {
         let attempt = async {
-            let mut stream = history.read_since(since).await?;
+            let mut stream = if history.lanes() > 1 {
+                history.read_lane_since(lane, since).await?
+            } else {
+                history.read_since(since).await?
+            };
             let mut envelopes = Vec::new();
             while let Some(item) = stream.next().await {
                 envelopes.push(item?);
@@ -223,6 +235,30 @@ impl Backoff {
     }
 }
 
+/// The last envelope the subscription received live on each [lane](Lane): where a catch-up
+/// finds its place in that lane's history.
+#[derive(Debug, Default)]
+pub(crate) struct LastLive(Vec<Option<Bytes>>);
+
+impl LastLive {
+    /// `envelope` was received live on `lane`.
+    pub(crate) fn received(&mut self, lane: Lane, envelope: Bytes) {
+        let lane = usize::from(lane);
+        if self.0.len() <= lane {
+            self.0.resize(lane + 1, None);
+        }
+        self.0[lane] = Some(envelope);
+    }
+
+    /// The id of the last envelope received live on `lane`.
+    pub(crate) fn id(&self, lane: Lane) -> Option<String> {
+        let bytes = self.0.get(usize::from(lane))?.as_ref()?;
+        Envelope::decode_ref(bytes)
+            .ok()
+            .map(|envelope| envelope.id().to_owned())
+    }
+}
+
 /// Where the envelopes the subscription had not received begin in `read`: just after the one
 /// with id `last_live` (the last envelope it received before the gap), or at the start when the
 /// read does not hold that id.
@@ -295,7 +331,8 @@ mod tests {
             reads: AtomicUsize::new(0),
             envelopes: Mutex::new(vec![envelope(1).1]),
         };
-        let Read::Envelopes(read) = read(&history, SystemTime::now(), &behind, &stop).await else {
+        let Read::Envelopes(read) = read(&history, 0, SystemTime::now(), &behind, &stop).await
+        else {
             panic!("not read")
         };
         assert_eq!((read.len(), history.reads.load(Ordering::Relaxed)), (1, 4));
@@ -318,7 +355,7 @@ mod tests {
             reads: AtomicUsize::new(0),
             envelopes: Mutex::new(vec![envelope(1).1]),
         };
-        let reading = read(&history, SystemTime::now(), &behind, &stop);
+        let reading = read(&history, 0, SystemTime::now(), &behind, &stop);
         tokio::pin!(reading);
         let started = tokio::time::Instant::now();
         let mut down_at = None;
@@ -367,6 +404,7 @@ mod tests {
         let behind = Behind::default();
         let read = read(
             &Missing,
+            0,
             SystemTime::now(),
             &behind,
             &CancellationToken::new(),

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
+use crate::backend::Lane;
 use crate::error::BackendError;
 
 /// Envelopes read back from a broker's history, oldest first. An `Err` ends the read.
@@ -44,7 +45,29 @@ pub trait BrokerHistory: Send + Sync + fmt::Debug {
     /// duplicates are harmless, the hub recognises ids it holds), oldest first, in the order the
     /// broker's subscribers receive them, ending with the newest envelope the broker held when
     /// the read began: the stream always ends.
+    ///
+    /// A history of several [lanes](crate::backend::Lane) merges them by time, each lane's own
+    /// order kept.
     async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError>;
+
+    /// How many [lanes](crate::backend::Lane) the history holds: 1 (the default) for a broker
+    /// that gives all its envelopes one order.
+    fn lanes(&self) -> Lane {
+        1
+    }
+
+    /// Reads one lane as [`read_since`](Self::read_since) reads them all: in the order its
+    /// subscribers receive it. After a gap the hub reads each lane this way and finds its place
+    /// in it by the last envelope it received live on that lane. The default reads the whole
+    /// history, which is right only for a history of one lane.
+    async fn read_lane_since(
+        &self,
+        lane: Lane,
+        since: SystemTime,
+    ) -> Result<HistoryStream, BackendError> {
+        let _ = lane;
+        self.read_since(since).await
+    }
 }
 
 /// A [`HistoryStream`] over a paged read: `fetch(cursor)` returns one page and the cursor of the

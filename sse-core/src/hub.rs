@@ -998,9 +998,9 @@ async fn consume(
     mut stream: BackendStream,
     stop: CancellationToken,
 ) {
-    // The last envelope received live: where a catch-up after a gap begins (see
-    // [`crate::catch_up`]).
-    let mut last_live: Option<Bytes> = None;
+    // The last envelope received live on each lane: where a catch-up after a gap finds its
+    // place (see [`crate::catch_up`]).
+    let mut last_live = catch_up::LastLive::default();
     let mut probe_tick = tokio::time::interval(
         shared
             .prober
@@ -1017,7 +1017,7 @@ async fn consume(
             _ = stop.cancelled() => return,
             message = stream.next() => message,
             _ = probe_tick.tick(), if shared.prober.is_some() => {
-                if let Some(renewed) = shared.probe(backend.as_ref(), heard, last_live.as_deref(), &stop).await {
+                if let Some(renewed) = shared.probe(backend.as_ref(), heard, &last_live, &stop).await {
                     stream = renewed;
                     heard = Instant::now();
                 }
@@ -1031,11 +1031,15 @@ async fn consume(
             Some(Received::Envelope(bytes)) if probe::is_probe(&bytes) => {}
             Some(Received::Envelope(bytes)) => {
                 shared.receive(&bytes, Source::Live);
-                last_live = Some(bytes);
+                last_live.received(0, bytes);
+            }
+            Some(Received::OnLane { lane, envelope }) => {
+                shared.receive(&envelope, Source::Live);
+                last_live.received(lane, envelope);
             }
             Some(Received::Gap { since }) => {
                 shared
-                    .catch_up(backend.as_ref(), since, last_live.as_deref(), &stop)
+                    .catch_up(backend.as_ref(), since, &last_live, &stop)
                     .await;
             }
             None => {
@@ -1057,7 +1061,7 @@ impl Shared {
         &self,
         backend: &dyn FanoutBackend,
         heard: Instant,
-        last_live: Option<&[u8]>,
+        last_live: &catch_up::LastLive,
         stop: &CancellationToken,
     ) -> Option<BackendStream> {
         let prober = self.prober.as_ref()?;
@@ -1125,12 +1129,13 @@ impl Shared {
     }
 
     /// Delivers what the subscription missed in a gap, read from the history (see
-    /// [`crate::catch_up`]), before anything received after the gap.
+    /// [`crate::catch_up`]), before anything received after the gap: each lane read on its own,
+    /// from after the last envelope received live on it.
     async fn catch_up(
         &self,
         backend: &dyn FanoutBackend,
         since: std::time::SystemTime,
-        last_live: Option<&[u8]>,
+        last_live: &catch_up::LastLive,
         stop: &CancellationToken,
     ) {
         Stats::bump(&self.stats.gaps);
@@ -1146,33 +1151,36 @@ impl Shared {
             return;
         };
         let started = Instant::now();
-        Stats::bump(&self.stats.history_reads);
-        let read = match catch_up::read(history, since, &self.behind, stop).await {
-            catch_up::Read::Envelopes(read) => read,
-            catch_up::Read::Stopped => return,
-            catch_up::Read::Failed(error) => {
-                Stats::bump(&self.stats.history_read_failed);
-                Stats::bump(&self.stats.gaps_unrecovered);
-                self.presence_missed();
-                tracing::warn!(
-                    %error,
-                    "reading the history after a gap failed, and the failure is not temporary; \
-                     envelopes published meanwhile may be missing on this instance"
-                );
-                return;
+        let (mut read_in_all, mut missed) = (0, 0);
+        for lane in 0..history.lanes().max(1) {
+            Stats::bump(&self.stats.history_reads);
+            let read = match catch_up::read(history, lane, since, &self.behind, stop).await {
+                catch_up::Read::Envelopes(read) => read,
+                catch_up::Read::Stopped => return,
+                catch_up::Read::Failed(error) => {
+                    Stats::bump(&self.stats.history_read_failed);
+                    Stats::bump(&self.stats.gaps_unrecovered);
+                    self.presence_missed();
+                    tracing::warn!(
+                        %error,
+                        lane,
+                        "reading the history after a gap failed, and the failure is not \
+                         temporary; envelopes published meanwhile may be missing on this instance"
+                    );
+                    return;
+                }
+            };
+            let from = catch_up::missed_from(&read, last_live.id(lane).as_deref());
+            for bytes in &read[from..] {
+                self.receive(bytes, Source::CatchUp);
             }
-        };
-        self.stats.history_read_latency.record(started.elapsed());
-        let last_live = last_live
-            .and_then(|bytes| Envelope::decode_ref(bytes).ok())
-            .map(|envelope| envelope.id().to_owned());
-        let from = catch_up::missed_from(&read, last_live.as_deref());
-        for bytes in &read[from..] {
-            self.receive(bytes, Source::CatchUp);
+            read_in_all += read.len();
+            missed += read.len() - from;
         }
+        self.stats.history_read_latency.record(started.elapsed());
         tracing::info!(
-            read = read.len(),
-            after_last_received = read.len() - from,
+            read = read_in_all,
+            after_last_received = missed,
             took = ?started.elapsed(),
             instance = %self.config.instance_id,
             "caught up from the history after a gap"

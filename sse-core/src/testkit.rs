@@ -116,8 +116,10 @@ pub async fn next_item_within(stream: &mut BackendStream, within: Duration) -> O
 /// test: a subscription in calm weather has not missed anything.
 pub async fn next_within(stream: &mut BackendStream, within: Duration) -> Option<Bytes> {
     match next_item_within(stream, within).await? {
-        Received::Envelope(bytes) => Some(bytes),
-        other => panic!("the subscription reported {other:?} without an outage"),
+        gap @ Received::Gap { .. } => {
+            panic!("the subscription reported {gap:?} without an outage")
+        }
+        envelope => envelope.into_envelope(),
     }
 }
 
@@ -125,9 +127,11 @@ async fn expect_next(stream: &mut BackendStream, what: &str) -> Envelope {
     match tokio::time::timeout(WAIT, stream.next()).await {
         Err(_) => panic!("{what}: nothing received within {WAIT:?}"),
         Ok(None) => panic!("{what}: the subscription ended"),
-        Ok(Some(Received::Envelope(bytes))) => Envelope::decode(&bytes)
+        Ok(Some(gap @ Received::Gap { .. })) => {
+            panic!("{what}: the subscription reported {gap:?} without an outage")
+        }
+        Ok(Some(item)) => Envelope::decode(&item.into_envelope().unwrap_or_default())
             .unwrap_or_else(|e| panic!("{what}: received bytes that are not our envelope: {e}")),
-        Ok(Some(other)) => panic!("{what}: the subscription reported {other:?} without an outage"),
     }
 }
 
@@ -412,7 +416,7 @@ where
                 while let Some(item) =
                     next_item_within(&mut stream, Duration::from_millis(500)).await
                 {
-                    let Received::Envelope(bytes) = item else {
+                    let Some(bytes) = item.into_envelope() else {
                         continue; // a gap: the hub catches up from the history
                     };
                     let got = Envelope::decode(&bytes).unwrap();
