@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Lane;
@@ -257,6 +258,32 @@ impl LastLive {
             .ok()
             .map(|envelope| envelope.id().to_owned())
     }
+}
+
+/// How long before its session's route covered this instance a routed envelope a catch-up read
+/// may have been published and still be one this instance missed: publishers' clocks differ.
+const ROUTED_SKEW: Duration = Duration::from_secs(5);
+
+/// Whether a routed envelope a catch-up read, published at `published` (Unix ms, as its
+/// publisher wrote it), was this instance's to receive: its session's route has covered this
+/// instance since `covered_since` (`None`: it holds no route of the session). One published
+/// before that went to the instances that held the route then, and a stream of the session
+/// that resumed here since was replayed it from the history if it did not have it. Only
+/// position in a lane tells what this instance missed, and a lane where it received nothing
+/// since the gap began gives none: every envelope of the lane read is a candidate, those of
+/// sessions routed here only later too (found by the fault test on a Redis Cluster, whose route
+/// partitions are such lanes).
+pub(crate) fn routed_here(covered_since: Option<Instant>, published: Option<u64>) -> bool {
+    let Some(covered_since) = covered_since else {
+        return false;
+    };
+    let Some(published) = published else {
+        return true;
+    };
+    let now = SystemTime::now();
+    let covered_at = now.checked_sub(covered_since.elapsed()).unwrap_or(now);
+    let from = covered_at.checked_sub(ROUTED_SKEW).unwrap_or(covered_at);
+    published >= crate::history::unix_millis(from)
 }
 
 /// Where the envelopes the subscription had not received begin in `read`: just after the one

@@ -337,6 +337,7 @@ impl HubBuilder {
             presence: self.config.presence.clone().map(|presence| {
                 presence::Tracker::new(presence, &self.config.app_name, &self.config.instance_id)
             }),
+            routes: routes.clone(),
             config: self.config,
             stats,
         });
@@ -451,6 +452,9 @@ struct Shared {
     disconnected: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Presence across the cluster, when tracked (see [`crate::presence`]).
     presence: Option<Arc<presence::Tracker>>,
+    /// The session routes this instance holds, in [`Routing::Session`]: a catch-up delivers a
+    /// routed envelope only if its route was here (see [`catch_up::routed_here`]).
+    routes: Option<Arc<RouteTable>>,
 }
 
 fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -1297,6 +1301,15 @@ impl Shared {
             return;
         }
         let session = envelope.session_id();
+        if let (Source::CatchUp, Some(routes), Some(session)) = (source, &self.routes, session)
+            && !catch_up::routed_here(routes.covered_since(session), envelope.ts())
+        {
+            tracing::trace!(
+                event_id = envelope.id(),
+                "caught up, published before its session's route was here; not delivered"
+            );
+            return;
+        }
         // `decode_ref` validated it: every field encodes. In session routing the id is a
         // cursor over the stream's two sources (see `route::cursor`).
         let routed = matches!(self.config.routing, Routing::Session { .. });

@@ -300,14 +300,7 @@ async fn a_catch_up_delivers_only_what_came_after_the_last_envelope_received() {
 /// would skip n=1.
 #[tokio::test]
 async fn a_catch_up_finds_its_place_in_each_lane_on_its_own() {
-    let script = std::sync::Arc::new(Script::default());
-    script.laned.store(true, Ordering::Relaxed);
-    let hub = Hub::builder_arc(script.clone())
-        .routing(Routing::session())
-        .heartbeat(None)
-        .start()
-        .await
-        .unwrap();
+    let (hub, script) = laned_hub().await;
     let subscription = hub.subscription(Some("s1".into()), EventFilter::Any);
     let mut stream = hub.open_after(subscription, None).await.unwrap();
     let events: Vec<(String, Bytes)> = (0..3).map(event).collect();
@@ -325,6 +318,71 @@ async fn a_catch_up_finds_its_place_in_each_lane_on_its_own() {
     script.deliver_routed(&events[2].1);
     assert_eq!(received(&mut stream).await, vec![1, 2]);
     assert_eq!(hub.stats().gaps, 1);
+}
+
+/// A hub in session routing on a laned script (routes on lane 1).
+async fn laned_hub() -> (Hub, std::sync::Arc<Script>) {
+    let script = std::sync::Arc::new(Script::default());
+    script.laned.store(true, Ordering::Relaxed);
+    let hub = Hub::builder_arc(script.clone())
+        .routing(Routing::session())
+        .heartbeat(None)
+        .start()
+        .await
+        .unwrap();
+    (hub, script)
+}
+
+/// Found by the fault test on a Redis Cluster: a client had n=0 and n=1 of its session (lane 1)
+/// and broadcast n=100 (lane 0) from another hub, and resumed here, where n=100 had arrived
+/// live but n=0 and n=1 had not (this hub did not hold the session's route). Then this hub's
+/// subscription had a gap; lane 1 had brought it nothing since, so its catch-up found no place
+/// there and delivered n=0 and n=1. The resume's read holds them before n=100, the last envelope
+/// here in the read's merged order: the stream skips them all the same.
+#[tokio::test]
+async fn a_lane_caught_up_without_a_place_repeats_nothing_a_resumed_stream_had() {
+    let (hub, script) = laned_hub().await;
+    let routed: Vec<(String, Bytes)> = (0..3).map(event).collect();
+    for (_, envelope) in &routed[..2] {
+        script.record_routed(envelope); // to the hub the client was on
+    }
+    let (b_id, b) = {
+        let b = broadcast(100);
+        (Envelope::decode(&b).unwrap().id, b)
+    };
+    script.publish_live(&b);
+    let cursor = format!("{b_id}~{}", routed[1].0);
+    let mut stream = resume(&hub, &cursor).await.unwrap();
+    assert_eq!(received(&mut stream).await, Vec::<u32>::new());
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(60),
+    });
+    script.record_routed(&routed[2].1);
+    script.deliver_routed(&routed[2].1);
+    assert_eq!(received(&mut stream).await, vec![2]);
+}
+
+/// A routed event published well before its session's route came to this hub went to the hubs
+/// that held the route then. A catch-up whose lane brought this hub nothing since the gap began
+/// finds no place there, and must not deliver it to a stream of the session that opened here
+/// since (the client connected after it was published).
+#[tokio::test]
+async fn a_catch_up_does_not_deliver_what_was_routed_before_the_route_was_here() {
+    let (hub, script) = laned_hub().await;
+    let (_, old) = aged(
+        SendSseEvent::new("e", json!(0)).to_session("s1"),
+        Duration::from_secs(30),
+    );
+    script.record_routed(&old);
+    let subscription = hub.subscription(Some("s1".into()), EventFilter::Any);
+    let mut stream = hub.open_after(subscription, None).await.unwrap();
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(60),
+    });
+    let (_, now) = event(1);
+    script.record_routed(&now);
+    script.deliver_routed(&now);
+    assert_eq!(received(&mut stream).await, vec![1]);
 }
 
 /// Finding 4: a resume replayed n=2 from a read of the broker's history before n=2 reached this
@@ -481,9 +539,13 @@ async fn catching_up_after_a_resume_repeats_nothing_the_stream_had() {
 
 /// A broadcast numbered `n`, published `age` ago (its id a UUIDv7 of that time, as hubs make).
 fn broadcast_aged(n: u32, age: Duration) -> (String, Bytes) {
+    aged(SendSseEvent::new("e", json!(n)), age)
+}
+
+/// `event` as another instance published it `age` ago.
+fn aged(event: SendSseEvent, age: Duration) -> (String, Bytes) {
     let at = SystemTime::now() - age;
     let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    let event = SendSseEvent::new("e", json!(n));
     let mut envelope = Envelope::from_event(&event, "sse-fanout", "elsewhere").unwrap();
     envelope.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,

@@ -160,23 +160,20 @@ impl HistoryRead {
             (Other::Unnamed, _) => cursor::since(self.since),
         };
         // Events of the stream that this instance may still receive, live or by catching up
-        // after a gap, although the stream has them: those the log does not hold after the
-        // last one it does (what it has not received yet, in the read's order), whether the
-        // stream had them before its cursor or gets them now.
-        let held = (0..self.events.len())
-            .rev()
-            .find(|&i| log.contains(&self.events[i].id));
+        // after a gap, although the stream has them: those the log does not hold, whether the
+        // stream had them before its cursor or gets them now. Not only those after the last
+        // one the log holds: on a backend of several lanes the read merges them by time, and
+        // a lane's catch-up may deliver what the read has before an envelope another lane
+        // delivered here (found by the fault test on a Redis Cluster).
         let mut in_flight = Vec::new();
         let mut frames = Vec::new();
-        // Before both, an event is neither replayed nor ahead.
-        let from = starts.first().min(held.map_or(0, |h| h + 1));
-        for (i, e) in self.events.iter().enumerate().skip(from) {
+        for (i, e) in self.events.iter().enumerate() {
             let its =
                 e.session.as_deref().is_none_or(|s| session == Some(s)) && events.matches(&e.name);
             if !its {
                 continue;
             }
-            let ahead = held.is_none_or(|h| i > h) && !log.contains(&e.id);
+            let ahead = !log.contains(&e.id);
             if !(i >= starts.first() && starts.replays(i, e.session.as_deref(), session)) {
                 if ahead {
                     in_flight.push(e.id.clone());

@@ -103,6 +103,15 @@ impl RouteTable {
         self.lock().sessions.len()
     }
 
+    /// Since when `session`'s route has covered this instance (its subscribe returned); `None`
+    /// when this instance holds no route of it, or is still subscribing it.
+    pub(crate) fn covered_since(&self, session: &str) -> Option<Instant> {
+        self.lock()
+            .sessions
+            .get(session)
+            .and_then(|entry| entry.covered_since)
+    }
+
     /// Holds `session`'s route for one stream; returns once the route is subscribed.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
