@@ -260,6 +260,41 @@ impl LastLive {
     }
 }
 
+/// The missed envelopes of every lane in one sequence, merged by the time their publishers
+/// wrote in them, each lane's own order kept: one publisher's broadcast and the routed event it
+/// published next travel on two lanes, and a catch-up that delivered lane after lane would
+/// deliver them the other way round. An envelope without a time goes with the one before it in
+/// its lane.
+pub(crate) fn by_publish_time(lanes: Vec<Vec<Bytes>>) -> Vec<Bytes> {
+    if lanes.len() == 1 {
+        return lanes.into_iter().next().unwrap_or_default();
+    }
+    let mut lanes: Vec<(u64, std::iter::Peekable<std::vec::IntoIter<Bytes>>)> = lanes
+        .into_iter()
+        .map(|lane| (0, lane.into_iter().peekable()))
+        .collect();
+    let mut merged = Vec::new();
+    loop {
+        let next = lanes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (last, lane))| {
+                let bytes = lane.peek()?;
+                let ts = Envelope::decode_ref(bytes)
+                    .ok()
+                    .and_then(|e| e.ts())
+                    .unwrap_or(*last);
+                *last = ts;
+                Some((ts, i))
+            })
+            .min();
+        let Some((_, i)) = next else {
+            return merged;
+        };
+        merged.extend(lanes[i].1.next());
+    }
+}
+
 /// How long before its session's route covered this instance a routed envelope a catch-up read
 /// may have been published and still be one this instance missed: publishers' clocks differ.
 const ROUTED_SKEW: Duration = Duration::from_secs(5);
@@ -309,6 +344,33 @@ mod tests {
         let event = SendSseEvent::new("e", serde_json::json!(n));
         let envelope = Envelope::from_event(&event, "app", "o").unwrap();
         (envelope.id.clone(), envelope.encode().unwrap())
+    }
+
+    /// An envelope published by this test at `ms` (Unix milliseconds).
+    fn at(ms: u64, n: u32) -> Bytes {
+        let event = SendSseEvent::new("e", serde_json::json!(n));
+        let mut envelope = Envelope::from_event(&event, "app", "o").unwrap();
+        envelope.ts = Some(ms);
+        envelope.encode().unwrap()
+    }
+
+    #[test]
+    fn lanes_caught_up_go_out_by_publish_time_each_in_its_own_order() {
+        let payloads = |merged: Vec<Bytes>| -> Vec<u32> {
+            merged
+                .iter()
+                .map(|b| Envelope::decode(b).unwrap().payload.get().parse().unwrap())
+                .collect()
+        };
+        // Lane 1's second envelope claims an earlier time (another publisher's clock): it
+        // still comes after lane 1's first.
+        let merged = by_publish_time(vec![
+            vec![at(10, 0), at(30, 2)],
+            vec![at(20, 1), at(15, 3), at(40, 4)],
+        ]);
+        assert_eq!(payloads(merged), [0, 1, 3, 2, 4]);
+        let one = by_publish_time(vec![vec![at(5, 9), at(1, 8)]]);
+        assert_eq!(payloads(one), [9, 8], "one lane as it is");
     }
 
     #[test]

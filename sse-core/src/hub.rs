@@ -1155,10 +1155,11 @@ impl Shared {
             return;
         };
         let started = Instant::now();
-        let (mut read_in_all, mut missed) = (0, 0);
+        let mut read_in_all = 0;
+        let mut lanes = Vec::new();
         for lane in 0..history.lanes().max(1) {
             Stats::bump(&self.stats.history_reads);
-            let read = match catch_up::read(history, lane, since, &self.behind, stop).await {
+            let mut read = match catch_up::read(history, lane, since, &self.behind, stop).await {
                 catch_up::Read::Envelopes(read) => read,
                 catch_up::Read::Stopped => return,
                 catch_up::Read::Failed(error) => {
@@ -1174,13 +1175,15 @@ impl Shared {
                     return;
                 }
             };
-            let from = catch_up::missed_from(&read, last_live.id(lane).as_deref());
-            for bytes in &read[from..] {
-                self.receive(bytes, Source::CatchUp);
-            }
             read_in_all += read.len();
-            missed += read.len() - from;
+            let from = catch_up::missed_from(&read, last_live.id(lane).as_deref());
+            lanes.push(read.split_off(from));
         }
+        let missed = catch_up::by_publish_time(lanes);
+        for bytes in &missed {
+            self.receive(bytes, Source::CatchUp);
+        }
+        let missed = missed.len();
         self.stats.history_read_latency.record(started.elapsed());
         tracing::info!(
             read = read_in_all,

@@ -385,6 +385,27 @@ async fn a_catch_up_does_not_deliver_what_was_routed_before_the_route_was_here()
     assert_eq!(received(&mut stream).await, vec![1]);
 }
 
+/// One publisher published a routed event (lane 1), then a broadcast (lane 0), and this hub
+/// missed both in a gap: its catch-up delivers them in the order they were published, not lane
+/// after lane (found by the fault test on a Redis Cluster: a publisher's events out of order).
+#[tokio::test]
+async fn a_catch_up_of_several_lanes_keeps_each_publishers_order() {
+    let (hub, script) = laned_hub().await;
+    let subscription = hub.subscription(Some("s1".into()), EventFilter::Any);
+    let mut stream = hub.open_after(subscription, None).await.unwrap();
+    let (_, first) = aged(
+        SendSseEvent::new("e", json!(1)).to_session("s1"),
+        Duration::from_secs(2),
+    );
+    let (_, second) = broadcast_aged(2, Duration::from_secs(1));
+    script.record_routed(&first);
+    script.record(&second);
+    script.deliver(Received::Gap {
+        since: SystemTime::now() - Duration::from_secs(60),
+    });
+    assert_eq!(received(&mut stream).await, vec![1, 2]);
+}
+
 /// Finding 4: a resume replayed n=2 from a read of the broker's history before n=2 reached this
 /// hub live; its live copy, arriving after the stream opened, is not delivered again.
 #[tokio::test]
