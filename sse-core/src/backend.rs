@@ -19,18 +19,7 @@ use crate::route::SessionRoutes;
 /// [`Received::Gap`] wherever it may have missed some.
 pub type BackendStream = BoxStream<'static, Received>;
 
-/// One order of envelopes in a broker: every subscriber receives a lane's envelopes in the same
-/// order, and the broker's [history](crate::history) holds them in that order; envelopes of
-/// different lanes have no order between them.
-///
-/// A backend whose broker gives all its envelopes one order (one Redis server, one JetStream
-/// stream, one RabbitMQ stream queue) has one lane, 0, and need not know of lanes. A backend that
-/// spreads its routes over several orders so that several broker servers share the work (the
-/// partitions of a Redis Cluster) numbers them: the broadcasts are lane 0, and each session's
-/// route belongs to one lane, so each stream's two sources (see `route`) keep one order each.
-/// After a [gap](Received::Gap) the hub finds its place in each lane on its own (see
-/// [`BrokerHistory::lanes`]).
-pub type Lane = u16;
+pub use crate::history::Lane;
 
 /// One item of a [`BackendStream`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,8 +28,20 @@ use bytes::Bytes;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 
-use crate::backend::Lane;
 use crate::error::BackendError;
+
+/// One order of envelopes in a broker: every subscriber receives a lane's envelopes in the same
+/// order, and the broker's [history](crate::history) holds them in that order; envelopes of
+/// different lanes have no order between them.
+///
+/// A backend whose broker gives all its envelopes one order (one Redis server, one JetStream
+/// stream, one RabbitMQ stream queue) has one lane, 0, and need not know of lanes. A backend that
+/// spreads its routes over several orders so that several broker servers share the work (the
+/// partitions of a Redis Cluster) numbers them: the broadcasts are lane 0, and each session's
+/// route belongs to one lane, so each stream's two sources (see [`route`](crate::route)) keep one order each.
+/// After a [gap](crate::Received::Gap) the hub finds its place in each lane on its own (see
+/// [`BrokerHistory::lanes`]).
+pub type Lane = u16;
 
 /// Envelopes read back from a broker's history, oldest first. An `Err` ends the read.
 pub type HistoryStream = BoxStream<'static, Result<Bytes, BackendError>>;
@@ -46,11 +58,11 @@ pub trait BrokerHistory: Send + Sync + fmt::Debug {
     /// broker's subscribers receive them, ending with the newest envelope the broker held when
     /// the read began: the stream always ends.
     ///
-    /// A history of several [lanes](crate::backend::Lane) merges them by time, each lane's own
+    /// A history of several [lanes](Lane) merges them by time, each lane's own
     /// order kept.
     async fn read_since(&self, since: SystemTime) -> Result<HistoryStream, BackendError>;
 
-    /// How many [lanes](crate::backend::Lane) the history holds: 1 (the default) for a broker
+    /// How many [lanes](Lane) the history holds: 1 (the default) for a broker
     /// that gives all its envelopes one order.
     fn lanes(&self) -> Lane {
         1
