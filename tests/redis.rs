@@ -204,27 +204,7 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
         .start()
         .await
         .unwrap();
-    // A publish may fail while the cluster changes (it then did not go out, or goes out and is
-    // seen once): it is tried again until one is answered.
-    let publish = |n: u32| {
-        let publisher = publisher.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let event = sse_fanout::SendSseEvent::new("e", serde_json::json!(n));
-                match publisher.publish(event.to_session("s1")).await {
-                    Ok(_) => return,
-                    Err(error) => {
-                        assert!(
-                            tokio::time::Instant::now() < deadline,
-                            "publish {n}: {error}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-    };
+    let publish = |n: u32| publish_answered(&publisher, "s1", n);
     publish(0).await;
     assert_eq!(stream.next().await.data, "0");
 
@@ -241,24 +221,7 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
     }
 
     assert_eq!(server.health().await.0, 200);
-    // The health check, asked every 50 ms while the master is killed and replaced.
-    let watching = tokio_util::sync::CancellationToken::new();
-    let watch = {
-        let (url, watching) = (server.url("/healthz"), watching.clone());
-        tokio::spawn(async move {
-            let mut states = Vec::new();
-            while !watching.is_cancelled() {
-                if let Ok(answer) = common::client().get(&url).send().await {
-                    let up = answer.status() == 200;
-                    if states.last() != Some(&up) {
-                        states.push(up);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            states
-        })
-    };
+    let health = HealthWatch::start(&server);
     cluster.fail_over(Box::pin(async {})).await;
     for n in 4..=6 {
         publish(n).await;
@@ -270,13 +233,161 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
             "after the failover"
         );
     }
-    watching.cancel();
-    let states = watch.await.unwrap();
-    assert!(
-        states.contains(&false) && states.last() == Some(&true),
-        "health went down and came back: {states:?}"
-    );
+    health.went_down_and_came_back().await;
     assert!(server.hub.backend_reconnects() >= 2);
+}
+
+/// A publish to `session`'s event `n`, tried again until one is answered: a publish may fail
+/// while the cluster changes (it then did not go out, or goes out and is seen once).
+async fn publish_answered(publisher: &sse_fanout::Hub, session: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = sse_fanout::SendSseEvent::new("e", serde_json::json!(n));
+        match publisher.publish(event.to_session(session)).await {
+            Ok(_) => return,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publish {n}: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A server's health check, asked every 50 ms while a cluster changes: the states it went
+/// through.
+struct HealthWatch {
+    watching: tokio_util::sync::CancellationToken,
+    states: tokio::task::JoinHandle<Vec<bool>>,
+}
+
+impl HealthWatch {
+    fn start(server: &common::TestServer) -> HealthWatch {
+        let watching = tokio_util::sync::CancellationToken::new();
+        let (url, stop) = (server.url("/healthz"), watching.clone());
+        let states = tokio::spawn(async move {
+            let mut states = Vec::new();
+            while !stop.is_cancelled() {
+                if let Ok(answer) = common::client().get(&url).send().await {
+                    let up = answer.status() == 200;
+                    if states.last() != Some(&up) {
+                        states.push(up);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            states
+        });
+        HealthWatch { watching, states }
+    }
+
+    async fn went_down_and_came_back(self) {
+        self.watching.cancel();
+        let states = self.states.await.unwrap();
+        assert!(
+            states.contains(&false) && states.last() == Some(&true),
+            "health went down and came back: {states:?}"
+        );
+    }
+}
+
+/// In session routing on a Redis Cluster the routes are spread over every master (each route
+/// partition has its own slot), so routed traffic is not all carried by the channel's master.
+/// A master holding route partitions and not the channel is killed (its replica takes over),
+/// then one partition's slot is moved to another master, under a hub with a stream of a
+/// session on each master: each time the subscription follows (the health goes down and comes
+/// back after the kill), and every event reaches its client once, in order. Without the partitions every route
+/// would be on the channel's master; without following a partition's master its sessions would
+/// receive nothing after the fault.
+#[tokio::test]
+async fn on_a_redis_cluster_routes_spread_over_every_master_and_follow_theirs() {
+    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+        return;
+    };
+    let channel = unique("cluster-routes");
+    let config =
+        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
+    let backend = RedisBackend::connect(config.clone()).await.unwrap();
+    // A session on each master, the first of them on one that does not hold the channel.
+    let channel_master = cluster.master_port_of(&channel);
+    let mut by_master = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let session = format!("u{i}");
+        let master = cluster.master_port_of(&backend.route_channel(&session));
+        by_master.entry(master).or_insert(session);
+    }
+    assert_eq!(by_master.len(), 3, "routes on every master: {by_master:?}");
+    let mut sessions: Vec<String> = by_master.values().cloned().collect();
+    sessions.sort_by_key(|s| cluster.master_port_of(&backend.route_channel(s)) == channel_master);
+    cluster.focus(&backend.route_channel(&sessions[0]));
+
+    let routed =
+        |b: sse_fanout::HubBuilder| b.app_name("routes").routing(sse_fanout::Routing::session());
+    let server = common::TestServer::start(Arc::new(backend), routed).await;
+    let mut streams = Vec::new();
+    for session in &sessions {
+        streams.push(
+            server
+                .stream(&format!("eventName=e&sessionId={session}"))
+                .await,
+        );
+    }
+    server.wait_for_streams(sessions.len()).await;
+    let publisher = routed(sse_fanout::Hub::builder(
+        RedisBackend::connect(config).await.unwrap(),
+    ))
+    .start()
+    .await
+    .unwrap();
+    let round = |numbers: std::ops::RangeInclusive<u32>| {
+        let (publisher, sessions) = (&publisher, &sessions);
+        async move {
+            for n in numbers {
+                for session in sessions {
+                    publish_answered(publisher, session, n).await;
+                }
+            }
+        }
+    };
+    async fn expect(
+        streams: &mut [common::SseClient],
+        numbers: std::ops::RangeInclusive<u32>,
+        when: &str,
+    ) {
+        for stream in streams.iter_mut() {
+            for n in numbers.clone() {
+                assert_eq!(stream.next().await.data, n.to_string(), "{when}");
+            }
+        }
+    }
+    round(0..=0).await;
+    expect(&mut streams, 0..=0, "before any fault").await;
+
+    let health = HealthWatch::start(&server);
+    cluster.fail_over(Box::pin(async {})).await;
+    round(1..=3).await;
+    expect(
+        &mut streams,
+        1..=3,
+        "after a route partition's master was killed",
+    )
+    .await;
+    health.went_down_and_came_back().await;
+
+    cluster.migrate(Box::pin(async {})).await;
+    round(4..=6).await;
+    expect(&mut streams, 4..=6, "after a route partition's slot moved").await;
+    for stream in &mut streams {
+        assert!(
+            stream
+                .next_within(Duration::from_millis(300))
+                .await
+                .is_none(),
+            "nothing twice"
+        );
+    }
 }
 
 /// While a slot moves between masters, the cluster client sends a publish whose history key has

@@ -10,6 +10,11 @@ use crate::{NAME, RedisBackend};
 /// The server a hub uses when its settings name none.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
+/// The route partitions of a Redis Cluster by default ([`RedisConfig::route_partitions`]):
+/// enough to spread routed traffic evenly over 2, 4, 8 or 16 masters, and within one partition
+/// of even over 3 to 15.
+pub const DEFAULT_ROUTE_PARTITIONS: u16 = 16;
+
 /// How the backend talks to Redis.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -46,13 +51,20 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// How long a publish waits for [`wait_replicas`](Self::wait_replicas) before it fails.
     pub wait_timeout: Duration,
+    /// On a Redis Cluster, the partitions the session routes are spread over, each with its own
+    /// hash tag, history stream and [lane](sse_core::backend::Lane), so that routed traffic is
+    /// shared by every master (see the crate docs); 0 keeps the routes in the channel's slot,
+    /// on its master. Every instance of an app must use the same number. Ignored on one
+    /// server.
+    pub route_partitions: u16,
 }
 
 impl RedisConfig {
     /// Defaults for the server at `url` and `channel`: connect timeout 2 s, response timeout 2 s,
     /// publish timeout 3 s, ping every 5 s,
     /// backoff up to 5 s, buffer of 4096 messages, history with the default [`ReplayConfig`] in
-    /// the stream `{channel}:history`.
+    /// the stream `{channel}:history`, and on a cluster [`DEFAULT_ROUTE_PARTITIONS`] route
+    /// partitions.
     pub fn new(url: impl Into<String>, channel: impl Into<String>) -> Self {
         let channel = channel.into();
         RedisConfig {
@@ -68,6 +80,7 @@ impl RedisConfig {
             buffer: 4096,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            route_partitions: DEFAULT_ROUTE_PARTITIONS,
         }
     }
 
@@ -83,6 +96,13 @@ impl RedisConfig {
         self
     }
 
+    /// Spreads the routes over `partitions` on a Redis Cluster (see
+    /// [`route_partitions`](Self::route_partitions)).
+    pub fn route_partitions(mut self, partitions: u16) -> Self {
+        self.route_partitions = partitions;
+        self
+    }
+
     /// Sets the history's bounds; `None` keeps no history.
     pub fn history(mut self, history: Option<ReplayConfig>) -> Self {
         self.history = history;
@@ -94,15 +114,20 @@ impl BackendConfig for RedisConfig {
     type Backend = RedisBackend;
 
     /// The URL (default [`DEFAULT_URL`]), channel and history of the settings. Options:
-    /// `wait-replicas` and `wait-timeout-ms` (see [`RedisConfig::wait_replicas`]).
+    /// `wait-replicas` and `wait-timeout-ms` (see [`RedisConfig::wait_replicas`]),
+    /// `route-partitions` (see [`RedisConfig::route_partitions`]).
     fn from_settings(mut settings: BackendSettings) -> Result<Self, BackendError> {
         let replicas = settings.take(NAME, "wait-replicas")?.unwrap_or(0);
         let timeout = settings.take(NAME, "wait-timeout-ms")?.unwrap_or(1000);
+        let partitions = settings
+            .take(NAME, "route-partitions")?
+            .unwrap_or(DEFAULT_ROUTE_PARTITIONS);
         settings.finish(NAME)?;
         let url = settings.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
         Ok(RedisConfig::new(url, settings.channel)
             .history(settings.history)
-            .wait_replicas(replicas, Duration::from_millis(timeout)))
+            .wait_replicas(replicas, Duration::from_millis(timeout))
+            .route_partitions(partitions))
     }
 
     async fn connect(self) -> Result<RedisBackend, BackendError> {

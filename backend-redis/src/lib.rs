@@ -54,11 +54,24 @@
 //!
 //! A URL listing several nodes (`redis://a:7000,redis://b:7000`), or one node that says it runs
 //! in cluster mode, makes the backend use a Redis Cluster (Redis ≥ 7): sharded pub/sub
-//! (`SPUBLISH`, `SSUBSCRIBE`), with the history stream and the route channels in the channel's
-//! slot (they begin with its hash tag, `{channel}:`), so one script still writes the history and
-//! publishes, and one connection to that slot's master carries everything in one order; it
-//! follows the slot to its new master after a failover or a migration and reports the gap. A
-//! publish can wait for replicas ([`RedisConfig::wait_replicas()`]), and has a deadline the
+//! (`SPUBLISH`, `SSUBSCRIBE`), never classic `PUBLISH` (which every node would relay).
+//!
+//! - The shared channel and its history stream are in the channel's slot (the stream begins
+//!   with its hash tag, `{channel}:history`), so one script still writes the history and
+//!   publishes.
+//! - The session routes are spread over [`RedisConfig::route_partitions`] partitions (16 by
+//!   default), each with its own hash tag, history stream and slot, picked so that a cluster
+//!   with its slots in equal ranges has them spread evenly over its masters: routed traffic is
+//!   shared by every master, not carried by the channel's. Each partition is a
+//!   [lane](sse_core::backend::Lane): one order, on its master; a session's events keep theirs,
+//!   and after a gap the hub reads each lane's history on its own. A whole read (a hub's start,
+//!   a resume) merges the lanes by entry id.
+//! - A hub subscribes on one connection to each master that serves a lane (three on a cluster
+//!   of three masters), each lane's channels on its master's connection, routes in pipelines of
+//!   1 000. It follows a slot to its new master after a failover or a migration (Redis's
+//!   unsolicited `sunsubscribe`, a closed connection, a refused subscribe) and reports the gap.
+//!
+//! A publish can wait for replicas ([`RedisConfig::wait_replicas()`]), and has a deadline the
 //! script checks ([`RedisConfig::publish_timeout`]): one answered as failed never goes out later.
 //! The project's README ("A Redis Cluster") says what survives which failure and what it costs.
 
@@ -66,6 +79,7 @@ mod cluster;
 mod config;
 mod history;
 mod link;
+mod names;
 mod publish;
 mod routes;
 mod subscribe;
@@ -82,9 +96,10 @@ use sse_core::route::SessionRoutes;
 use sse_core::{BackendError, BackendStream, FanoutBackend, Health};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DEFAULT_URL, RedisConfig};
+pub use config::{DEFAULT_ROUTE_PARTITIONS, DEFAULT_URL, RedisConfig};
 
-use link::{Conn, Link, Names};
+use link::{Conn, Link};
+use names::Names;
 use routes::Routes;
 
 /// This backend's row in a hub's table of backends (`--backend redis`).
@@ -133,7 +148,7 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<Self, BackendError> {
         install_crypto_provider();
         let link = Link::discover(&config).await?;
-        let names = Names::new(&config, &link)?;
+        let names = Names::new(&config, matches!(link, Link::Cluster(_)))?;
         let publisher = link.commands(&config).await?;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
@@ -163,6 +178,26 @@ impl RedisBackend {
     /// The channel in use.
     pub fn channel(&self) -> &str {
         &self.inner.names.channel
+    }
+
+    /// The channel of `session`'s route in [session routing](sse_core::route): its slot tells
+    /// which master of a Redis Cluster carries the session's events.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sse_core::BackendError> {
+    /// use sse_fanout_redis::{RedisBackend, RedisConfig};
+    ///
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379", "orders");
+    /// let backend = RedisBackend::connect(config).await?;
+    /// // On one server; on a cluster the channel begins with its partition's hash tag.
+    /// assert_eq!(backend.route_channel("user-42"), "orders:s-user-42");
+    /// # Ok(()) }
+    /// ```
+    pub fn route_channel(&self, session: &str) -> String {
+        self.inner
+            .names
+            .route(&sse_core::route::route_token(session))
+            .channel
     }
 }
 
@@ -201,7 +236,7 @@ impl FanoutBackend for RedisBackend {
 
     async fn publish(&self, envelope: Bytes) -> Result<(), BackendError> {
         self.inner
-            .publish_on(&self.inner.names.channel, envelope)
+            .publish_on(&self.inner.names.channel, 0, envelope)
             .await
     }
 

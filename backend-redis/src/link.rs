@@ -3,15 +3,19 @@
 //! differs is how they reach the node (a [`Conn`]), which pub/sub commands a subscription uses
 //! (`SUBSCRIBE` or the sharded `SSUBSCRIBE`), and how keys are named (a [`Names`]).
 
+use std::sync::Arc;
+
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink,
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisFuture, Value};
 use sse_core::BackendError;
+use tokio_util::sync::CancellationToken;
 
+use crate::names::Names;
 use crate::{NAME, RedisConfig, within};
 
 /// What the backend talks to.
@@ -170,41 +174,87 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Where a subscription's channels are subscribed: a pub/sub connection to one server, or a
-/// connection to the master of the channel's slot on a cluster (sharded pub/sub).
+/// Where a subscription's channels are subscribed: a pub/sub connection to one server, or on a
+/// cluster the connections to the masters that serve the lanes (sharded pub/sub).
 #[derive(Clone)]
 pub(crate) enum Subscriber {
     Single(PubSubSink),
-    Cluster(MultiplexedConnection),
+    Cluster(Arc<Shards>),
+}
+
+/// The subscribing connections on a cluster, one per master that serves a lane, and which lane
+/// is subscribed on which.
+pub(crate) struct Shards {
+    pub(crate) connections: Vec<MultiplexedConnection>,
+    /// The index in `connections` of each lane's master.
+    pub(crate) lane_connection: Vec<usize>,
+    pub(crate) names: Names,
+    /// Cancelled when a subscribe failed (the slot of its lane may have moved): the
+    /// subscription then finds the masters again and subscribes everything again.
+    pub(crate) stale: CancellationToken,
+}
+
+impl Shards {
+    /// `channels` grouped by the connection of their lane's master.
+    fn by_connection(&self, channels: &[String]) -> Vec<(usize, Vec<String>)> {
+        let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+        for channel in channels {
+            let lane = usize::from(self.names.lane_of(channel.as_bytes()));
+            let connection = self.lane_connection.get(lane).copied().unwrap_or(0);
+            match groups.iter_mut().find(|(c, _)| *c == connection) {
+                Some((_, group)) => group.push(channel.clone()),
+                None => groups.push((connection, vec![channel.clone()])),
+            }
+        }
+        groups
+    }
+
+    async fn command(&self, command: &str, channels: &[String]) -> redis::RedisResult<()> {
+        for (connection, group) in self.by_connection(channels) {
+            let mut connection = self.connections[connection].clone();
+            shard_command(&mut connection, command, &group).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Subscriber {
     pub(crate) async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Subscriber::Single(sink) => sink.subscribe(channels).await,
-            Subscriber::Cluster(connection) => {
-                shard_command(connection, "SSUBSCRIBE", channels).await
+            Subscriber::Cluster(shards) => {
+                let subscribed = shards.command("SSUBSCRIBE", channels).await;
+                if subscribed.is_err() {
+                    shards.stale.cancel();
+                }
+                subscribed
             }
         }
     }
 
-    /// Pings the server through the subscription's connection.
+    /// Pings the server (on a cluster, every master subscribed to) through the subscription's
+    /// connections.
     pub(crate) async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
             Subscriber::Single(sink) => sink.ping::<Value>().await.map(drop),
-            Subscriber::Cluster(connection) => redis::cmd("PING")
-                .query_async::<Value>(connection)
-                .await
-                .map(drop),
+            Subscriber::Cluster(shards) => {
+                let pings = shards.connections.iter().map(|connection| {
+                    let mut connection = connection.clone();
+                    async move {
+                        redis::cmd("PING")
+                            .query_async::<Value>(&mut connection)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(pings).await.map(drop)
+            }
         }
     }
 
     pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Subscriber::Single(sink) => sink.unsubscribe(channels).await,
-            Subscriber::Cluster(connection) => {
-                shard_command(connection, "SUNSUBSCRIBE", channels).await
-            }
+            Subscriber::Cluster(shards) => shards.command("SUNSUBSCRIBE", channels).await,
         }
     }
 }
@@ -235,140 +285,4 @@ pub(crate) async fn shard_command(
         }
     }
     Ok(())
-}
-
-/// The names of what the backend writes and subscribes to.
-#[derive(Debug, Clone)]
-pub(crate) struct Names {
-    /// The channel every instance subscribes to.
-    pub(crate) channel: String,
-    /// The history stream.
-    pub(crate) history_key: String,
-    /// What a session's route channel begins with (its route token follows).
-    route_prefix: String,
-    /// Whether publishing is sharded (`SPUBLISH`).
-    pub(crate) sharded: bool,
-}
-
-impl Names {
-    /// The names `config` gives on `link`. On a cluster the history stream and the route
-    /// channels are kept in the channel's slot (so that one script writes the history and
-    /// publishes, and one connection carries the channel and the routes in one order): they
-    /// begin with the channel's hash tag, `{channel}` when it has none.
-    pub(crate) fn new(config: &RedisConfig, link: &Link) -> Result<Names, BackendError> {
-        let channel = config.channel.clone();
-        if matches!(link, Link::Single(_)) {
-            return Ok(Names {
-                route_prefix: format!("{channel}:"),
-                history_key: config.history_key.clone(),
-                channel,
-                sharded: false,
-            });
-        }
-        let prefix = if hash_tag(&channel).is_some() {
-            format!("{channel}:")
-        } else {
-            format!("{{{channel}}}:")
-        };
-        if Slot::for_key(format!("{prefix}x")) != Slot::for_key(&channel) {
-            return Err(BackendError::Config {
-                backend: NAME,
-                message: format!(
-                    "on a Redis Cluster the channel `{channel}` needs a hash tag (`{{tag}}`) or \
-                     no braces at all"
-                ),
-            });
-        }
-        let history_key = if config.history_key == format!("{channel}:history") {
-            format!("{prefix}history")
-        } else {
-            config.history_key.clone()
-        };
-        if Slot::for_key(&history_key) != Slot::for_key(&channel) {
-            return Err(BackendError::Config {
-                backend: NAME,
-                message: format!(
-                    "on a Redis Cluster the history key `{history_key}` must be in the slot of \
-                     the channel `{channel}`: begin it with `{prefix}`"
-                ),
-            });
-        }
-        Ok(Names {
-            route_prefix: prefix,
-            history_key,
-            channel,
-            sharded: true,
-        })
-    }
-
-    /// The channel of the route whose token is `token`.
-    pub(crate) fn route(&self, token: &str) -> String {
-        format!("{}{token}", self.route_prefix)
-    }
-}
-
-/// The hash tag of a key, as Redis Cluster finds it: what is between the first `{` and the
-/// first `}` after it, when that is not empty.
-fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let close = key[open + 1..].find('}')?;
-    (close > 0).then(|| &key[open + 1..open + 1 + close])
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn cluster_names(channel: &str) -> Names {
-        let config = RedisConfig::new("redis://a:1,redis://b:2", channel);
-        Names::new(&config, &Link::Cluster(config.nodes().unwrap())).unwrap()
-    }
-
-    #[test]
-    fn on_a_cluster_history_and_routes_share_the_channels_slot() {
-        for channel in ["send.sse.event", "{orders}.events", "x{a}{b}"] {
-            let names = cluster_names(channel);
-            let slot = Slot::for_key(channel);
-            assert_eq!(Slot::for_key(&names.history_key), slot, "{channel}");
-            assert_eq!(Slot::for_key(names.route("abc")), slot, "{channel}");
-            assert_ne!(names.route("abc"), names.route("abd"));
-        }
-        assert_eq!(
-            cluster_names("send.sse.event").history_key,
-            "{send.sse.event}:history"
-        );
-    }
-
-    #[test]
-    fn a_history_key_outside_the_slot_is_refused_on_a_cluster() {
-        let mut config = RedisConfig::new("redis://a:1,redis://b:2", "events");
-        config.history_key = "elsewhere".into();
-        let error = Names::new(&config, &Link::Cluster(config.nodes().unwrap())).unwrap_err();
-        assert!(error.to_string().contains("{events}:"), "{error}");
-    }
-
-    #[test]
-    fn a_channel_with_braces_but_no_hash_tag_is_refused_on_a_cluster() {
-        let config = RedisConfig::new("redis://a:1,redis://b:2", "a{}b");
-        assert!(Names::new(&config, &Link::Cluster(config.nodes().unwrap())).is_err());
-    }
-
-    #[test]
-    fn one_server_keeps_the_names_it_always_had() {
-        let config = RedisConfig::new("redis://a:1", "send.sse.event");
-        let client = redis::Client::open("redis://a:1").unwrap();
-        let names = Names::new(&config, &Link::Single(Box::new(client))).unwrap();
-        assert_eq!(names.history_key, "send.sse.event:history");
-        assert_eq!(names.route("t"), "send.sse.event:t");
-    }
-
-    #[test]
-    fn hash_tags_are_found_as_redis_finds_them() {
-        assert_eq!(hash_tag("{a}b"), Some("a"));
-        assert_eq!(hash_tag("x{a}{b}"), Some("a"));
-        assert_eq!(hash_tag("a{}b"), None);
-        assert_eq!(hash_tag("a{b"), None);
-        assert_eq!(hash_tag("plain"), None);
-    }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sse_core::BackendError;
+use sse_core::backend::Lane;
 
 use crate::link::Conn;
 use crate::{Inner, NAME, unavailable};
@@ -57,13 +58,15 @@ pub(crate) fn publish_script(sharded: bool) -> String {
 }
 
 impl Inner {
-    /// Publishes to `channel` (the shared one, or a session's), through the history script when
-    /// history is on.
+    /// Publishes to `channel` (the shared one, or a session's) on `lane`, through the history
+    /// script (to that lane's history) when history is on.
     pub(crate) async fn publish_on(
         &self,
         channel: &str,
+        lane: Lane,
         envelope: Bytes,
     ) -> Result<(), BackendError> {
+        let history_key = self.names.history_key(lane);
         if self.closed.is_cancelled() {
             return Err(BackendError::Closed { backend: NAME });
         }
@@ -86,7 +89,7 @@ impl Inner {
                 }
                 Some(history) => {
                     self.script
-                        .key(&self.names.history_key)
+                        .key(history_key)
                         .arg(envelope.as_ref())
                         .arg(channel)
                         .arg(history.max_events.max(1))
@@ -112,7 +115,8 @@ impl Inner {
                     None
                 };
             if config.wait_replicas > 0 {
-                self.wait_for_replicas(connection, ran_on).await?;
+                self.wait_for_replicas(connection, history_key, ran_on)
+                    .await?;
             }
             Ok(())
         };
@@ -126,13 +130,14 @@ impl Inner {
     }
 
     /// Waits until [`RedisConfig::wait_replicas`](crate::RedisConfig::wait_replicas) replicas
-    /// have what `connection` wrote (`WAIT` on the channel's master), failing after the wait's
-    /// timeout: the publish then may or may not survive a failover. On a cluster, a publish that
-    /// ran on another node than the one waited on (`ran_on`: its slot was moving) fails too, as
-    /// whether a replica has it is not known.
+    /// have what `connection` wrote (`WAIT` on the master of `key`, the history stream written),
+    /// failing after the wait's timeout: the publish then may or may not survive a failover. On
+    /// a cluster, a publish that ran on another node than the one waited on (`ran_on`: its slot
+    /// was moving) fails too, as whether a replica has it is not known.
     async fn wait_for_replicas(
         &self,
         mut connection: Conn,
+        key: &str,
         ran_on: Option<String>,
     ) -> Result<(), BackendError> {
         let config = &self.config;
@@ -140,7 +145,7 @@ impl Inner {
         let mut wait = redis::cmd("WAIT");
         wait.arg(config.wait_replicas).arg(timeout.max(1));
         let (acked, waited_on) = connection
-            .wait_on_master_of(&self.names.channel, wait)
+            .wait_on_master_of(key, wait)
             .await
             .map_err(unavailable)?;
         if let (Some(ran_on), Some(waited_on)) = (ran_on, waited_on)

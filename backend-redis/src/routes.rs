@@ -10,6 +10,7 @@ use sse_core::BackendError;
 use sse_core::route::{SessionRoutes, route_token};
 
 use crate::link::Subscriber;
+use crate::names::RouteName;
 use crate::{Inner, RedisBackend};
 
 /// Channels one `SUBSCRIBE` names at most when routes are subscribed again after a reconnect.
@@ -24,13 +25,13 @@ pub(crate) struct Routes {
 }
 
 impl Inner {
-    /// The channel of a session's route.
-    fn route_channel(&self, session: &str) -> String {
+    /// The channel of a session's route, and its lane.
+    fn route(&self, session: &str) -> RouteName {
         self.names.route(&route_token(session))
     }
 
     fn route_channels(&self, sessions: &[&str]) -> Vec<String> {
-        sessions.iter().map(|s| self.route_channel(s)).collect()
+        sessions.iter().map(|s| self.route(s).channel).collect()
     }
 
     /// The subscription's connection is gone: routes are recorded, not subscribed, until
@@ -75,8 +76,10 @@ impl Inner {
 #[async_trait]
 impl SessionRoutes for RedisBackend {
     async fn publish_to(&self, session: &str, envelope: Bytes) -> Result<(), BackendError> {
-        let channel = self.inner.route_channel(session);
-        self.inner.publish_on(&channel, envelope).await
+        let route = self.inner.route(session);
+        self.inner
+            .publish_on(&route.channel, route.lane, envelope)
+            .await
     }
 
     async fn subscribe(&self, sessions: &[&str]) -> Result<(), BackendError> {

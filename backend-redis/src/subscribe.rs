@@ -1,7 +1,7 @@
-//! The subscription: one connection of its own that reconnects with backoff, subscribes the
-//! shared channel and the session routes again, and reports the gap it may have left. One loop
-//! ([`run`]) drives both kinds of connection, a server's ([`Single`]) and a cluster slot master's
-//! (`cluster::Sharded`), through [`Feed`].
+//! The subscription: a connection of its own (on a cluster, one to each master that serves a
+//! lane) that reconnects with backoff, subscribes the shared channel and the session routes
+//! again, and reports the gap it may have left. One loop ([`run`]) drives both kinds, a server's
+//! ([`Single`]) and a cluster's (`cluster::Sharded`), through [`Feed`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use sse_core::backend::Lane;
 use sse_core::{BackendError, BackendStream, Received};
 use tokio::sync::mpsc;
 
@@ -34,10 +35,16 @@ pub(crate) trait Feed: Sized + Send + 'static {
     /// What the session routes subscribe on, and pings go through.
     fn subscriber(&self) -> Subscriber;
 
-    /// The next envelope received, `Ok(None)` for anything else that arrived, or why the
-    /// connection is lost.
-    fn next(&mut self, inner: &Inner)
-    -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+    /// The next envelope received and its lane, `Ok(None)` for anything else that arrived, or
+    /// why the connection is lost.
+    fn next(
+        &mut self,
+        inner: &Inner,
+    ) -> impl Future<Output = Result<Option<(Lane, Bytes)>, String>> + Send;
+
+    /// Whether an envelope received proves the whole feed alive (it has one connection); a feed
+    /// of several connections is proven alive by pinging them all.
+    const ONE_CONNECTION: bool;
 }
 
 /// A subscribed pub/sub connection to one server.
@@ -71,12 +78,17 @@ impl Feed for Single {
         Subscriber::Single(self.sink.clone())
     }
 
-    async fn next(&mut self, _inner: &Inner) -> Result<Option<Bytes>, String> {
+    async fn next(&mut self, _inner: &Inner) -> Result<Option<(Lane, Bytes)>, String> {
         match self.stream.next().await {
-            Some(message) => Ok(Some(Bytes::copy_from_slice(message.get_payload_bytes()))),
+            Some(message) => Ok(Some((
+                0,
+                Bytes::copy_from_slice(message.get_payload_bytes()),
+            ))),
             None => Err("connection closed".to_owned()),
         }
     }
+
+    const ONE_CONNECTION: bool = true;
 }
 
 /// Subscribes at `target` and spawns [`run`]: the subscription's stream.
@@ -150,11 +162,17 @@ async fn run<F: Feed>(inner: Arc<Inner>, target: F::Target, first: F, tx: mpsc::
                 // A subscription the hub let go of touches nothing shared any more.
                 () = tx.closed() => return,
                 next = feed.next(&inner) => match next {
-                    Ok(Some(envelope)) => {
-                        if tx.send(Received::Envelope(envelope)).await.is_err() {
+                    Ok(Some((lane, envelope))) => {
+                        let item = match lane {
+                            0 => Received::Envelope(envelope),
+                            lane => Received::OnLane { lane, envelope },
+                        };
+                        if tx.send(item).await.is_err() {
                             return; // nobody is listening any more
                         }
-                        alive_at = SystemTime::now();
+                        if F::ONE_CONNECTION {
+                            alive_at = SystemTime::now();
+                        }
                     }
                     Ok(None) => {}
                     Err(reason) => break reason,

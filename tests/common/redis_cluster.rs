@@ -1,8 +1,8 @@
 //! A Redis Cluster of the test's own: six `redis-server` processes in cluster mode on free
 //! loopback ports (three masters, a replica each, a node timeout of one second), made one cluster
 //! by `redis-cli --cluster create`. Its faults are what a cluster's users meet, done to the
-//! master of the slot a test [focuses](OwnRedisCluster::focus) on (where the channel, its
-//! history and its routes live): that master killed by `SIGKILL` (its replica takes over, and it
+//! master of the slot a test [focuses](OwnRedisCluster::focus) on (the channel's and its
+//! history's, or a route partition's): that master killed by `SIGKILL` (its replica takes over, and it
 //! comes back as a replica), or the slot migrated to another master while traffic flows
 //! (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `SETSLOT … NODE`). Nothing is saved to
 //! disk but each node's cluster configuration. The machine's shared Redis is never touched.
@@ -23,6 +23,8 @@ pub struct OwnRedisCluster {
     nodes: Vec<Option<Child>>,
     /// The key whose slot the faults are done to.
     key: String,
+    /// The keys [`Outage::run`] aims its faults at, one after the other.
+    keys: Vec<String>,
     /// Faults done so far (they alternate: a master killed, a slot migrated).
     faults: usize,
 }
@@ -58,6 +60,7 @@ impl OwnRedisCluster {
             ports: (0..NODES).map(|_| free_port()).collect(),
             nodes: (0..NODES).map(|_| None).collect(),
             key: "send.sse.event".into(),
+            keys: vec!["send.sse.event".into()],
             faults: 0,
         };
         for node in 0..NODES {
@@ -94,9 +97,23 @@ impl OwnRedisCluster {
             .join(",")
     }
 
-    /// Aims the faults at the slot of `key` (a channel: its history and routes share its slot).
+    /// Aims the faults at the slot of `key` (a channel and its history, or a route partition's
+    /// channel and its history).
     pub fn focus(&mut self, key: &str) {
-        key.clone_into(&mut self.key);
+        self.focus_in_turn(vec![key.to_owned()]);
+    }
+
+    /// Aims the faults of [`Outage::run`] at the slots of `keys`, one after the other (the
+    /// shared channel's, then route partitions'), so that a run meets each kind of master.
+    pub fn focus_in_turn(&mut self, keys: Vec<String>) {
+        assert!(!keys.is_empty());
+        self.key.clone_from(&keys[0]);
+        self.keys = keys;
+    }
+
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_port_of(&self, key: &str) -> u16 {
+        self.master_serving(key).1.port
     }
 
     fn launch(&mut self, node: usize) {
@@ -177,8 +194,13 @@ impl OwnRedisCluster {
 
     /// The running node that masters the focused key's slot, and that slot.
     fn master_of_key(&self) -> (usize, Node, u16) {
+        self.master_serving(&self.key)
+    }
+
+    /// The running node that masters `key`'s slot, and that slot.
+    fn master_serving(&self, key: &str) -> (usize, Node, u16) {
         let port = self.any_running_port();
-        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", &self.key])
+        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])
             .unwrap()
             .parse()
             .unwrap();
@@ -346,12 +368,14 @@ fn ok(port: u16, args: &[&str]) {
 
 impl Outage for OwnRedisCluster {
     /// In turn: kills the focused slot's master (its replica takes over; the node comes back as
-    /// a replica), or migrates the slot to another master.
+    /// a replica), or migrates the slot to another master; each fault at the next of the keys
+    /// [`focus_in_turn`](OwnRedisCluster::focus_in_turn) was given.
     fn run<'a>(
         &'a mut self,
         while_down: futures_util::future::BoxFuture<'a, ()>,
     ) -> futures_util::future::BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.key = self.keys[self.faults % self.keys.len()].clone();
             self.faults += 1;
             if self.faults % 2 == 1 {
                 self.fail_over(while_down).await;
