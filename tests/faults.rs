@@ -194,6 +194,20 @@ struct Run {
     flags: &'static [&'static str],
 }
 
+impl Run {
+    /// What order the run's clients must see. On a Redis Cluster in session routing the routes
+    /// are spread over partitions on other masters than the broadcasts' (README, "A Redis
+    /// Cluster"): a publisher's broadcast and its next targeted event have no order between
+    /// them, and each keeps its own.
+    fn order(&self) -> Order {
+        if self.cluster && self.broker == Broker::Redis && self.routing == "session" {
+            Order::Source
+        } else {
+            Order::Publisher
+        }
+    }
+}
+
 fn seed() -> u64 {
     std::env::var("SSE_FAULT_SEED")
         .ok()
@@ -389,11 +403,23 @@ fn event_id(sse_id: &str) -> String {
     id
 }
 
+/// Which of a publisher's events a client must receive in the order they were published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// All of them: the broker gives one order to the broadcasts and every session's events.
+    Publisher,
+    /// Its broadcasts among themselves, and its events to the client's session among
+    /// themselves: the two travel in different orders (a Redis Cluster's route partitions, on
+    /// other masters than the broadcasts).
+    Source,
+}
+
 /// Checks one client's history against the publishes: what is wrong goes to `problems`.
 fn check(
     session: &str,
     history: &History,
     publishes: &[Publish],
+    order: Order,
     problems: &mut Vec<String>,
     details: &mut Vec<String>,
 ) -> usize {
@@ -409,8 +435,13 @@ fn check(
         .collect();
     let problems_before = problems.len();
     let mut seen_ids: HashSet<String> = HashSet::new();
-    // Each publisher's last event so far: its n and where in the history it came.
-    let mut last_n: HashMap<usize, (u64, usize)> = HashMap::new();
+    // Each publisher's (or each publisher's and source's) last event so far: its n and where
+    // in the history it came.
+    let mut last_n: HashMap<(usize, bool), (u64, usize)> = HashMap::new();
+    let targeted: HashMap<(usize, u64), bool> = publishes
+        .iter()
+        .map(|p| ((p.publisher, p.n), p.session.is_some()))
+        .collect();
     let start = publishes.iter().map(|p| p.sent).min();
     let mut received = 0;
     for (at, event) in history.events.iter().enumerate() {
@@ -469,7 +500,8 @@ fn check(
             None if unacked.contains(&(p, n)) => {}
             None => problems.push(format!("{session}: an event nobody published: {event:?}")),
         }
-        if let Some(&(before, before_at)) = last_n.get(&p)
+        let source = order == Order::Source && targeted.get(&(p, n)).copied().unwrap_or(false);
+        if let Some(&(before, before_at)) = last_n.get(&(p, source))
             && n <= before
         {
             let acked = if by_id.contains_key(id.as_str()) {
@@ -502,7 +534,7 @@ fn check(
                 event.id
             ));
         }
-        last_n.insert(p, (n, at));
+        last_n.insert((p, source), (n, at));
     }
     let Some(fresh_open) = history.fresh_open else {
         problems.push(format!("{session}: never opened a stream"));
@@ -569,8 +601,16 @@ async fn run(run: Run) {
     };
     let mut rng = fastrand::Rng::with_seed(run.seed);
     let channel = common::unique("faults");
+    #[cfg(feature = "redis")]
     if let Brokers::RedisCluster(cluster) = &mut broker {
-        cluster.focus(&channel);
+        // The broker faults go to the channel's master, then to the masters of two sessions'
+        // route partitions, in turn.
+        use sse_fanout::redis::{RedisBackend, RedisConfig};
+        let config = RedisConfig::new(cluster.url(), channel.as_str());
+        let backend = RedisBackend::connect(config).await.unwrap();
+        let mut keys = vec![channel.clone()];
+        keys.extend(["s0", "s1"].map(|session| backend.route_channel(session)));
+        cluster.focus_in_turn(keys);
     }
     let mut flags = vec![
         "--routing",
@@ -651,7 +691,14 @@ async fn run(run: Run) {
     for (session, history, task) in clients {
         task.await.unwrap();
         let history = history.lock().unwrap();
-        received += check(&session, &history, &publishes, &mut problems, &mut details);
+        received += check(
+            &session,
+            &history,
+            &publishes,
+            run.order(),
+            &mut problems,
+            &mut details,
+        );
         opens += history.opens;
         refused += history.refused;
     }
@@ -855,9 +902,9 @@ fault_run!(cluster "rabbit", Broker::Rabbit, "rabbit", "broadcast", rabbit_clust
     "--backend-option", "history-replicas=3");
 fault_run!(cluster "rabbit", Broker::Rabbit, "rabbit", "session", rabbit_cluster_session,
     "--backend-option", "history-replicas=3");
-// A Redis Cluster of three masters with a replica each, the hubs given every node: the master of
-// the channel's slot (where its history and routes live too) killed and its replica promoted, or
-// the slot migrated to another master, in turn, besides the hub faults. A publish is answered
+// A Redis Cluster of three masters with a replica each, the hubs given every node: a master
+// killed and its replica promoted, or a slot migrated to another master, in turn, besides the
+// hub faults; the channel's slot first, then those of two sessions' route partitions. A publish is answered
 // once a replica has it (`WAIT`), so a failover loses none that got `202`.
 fault_run!(cluster "redis", Broker::Redis, "redis", "broadcast", redis_cluster_broadcast,
     "--backend-option", "wait-replicas=1");
@@ -924,11 +971,19 @@ fn the_checker_finds_what_it_is_for() {
         }],
         ..History::default()
     };
-    let problems = |ns: &[u64]| {
+    let checked = |ns: &[u64], order: Order| {
         let (mut problems, mut details) = (Vec::new(), Vec::new());
-        check("a", &history(ns), &publishes, &mut problems, &mut details);
+        check(
+            "a",
+            &history(ns),
+            &publishes,
+            order,
+            &mut problems,
+            &mut details,
+        );
         problems
     };
+    let problems = |ns: &[u64]| checked(ns, Order::Publisher);
     assert_eq!(problems(&[0, 2]), Vec::<String>::new());
     assert_eq!(
         problems(&[0, 1, 2]),
@@ -947,7 +1002,30 @@ fn the_checker_finds_what_it_is_for() {
             && reordered[0].contains("after n=2 (sent at 0.020s to 8000, 202 after 1 ms; came #1"),
         "{reordered:?}"
     );
-    let foreign = problems(&[0, 2, 3]);
+    // Source by source, a broadcast may come after the publisher's next targeted event, but
+    // targeted events keep their order.
+    let publishes_later = vec![publish(4, true, None), publish(5, true, Some("a"))];
+    let publishes: Vec<Publish> = publishes.into_iter().chain(publishes_later).collect();
+    let checked = |ns: &[u64], order: Order| {
+        let (mut problems, mut details) = (Vec::new(), Vec::new());
+        check(
+            "a",
+            &history(ns),
+            &publishes,
+            order,
+            &mut problems,
+            &mut details,
+        );
+        problems
+    };
+    assert_eq!(checked(&[0, 2, 5, 4], Order::Source), Vec::<String>::new());
+    assert_eq!(checked(&[0, 2, 5, 4], Order::Publisher).len(), 1);
+    assert_eq!(
+        checked(&[0, 5, 2, 4], Order::Source).len(),
+        1,
+        "within a source"
+    );
+    let foreign = checked(&[0, 2, 3, 4, 5], Order::Publisher);
     assert!(
         foreign[0].contains("another session's event"),
         "{foreign:?}"
