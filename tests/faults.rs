@@ -971,19 +971,19 @@ fn the_checker_finds_what_it_is_for() {
         }],
         ..History::default()
     };
-    let checked = |ns: &[u64], order: Order| {
+    let checked = |publishes: &[Publish], ns: &[u64], order: Order| {
         let (mut problems, mut details) = (Vec::new(), Vec::new());
         check(
             "a",
             &history(ns),
-            &publishes,
+            publishes,
             order,
             &mut problems,
             &mut details,
         );
         problems
     };
-    let problems = |ns: &[u64]| checked(ns, Order::Publisher);
+    let problems = |ns: &[u64]| checked(&publishes, ns, Order::Publisher);
     assert_eq!(problems(&[0, 2]), Vec::<String>::new());
     assert_eq!(
         problems(&[0, 1, 2]),
@@ -1004,28 +1004,19 @@ fn the_checker_finds_what_it_is_for() {
     );
     // Source by source, a broadcast may come after the publisher's next targeted event, but
     // targeted events keep their order.
-    let publishes_later = vec![publish(4, true, None), publish(5, true, Some("a"))];
-    let publishes: Vec<Publish> = publishes.into_iter().chain(publishes_later).collect();
-    let checked = |ns: &[u64], order: Order| {
-        let (mut problems, mut details) = (Vec::new(), Vec::new());
-        check(
-            "a",
-            &history(ns),
-            &publishes,
-            order,
-            &mut problems,
-            &mut details,
-        );
-        problems
-    };
-    assert_eq!(checked(&[0, 2, 5, 4], Order::Source), Vec::<String>::new());
-    assert_eq!(checked(&[0, 2, 5, 4], Order::Publisher).len(), 1);
+    let later = [publish(4, true, None), publish(5, true, Some("a"))];
+    let more: Vec<Publish> = publishes.iter().cloned().chain(later).collect();
     assert_eq!(
-        checked(&[0, 5, 2, 4], Order::Source).len(),
+        checked(&more, &[0, 2, 5, 4], Order::Source),
+        Vec::<String>::new()
+    );
+    assert_eq!(checked(&more, &[0, 2, 5, 4], Order::Publisher).len(), 1);
+    assert_eq!(
+        checked(&more, &[0, 5, 2, 4], Order::Source).len(),
         1,
         "within a source"
     );
-    let foreign = checked(&[0, 2, 3, 4, 5], Order::Publisher);
+    let foreign = problems(&[0, 2, 3]);
     assert!(
         foreign[0].contains("another session's event"),
         "{foreign:?}"

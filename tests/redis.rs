@@ -188,13 +188,10 @@ async fn a_lost_subscription_catches_up_from_the_history() {
 /// subscription would stay on the old master, which no longer gets the slot's publishes.
 #[tokio::test]
 async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
-    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+    let Some((mut cluster, _, config)) = cluster_waiting_for_a_replica("cluster-moves").await
+    else {
         return;
     };
-    let channel = unique("cluster-moves");
-    cluster.focus(&channel);
-    let config =
-        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
     let subscriber = RedisBackend::connect(config.clone()).await.unwrap();
     let server = common::TestServer::start(Arc::new(subscriber), |b| b.app_name("moves")).await;
     let mut stream = server.stream("eventName=e&sessionId=s1").await;
@@ -235,6 +232,19 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
     }
     health.went_down_and_came_back().await;
     assert!(server.hub.backend_reconnects() >= 2);
+}
+
+/// A Redis Cluster of the test's own, a channel named after `name` (the faults aimed at its
+/// slot), and a config for it whose publishes wait for a replica.
+async fn cluster_waiting_for_a_replica(
+    name: &str,
+) -> Option<(common::redis_cluster::OwnRedisCluster, String, RedisConfig)> {
+    let mut cluster = common::redis_cluster::OwnRedisCluster::start().await?;
+    let channel = unique(name);
+    cluster.focus(&channel);
+    let config =
+        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
+    Some((cluster, channel, config))
 }
 
 /// A publish to `session`'s event `n`, tried again until one is answered: a publish may fail
@@ -298,17 +308,16 @@ impl HealthWatch {
 /// A master holding route partitions and not the channel is killed (its replica takes over),
 /// then one partition's slot is moved to another master, under a hub with a stream of a
 /// session on each master: each time the subscription follows (the health goes down and comes
-/// back after the kill), and every event reaches its client once, in order. Without the partitions every route
-/// would be on the channel's master; without following a partition's master its sessions would
-/// receive nothing after the fault.
+/// back after the kill), and every event reaches its client once, in order. Without the
+/// partitions every route would be on the channel's master; without following a partition's
+/// master its sessions would receive nothing after the fault.
 #[tokio::test]
 async fn on_a_redis_cluster_routes_spread_over_every_master_and_follow_theirs() {
-    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+    let Some((mut cluster, channel, config)) =
+        cluster_waiting_for_a_replica("cluster-routes").await
+    else {
         return;
     };
-    let channel = unique("cluster-routes");
-    let config =
-        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
     let backend = RedisBackend::connect(config.clone()).await.unwrap();
     // A session on each master, the first of them on one that does not hold the channel.
     let channel_master = cluster.master_port_of(&channel);
@@ -397,13 +406,9 @@ async fn on_a_redis_cluster_routes_spread_over_every_master_and_follow_theirs() 
 /// publishing works again once the slot has moved.
 #[tokio::test]
 async fn on_a_redis_cluster_a_publish_where_the_slot_is_moving_is_not_called_replicated() {
-    let Some(mut cluster) = common::redis_cluster::OwnRedisCluster::start().await else {
+    let Some((mut cluster, _, config)) = cluster_waiting_for_a_replica("cluster-ask").await else {
         return;
     };
-    let channel = unique("cluster-ask");
-    cluster.focus(&channel);
-    let config =
-        RedisConfig::new(cluster.url(), channel.as_str()).wait_replicas(1, Duration::from_secs(1));
     let publisher = sse_fanout::Hub::builder(RedisBackend::connect(config).await.unwrap())
         .app_name("ask")
         .start()
