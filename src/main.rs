@@ -159,9 +159,10 @@ struct Args {
     #[arg(long, env = "SSE_FANOUT_PRESENCE_LINGER", default_value = "5", value_parser = parse_duration)]
     presence_linger: Duration,
 
-    /// Session routing on RabbitMQ: the hash partitions of session ids, each one binding when an
-    /// instance holds a session in it (see README's RabbitMQ section for the trade-off). Same as
-    /// `--backend-option route-partitions=N`.
+    /// Session routing: the hash partitions of session ids. On RabbitMQ each one binds when an
+    /// instance holds a session in it (see README's RabbitMQ section for the trade-off); on a
+    /// Redis Cluster the routes are spread over them, each on its own slot (default 16; 0 keeps
+    /// them in the channel's slot). Same as `--backend-option route-partitions=N`.
     #[arg(long, env = "SSE_FANOUT_ROUTE_PARTITIONS")]
     route_partitions: Option<u32>,
 
