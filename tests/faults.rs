@@ -885,7 +885,7 @@ fault_run!(cluster "nats", Broker::Nats, "nats", "broadcast", nats_cluster_broad
 // (seed 7740276177186006192) lost 49 routed events: JetStream refused reads for over 30 s, a
 // hub's catch-up gave up ("reading the history after a gap failed for 30s"), and its log kept
 // the hole. A catch-up now waits a temporary refusal out (sse-core's catch_up); 8 of 8 runs
-// passed since, and 4 of 4 of 30 s on 2026-12-07, none of them with a refusal of over 30 s (their
+// passed since, and 8 of 8 of 30 s on 2026-12-07, none of them with a refusal of over 30 s (their
 // hubs' logs, shown with `--nocapture`, have no "refused reads" warning). Run it with `cargo test
 // --all-features --test faults nats_cluster_session -- --ignored` (issue 24).
 fault_run!(#[ignore = "not yet shown: no run since the catch-up waits refusals out has met one of over 30 s (issue 24)"]
