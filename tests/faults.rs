@@ -879,17 +879,15 @@ fault_run!(
 // `Last-Event-ID` misses nothing.
 fault_run!(cluster "nats", Broker::Nats, "nats", "broadcast", nats_cluster_broadcast,
     "--backend-option", "history-replicas=3");
-// The same in session routing: not yet exactly-once. It once lost a routed event (CI seed
-// 618131720278847050), most likely read from a server still copying its store back in (such
-// reads are refused now, backend-nats's history); 12 of 12 runs passed after that, but a CI run
-// (seed 7740276177186006192) lost 49 routed events: JetStream refused reads for over 30 s, a
-// hub's catch-up gave up ("reading the history after a gap failed for 30s"), and its log kept
-// the hole. A catch-up now waits a temporary refusal out (sse-core's catch_up); 8 of 8 runs
-// passed since, and 8 of 8 of 30 s on 2026-12-07, none of them with a refusal of over 30 s (their
-// hubs' logs, shown with `--nocapture`, have no "refused reads" warning). Run it with `cargo test
-// --all-features --test faults nats_cluster_session -- --ignored` (issue 24).
-fault_run!(#[ignore = "not yet shown: no run since the catch-up waits refusals out has met one of over 30 s (issue 24)"]
-    cluster "nats", Broker::Nats, "nats", "session", nats_cluster_session,
+// The same in session routing. It once lost a routed event (CI seed 618131720278847050), most
+// likely read from a server still copying its store back in (such reads are refused now,
+// backend-nats's history); 12 of 12 runs passed after that, but a CI run (seed
+// 7740276177186006192) lost 49 routed events: JetStream refused reads for over 30 s, a hub's
+// catch-up gave up ("reading the history after a gap failed for 30s"), and its log kept the
+// hole. A catch-up now waits a temporary refusal out (sse-core's catch_up); 16 of 16 runs passed
+// since (8 of 30 s on 2026-12-07), none meeting a refusal of over 30 s, which tests/nats.rs
+// `a_catch_up_waits_out_a_history_refused_for_over_30_s` brings about on purpose.
+fault_run!(cluster "nats", Broker::Nats, "nats", "session", nats_cluster_session,
     "--backend-option", "history-replicas=3");
 // Three Kafka-API brokers (Nisshi) on one store, the hubs given all three: a broker killed (each
 // in turn) under traffic, its clients moving to another, besides the hub faults.

@@ -1,7 +1,8 @@
 //! The NATS backend under running hubs, beyond the conformance suite its crate runs: typed URL
 //! errors, subscriptions that hold before they return, a broker restart (a server of the test's
-//! own), a cut connection caught up from the history, reconnect counting, and a silent
-//! subscription found by the delivery probe.
+//! own), a cut connection caught up from the history, reconnect counting, a silent
+//! subscription found by the delivery probe, and a catch-up that waits out a NATS cluster
+//! refusing reads for over 30 s.
 #![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
 
@@ -129,4 +130,91 @@ async fn a_silent_subscription_turns_health_down_and_recovers() {
         Some("probe"),
     )
     .await;
+}
+
+/// A hub whose catch-up meets a history refused for over 30 s (a CI fault run on a NATS cluster
+/// once lost 49 routed events so: the catch-up gave up after 30 s and the hub's log kept the
+/// hole). Its connection to its server (through a proxy; the other servers unknown to it) is
+/// cut while events are published; then two of the cluster's three servers stop, so JetStream
+/// has no quorum and refuses every read, and the connection comes back. The catch-up keeps
+/// reading, `/healthz` goes down once reads have been refused for 30 s, and when the servers are
+/// back the client gets every event once, in order, and health comes back. A catch-up that gave
+/// up would leave the client without them.
+#[tokio::test]
+async fn a_catch_up_waits_out_a_history_refused_for_over_30_s() {
+    let Some(mut cluster) = common::nats_cluster::OwnNatsCluster::start().await else {
+        return;
+    };
+    let subject = common::unique("refused");
+    let port = cluster.client_port(0);
+    let proxy = common::cluster::CutProxy::start(([127, 0, 0, 1], port).into()).await;
+    let config = |url: String| NatsConfig::new(url, subject.as_str()).history_replicas(3);
+    let through_proxy = config(proxy.url(&format!("nats://127.0.0.1:{port}"), port))
+        .options(async_nats::ConnectOptions::new().ignore_discovered_servers());
+    let cut_off = NatsBackend::connect(through_proxy).await.unwrap();
+    let server =
+        common::TestServer::start(std::sync::Arc::new(cut_off), |b| b.app_name("refused")).await;
+    let mut stream = server.stream("eventName=e&sessionId=s1").await;
+    server.wait_for_streams(1).await;
+    let publisher =
+        sse_fanout::Hub::builder(NatsBackend::connect(config(cluster.url())).await.unwrap())
+            .app_name("refused")
+            .start()
+            .await
+            .unwrap();
+    let publish = |n: u32| {
+        publisher.publish(sse_fanout::SendSseEvent::new("e", serde_json::json!(n)).to_session("s1"))
+    };
+    publish(0).await.unwrap();
+    assert_eq!(stream.next().await.data, "0");
+
+    proxy.cut();
+    for n in 1..=3 {
+        publish(n).await.unwrap();
+    }
+    cluster.stop(&[1, 2]);
+    let health = common::HealthWatch::start(&server);
+    proxy.restore();
+    let refused_since = tokio::time::Instant::now();
+    let deadline = refused_since + Duration::from_secs(60);
+    // Down at once while the connection comes back, then for the refused reads.
+    let reason = loop {
+        let (status, body) = server.health().await;
+        if status != 200 && body.to_string().contains("refused reads") {
+            break body.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never said the history refused reads: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused_since.elapsed() >= Duration::from_secs(25),
+        "down after {:?}: {reason}",
+        refused_since.elapsed()
+    );
+    // Past the 30 s a catch-up once gave up after.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.start_again(&[1, 2]).await;
+    for n in 1..=3 {
+        assert_eq!(
+            stream.next().await.data,
+            n.to_string(),
+            "event {n}, published while the connection was cut"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.health().await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "health stayed down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    health.went_down_and_came_back().await;
+    assert!(
+        stream
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
 }

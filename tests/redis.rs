@@ -218,7 +218,7 @@ async fn on_a_redis_cluster_a_moved_slot_and_a_lost_master_lose_nothing() {
     }
 
     assert_eq!(server.health().await.0, 200);
-    let health = HealthWatch::start(&server);
+    let health = common::HealthWatch::start(&server);
     cluster.fail_over(Box::pin(async {})).await;
     for n in 4..=6 {
         publish(n).await;
@@ -263,43 +263,6 @@ async fn publish_answered(publisher: &sse_fanout::Hub, session: &str, n: u32) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// A server's health check, asked every 50 ms while a cluster changes: the states it went
-/// through.
-struct HealthWatch {
-    watching: tokio_util::sync::CancellationToken,
-    states: tokio::task::JoinHandle<Vec<bool>>,
-}
-
-impl HealthWatch {
-    fn start(server: &common::TestServer) -> HealthWatch {
-        let watching = tokio_util::sync::CancellationToken::new();
-        let (url, stop) = (server.url("/healthz"), watching.clone());
-        let states = tokio::spawn(async move {
-            let mut states = Vec::new();
-            while !stop.is_cancelled() {
-                if let Ok(answer) = common::client().get(&url).send().await {
-                    let up = answer.status() == 200;
-                    if states.last() != Some(&up) {
-                        states.push(up);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            states
-        });
-        HealthWatch { watching, states }
-    }
-
-    async fn went_down_and_came_back(self) {
-        self.watching.cancel();
-        let states = self.states.await.unwrap();
-        assert!(
-            states.contains(&false) && states.last() == Some(&true),
-            "health went down and came back: {states:?}"
-        );
     }
 }
 
@@ -374,7 +337,7 @@ async fn on_a_redis_cluster_routes_spread_over_every_master_and_follow_theirs() 
     round(0..=0).await;
     expect(&mut streams, 0..=0, "before any fault").await;
 
-    let health = HealthWatch::start(&server);
+    let health = common::HealthWatch::start(&server);
     cluster.fail_over(Box::pin(async {})).await;
     round(1..=3).await;
     expect(

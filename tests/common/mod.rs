@@ -153,6 +153,44 @@ impl Drop for TestServer {
     }
 }
 
+/// A server's health check, asked every 50 ms while a cluster changes: the states it went
+/// through.
+pub struct HealthWatch {
+    watching: tokio_util::sync::CancellationToken,
+    states: tokio::task::JoinHandle<Vec<bool>>,
+}
+
+impl HealthWatch {
+    pub fn start(server: &TestServer) -> HealthWatch {
+        let watching = tokio_util::sync::CancellationToken::new();
+        let (url, stop) = (server.url("/healthz"), watching.clone());
+        let states = tokio::spawn(async move {
+            let mut states = Vec::new();
+            while !stop.is_cancelled() {
+                if let Ok(answer) = client().get(&url).send().await {
+                    let up = answer.status() == 200;
+                    if states.last() != Some(&up) {
+                        states.push(up);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            states
+        });
+        HealthWatch { watching, states }
+    }
+
+    /// Asserts that health went down and was up again when asked last.
+    pub async fn went_down_and_came_back(self) {
+        self.watching.cancel();
+        let states = self.states.await.unwrap();
+        assert!(
+            states.contains(&false) && states.last() == Some(&true),
+            "health went down and came back: {states:?}"
+        );
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)

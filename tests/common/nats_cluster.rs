@@ -61,6 +61,31 @@ impl OwnNatsCluster {
         self.servers().join(",")
     }
 
+    /// The client port of server `node` (0, 1 or 2).
+    pub fn client_port(&self, node: usize) -> u16 {
+        self.client_ports[node]
+    }
+
+    /// Kills the servers `nodes`, their stores kept: with two of the three gone, JetStream has
+    /// no quorum and refuses every read and write of a replicated stream.
+    pub fn stop(&mut self, nodes: &[usize]) {
+        for &node in nodes {
+            self.kill(node);
+        }
+    }
+
+    /// Starts the servers `nodes` again on their stores and waits until the cluster keeps
+    /// replicated streams again.
+    pub async fn start_again(&mut self, nodes: &[usize]) {
+        for &node in nodes {
+            self.launch(node);
+        }
+        for &node in nodes {
+            self.wait_serving(node).await;
+        }
+        self.wait_replicated().await;
+    }
+
     fn servers(&self) -> Vec<String> {
         self.client_ports
             .iter()
