@@ -454,6 +454,28 @@ async fn a_resume_for_an_event_still_on_its_way_here_is_read_from_the_broker() {
     assert_eq!(hub.stats().replay_unknown, 0);
 }
 
+/// Found by the fault test on a Kafka cluster: the broker held n=0 twice (a publish its
+/// client sent again after a broker was lost), before and after n=1. A client that had both
+/// resumes after n=1 here, where neither had arrived: the replay read from the broker gives it
+/// nothing again, as n=0 is where it came first.
+#[tokio::test]
+async fn an_event_the_broker_holds_twice_is_replayed_from_where_it_came_first() {
+    let script = std::sync::Arc::new(Script::default());
+    let hub = Hub::builder_arc(script.clone())
+        .heartbeat(None)
+        .start()
+        .await
+        .unwrap();
+    let events: Vec<(String, Bytes)> = (0..3).map(event).collect();
+    for envelope in [&events[0].1, &events[1].1, &events[0].1] {
+        script.record(envelope);
+    }
+    let mut stream = resume(&hub, &events[1].0).await.unwrap();
+    assert_eq!(received(&mut stream).await, Vec::<u32>::new());
+    script.publish_live(&events[2].1);
+    assert_eq!(received(&mut stream).await, vec![2]);
+}
+
 /// Finding 5: while the history cannot be read, a resume that needs it is refused as
 /// unavailable (the client tries again), never answered with the reset event.
 #[tokio::test]
