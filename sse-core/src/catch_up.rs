@@ -323,11 +323,13 @@ pub(crate) fn routed_here(covered_since: Option<Instant>, published: Option<u64>
 
 /// Where the envelopes the subscription had not received begin in `read`: just after the one
 /// with id `last_live` (the last envelope it received before the gap), or at the start when the
-/// read does not hold that id.
+/// read does not hold that id. When the broker holds that envelope twice (a publish sent again
+/// after a lost answer), just after its first copy: the subscription may have received only
+/// that one, and what it did receive after it, the replay log drops.
 pub(crate) fn missed_from(read: &[Bytes], last_live: Option<&str>) -> usize {
     let Some(last_live) = last_live else { return 0 };
     read.iter()
-        .rposition(|bytes| Envelope::decode_ref(bytes).is_ok_and(|e| e.id() == last_live))
+        .position(|bytes| Envelope::decode_ref(bytes).is_ok_and(|e| e.id() == last_live))
         .map_or(0, |at| at + 1)
 }
 
@@ -382,6 +384,9 @@ mod tests {
         assert_eq!(missed_from(&bytes, Some("not-in-the-read")), 0);
         assert_eq!(missed_from(&bytes, None), 0);
         assert_eq!(missed_from(&[], Some(&read[0].0)), 0);
+        // Held twice: after the first copy, so that what came between is not skipped.
+        let twice = [bytes[0].clone(), bytes[1].clone(), bytes[0].clone()];
+        assert_eq!(missed_from(&twice, Some(&read[0].0)), 1);
     }
 
     /// A history whose first `fail` reads fail as unavailable.
