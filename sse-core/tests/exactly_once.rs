@@ -460,12 +460,7 @@ async fn a_resume_for_an_event_still_on_its_way_here_is_read_from_the_broker() {
 /// nothing again, as n=0 is where it came first.
 #[tokio::test]
 async fn an_event_the_broker_holds_twice_is_replayed_from_where_it_came_first() {
-    let script = std::sync::Arc::new(Script::default());
-    let hub = Hub::builder_arc(script.clone())
-        .heartbeat(None)
-        .start()
-        .await
-        .unwrap();
+    let (hub, script) = hub_routing(std::sync::Arc::default(), Routing::Broadcast).await;
     let events: Vec<(String, Bytes)> = (0..3).map(event).collect();
     for envelope in [&events[0].1, &events[1].1, &events[0].1] {
         script.record(envelope);
